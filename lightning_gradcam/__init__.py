@@ -1,0 +1,17 @@
+"""lightning-gradcam: Grad-CAM and Grad-CAM++ as a training-time instrument."""
+
+from .core.layers import LayerNotFoundError
+from .core.targets import TopK
+from .engine import CAMEngine, CAMResult
+
+__all__ = ["CAMEngine", "CAMResult", "GradCAMCallback", "LayerNotFoundError", "TopK"]
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # The callback imports Lightning; keep `import lightning_gradcam` light for engine users.
+    if name == "GradCAMCallback":
+        from .callback import GradCAMCallback
+
+        return GradCAMCallback
+    raise AttributeError(f"module 'lightning_gradcam' has no attribute {name!r}")

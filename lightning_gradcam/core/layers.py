@@ -1,0 +1,132 @@
+"""Find the layer to explain: by dotted name, through wrappers, or automatically."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+__all__ = [
+    "LayerNotFoundError",
+    "unwrap_model",
+    "named_layers",
+    "resolve_layer",
+    "find_last_4d_layer",
+]
+
+
+class LayerNotFoundError(ValueError):
+    """A layer name that does not exist in the model; the message lists the closest names."""
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """Strip ``DistributedDataParallel``/``DataParallel`` (``.module``) and ``torch.compile``
+    (``._orig_mod``) wrappers, however nested, so names match the user's own module tree."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+_WRAPPER_SEGMENTS = ("_orig_mod", "module")
+
+
+def _plain_name(name: str) -> str:
+    """``module.backbone._orig_mod.layer4`` -> ``backbone.layer4``: wrapper segments dropped,
+    so a name works whether or not the model (or a submodule) is wrapped or compiled."""
+    return ".".join(part for part in name.split(".") if part not in _WRAPPER_SEGMENTS)
+
+
+def named_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Every submodule by its plain dotted name (wrapper segments removed)."""
+    layers: dict[str, nn.Module] = {}
+    for name, module in unwrap_model(model).named_modules():
+        plain = _plain_name(name)
+        if plain:
+            layers.setdefault(plain, module)
+    return layers
+
+
+def resolve_layer(model: nn.Module, name: str) -> nn.Module:
+    """Return the submodule at dotted ``name`` (``"layer4"``, ``"layer4.2"``, ``"features.29"``).
+
+    Raises:
+        LayerNotFoundError: no such submodule; the message names the closest matches.
+    """
+    if not isinstance(name, str) or not name:
+        raise LayerNotFoundError(f"layer must be a non-empty dotted module name, got {name!r}")
+    modules = named_layers(model)
+    clean = _plain_name(name)
+    if clean in modules:
+        return modules[clean]
+    names = list(modules)
+    close = difflib.get_close_matches(clean, names, n=5, cutoff=0.5)
+    if not close:  # fall back to names sharing the last component, then the top-level ones
+        tail = clean.rsplit(".", 1)[-1]
+        close = [n for n in names if n.rsplit(".", 1)[-1] == tail][:5] or [
+            n for n in names if "." not in n
+        ][:8]
+    hint = ", ".join(repr(n) for n in close)
+    raise LayerNotFoundError(
+        f"{type(unwrap_model(model)).__name__} has no layer named {name!r}. Closest names: {hint}. "
+        "Pass a dotted name from model.named_modules(), or layer=None to pick the last "
+        "layer with a 4-D output automatically."
+    )
+
+
+# Layers that only pool, drop or pass features on: explaining them adds nothing over the
+# feature map before them (and a global pool's 1x1 output has no spatial extent at all).
+_PASS_THROUGH = (
+    nn.modules.pooling._AdaptiveAvgPoolNd,
+    nn.modules.pooling._AdaptiveMaxPoolNd,
+    nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._MaxPoolNd,
+    nn.modules.dropout._DropoutNd,
+    nn.Identity,
+    nn.Flatten,
+)
+
+
+def find_last_4d_layer(model: nn.Module, run_forward: Callable[[], object]) -> str:
+    """Name of the last submodule with a spatial 4-D output during ``run_forward()``.
+
+    "Last" is the last to *finish* its forward, so for a ``Sequential`` stage whose final
+    block has a 4-D output the stage itself wins (e.g. ``layer4`` rather than
+    ``layer4.2.relu``), which is the conventional Grad-CAM layer. Pooling, dropout and
+    identity layers and ``1x1`` outputs are skipped (resnet's ``avgpool`` is 4-D but has no
+    spatial extent). Runs under ``no_grad``.
+    """
+    order: list[str] = []
+    handles = []
+
+    def make_hook(module_name: str):
+        def hook(module, _inputs, output):
+            if (
+                isinstance(output, torch.Tensor)
+                and output.dim() == 4
+                and output.shape[-1] * output.shape[-2] > 1
+                and not isinstance(module, _PASS_THROUGH)
+            ):
+                order.append(module_name)
+
+        return hook
+
+    try:
+        for module_name, module in named_layers(model).items():
+            handles.append(module.register_forward_hook(make_hook(module_name)))
+        with torch.no_grad():
+            run_forward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not order:
+        raise LayerNotFoundError(
+            f"{type(unwrap_model(model)).__name__} has no submodule with a 4-D (B,C,H,W) output; "
+            "name the layer to explain explicitly with layer=..."
+        )
+    return order[-1]

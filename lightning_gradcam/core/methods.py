@@ -1,0 +1,144 @@
+"""CAM weightings: each a pure function of (activation A, gradient G) at one layer.
+
+Shapes: ``A`` and ``G`` are ``(N, C, h, w)``; every method returns ``(N, h, w)`` before the
+final ReLU. ``compute_cam`` applies the ReLU and works in float32. Adding a method is one
+function here and one entry in ``GRADIENT_METHODS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "GRADIENT_METHODS",
+    "GUIDED_METHODS",
+    "ALL_METHODS",
+    "compute_cam",
+    "normalize_maps",
+    "upsample_maps",
+    "check_methods",
+]
+
+_EPS = 1e-7
+
+
+def gradcam(activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM (Selvaraju et al., ICCV 2017, arXiv:1610.02391).
+
+    ``w_c = mean_{ij} G_cij``;  ``L = sum_c w_c A_c``.
+    """
+    weights = gradient.mean(dim=(2, 3), keepdim=True)
+    return (weights * activation).sum(dim=1)
+
+
+def gradcam_plus_plus(activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM++ (Chattopadhyay et al., WACV 2018, arXiv:1710.11063), closed form of eq. 19.
+
+    With ``Y = exp(S)`` the higher derivatives are powers of the first, giving
+
+    ``alpha_cij = G_cij^2 / (2 G_cij^2 + sum_ab A_cab G_cij^3)``,
+    ``w_c = sum_ij alpha_cij relu(G_cij)``,  ``L = sum_c w_c A_c``.
+
+    ``alpha`` is set to 0 where its denominator is 0 (there the gradient is 0 too). The
+    paper's ``dY/dA = exp(S) G`` multiplies every weight of one map by the same positive
+    ``exp(S)``; it is left out, since it only scales the map (and overflows float32 past
+    ``S = 88``), and maps are compared after normalisation.
+    """
+    grad2 = gradient.pow(2)
+    grad3 = grad2 * gradient
+    activation_sum = activation.sum(dim=(2, 3), keepdim=True)
+    denominator = 2 * grad2 + activation_sum * grad3
+    safe = torch.where(denominator != 0, denominator, torch.ones_like(denominator))
+    alpha = torch.where(denominator != 0, grad2 / safe, torch.zeros_like(grad2))
+    weights = (alpha * F.relu(gradient)).sum(dim=(2, 3), keepdim=True)
+    return (weights * activation).sum(dim=1)
+
+
+def xgradcam(activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
+    """XGrad-CAM (Fu et al., BMVC 2020, arXiv:2008.02312).
+
+    ``w_c = sum_ij (A_cij / sum_ab A_cab) G_cij``;  ``L = sum_c w_c A_c``.
+    """
+    activation_sum = activation.sum(dim=(2, 3), keepdim=True)
+    weights = (activation * gradient).sum(dim=(2, 3), keepdim=True) / (activation_sum + _EPS)
+    return (weights * activation).sum(dim=1)
+
+
+def layercam(activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
+    """LayerCAM (Jiang et al., IEEE TIP 2021): element-wise positive gradients.
+
+    ``L_ij = sum_c relu(G_cij) A_cij``.
+    """
+    return (F.relu(gradient) * activation).sum(dim=1)
+
+
+def hirescam(activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
+    """HiResCAM (Draelos & Carin, arXiv:2011.08891): element-wise gradient times activation.
+
+    ``L_ij = sum_c G_cij A_cij``. Unlike Grad-CAM it keeps *where* the gradient is, which
+    makes it the instance-specific map at image-level detector layers (as ODAM does,
+    Zhao et al., ICLR 2023).
+    """
+    return (gradient * activation).sum(dim=1)
+
+
+GRADIENT_METHODS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "gradcam": gradcam,
+    "gradcam++": gradcam_plus_plus,
+    "xgradcam": xgradcam,
+    "layercam": layercam,
+    "hirescam": hirescam,
+}
+#: Methods that need guided backpropagation to the input (see ``guided.py``).
+GUIDED_METHODS: tuple[str, ...] = ("guided_backprop", "guided_gradcam", "guided_gradcam++")
+ALL_METHODS: tuple[str, ...] = (*GRADIENT_METHODS, *GUIDED_METHODS)
+
+
+def check_methods(methods: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """Validate method names; return them as a de-duplicated tuple, order kept."""
+    if isinstance(methods, str):
+        methods = (methods,)
+    methods = tuple(dict.fromkeys(methods))
+    if not methods:
+        raise ValueError(f"methods is empty; choose from {', '.join(ALL_METHODS)}")
+    unknown = [m for m in methods if m not in ALL_METHODS]
+    if unknown:
+        raise ValueError(
+            f"unknown CAM method(s) {', '.join(map(repr, unknown))}; "
+            f"choose from {', '.join(ALL_METHODS)}"
+        )
+    return methods
+
+
+def compute_cam(method: str, activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
+    """``relu(METHOD(A, G))`` in float32: ``(N, C, h, w)`` twice -> ``(N, h, w)``."""
+    try:
+        weighting = GRADIENT_METHODS[method]
+    except KeyError:
+        raise ValueError(
+            f"unknown gradient CAM method {method!r}; choose from {', '.join(GRADIENT_METHODS)}"
+        ) from None
+    return F.relu(weighting(activation.float(), gradient.float()))
+
+
+def normalize_maps(maps: torch.Tensor, eps: float = _EPS) -> torch.Tensor:
+    """Per-map min-max over the last two dims: ``(L - min) / (max - min + eps)``.
+
+    A flat map (all zeros, say, when no pixel supports the class) becomes all zeros, never
+    NaN; non-finite values are treated as 0.
+    """
+    maps = torch.nan_to_num(maps.float(), nan=0.0, posinf=0.0, neginf=0.0)
+    low = maps.amin(dim=(-2, -1), keepdim=True)
+    high = maps.amax(dim=(-2, -1), keepdim=True)
+    return (maps - low) / (high - low + eps)
+
+
+def upsample_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of ``(..., h, w)`` maps to ``size = (H, W)``."""
+    lead = maps.shape[:-2]
+    flat = maps.reshape(-1, 1, *maps.shape[-2:]).float()
+    resized = F.interpolate(flat, size=tuple(size), mode="bilinear", align_corners=False)
+    return resized.reshape(*lead, *resized.shape[-2:])

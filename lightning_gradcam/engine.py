@@ -1,0 +1,223 @@
+"""CAMEngine: the classification-facing face of ``core/``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .core.capture import ActivationCapture
+from .core.gradients import row_gradients
+from .core.guided import guided_relus, normalize_gradient_image
+from .core.layers import find_last_4d_layer, resolve_layer, unwrap_model
+from .core.methods import (
+    GRADIENT_METHODS,
+    check_methods,
+    compute_cam,
+    normalize_maps,
+    upsample_maps,
+)
+from .core.state import cam_mode, preserve_model_state
+from .core.targets import TargetSpec, select_scores
+
+__all__ = ["CAMEngine", "CAMResult"]
+
+
+@dataclass
+class CAMResult:
+    """What one ``CAMEngine.explain`` call found, for a batch of ``B`` images and ``K``
+    targets per image.
+
+    Attributes:
+        maps: method -> ``(B, K, H, W)`` float32 in [0, 1], bilinearly upsampled to the input
+            size and min-max normalised per map (a flat map is all zeros).
+        layer_maps: gradient method -> ``(B, K, h, w)`` at the layer's resolution, after ReLU,
+            before normalising.
+        class_ids: ``(B, K)`` long, the classes explained (``-1`` for a callable target).
+        scores: ``(B, K)`` float32, the exact scalars that were differentiated.
+        guided: guided method -> ``(B, K, C, H, W)`` in [0, 1], the image-shaped result in
+            display form (``maps`` holds its per-pixel channel maximum).
+        layer: the dotted name of the layer explained.
+    """
+
+    maps: dict[str, torch.Tensor]
+    layer_maps: dict[str, torch.Tensor]
+    class_ids: torch.Tensor
+    scores: torch.Tensor
+    layer: str
+    guided: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def _model_dtype(model: nn.Module) -> torch.dtype | None:
+    param = next(model.parameters(), None)
+    return param.dtype if param is not None and param.is_floating_point() else None
+
+
+def _model_device(model: nn.Module, fallback: torch.device) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else fallback
+
+
+class CAMEngine:
+    """Grad-CAM family maps for a classifier, from one forward and one backward.
+
+    Args:
+        model: any ``nn.Module`` mapping images ``(B, C, H, W)`` to class scores ``(B, N)``
+            (or a tuple/dict holding them); DDP/DataParallel/``torch.compile`` wrappers are
+            looked through. Assumed: each image's output depends on that image only (true
+            for CNNs in eval mode, which the CAM pass uses).
+        layer: dotted name of the layer to explain (``"layer4"``, ``"features.29"``), or
+            ``None`` for the last layer with a spatial 4-D output, found on the first call.
+        methods: any of ``gradcam``, ``gradcam++``, ``xgradcam``, ``layercam``, ``hirescam``
+            (all from the same forward and backward) and ``guided_backprop``,
+            ``guided_gradcam``, ``guided_gradcam++`` (one more forward and backward, to the
+            input).
+
+    The model is left exactly as found: train/eval flags, ``requires_grad``, ``.grad``, RNG
+    state, BatchNorm statistics; no hook survives a call.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: str | None = None,
+        methods: str | Sequence[str] = ("gradcam", "gradcam++"),
+    ):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.methods = check_methods(methods)
+        self.layer = layer
+        if layer is not None:
+            resolve_layer(model, layer)  # fail now, with close matches, not at the first call
+
+    def _layer_for(self, network: nn.Module, images: torch.Tensor) -> str:
+        if self.layer is None:
+            self.layer = find_last_4d_layer(network, lambda: network(images[:1]))
+        return self.layer
+
+    def explain(self, images: torch.Tensor, targets: TargetSpec = None) -> CAMResult:
+        """Explain ``images (B, C, H, W)``.
+
+        Args:
+            targets: ``None`` = the predicted class; an int for every image; a sequence or
+                tensor ``(B,)`` of one id per image; a tensor ``(B, K)`` of K ids per image;
+                ``TopK(k)``; or a callable mapping the model output to scores ``(B, K)``.
+        """
+        if not isinstance(images, torch.Tensor) or images.dim() != 4:
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images)
+            raise ValueError(f"images must be a (B, C, H, W) tensor, got {shape}")
+        if not images.is_floating_point():
+            raise TypeError(f"images must be floating point, got {images.dtype}")
+        network = unwrap_model(self.model)
+        gradient_methods = [m for m in self.methods if m in GRADIENT_METHODS]
+        guided_methods = [m for m in self.methods if m not in GRADIENT_METHODS]
+        for method in guided_methods:  # guided Grad-CAM(++) multiplies by its plain map
+            base = method.removeprefix("guided_")
+            if base in GRADIENT_METHODS and base not in gradient_methods:
+                gradient_methods.append(base)
+
+        with preserve_model_state(network), cam_mode():
+            # A clone made outside inference mode is an ordinary tensor, even when the
+            # batch was created under torch.inference_mode() (as in Lightning's validate).
+            x = images.detach().to(
+                device=_model_device(network, images.device),
+                dtype=_model_dtype(network) or images.dtype,
+            )
+            x = x.clone()
+            layer_name = self._layer_for(network, x)
+            layer = resolve_layer(network, layer_name)
+            with (
+                torch.no_grad(),
+                ActivationCapture({layer_name: layer}, grad_from_layer=True) as cap,
+            ):
+                output = network(x)
+                scores, class_ids = select_scores(output, targets)
+            activation = self._single_call(cap.activations[layer_name], layer_name)
+            self._check_batch(scores, images.shape[0])
+            gradient = row_gradients(scores, activation)  # (B, K, C, h, w)
+            batch, k = scores.shape
+            acts = activation.detach().float()[:, None].expand(-1, k, -1, -1, -1)
+            acts = acts.reshape(batch * k, *activation.shape[1:])
+            grads = gradient.float().reshape(batch * k, *activation.shape[1:])
+            layer_maps = {
+                m: compute_cam(m, acts, grads).reshape(batch, k, *activation.shape[-2:])
+                for m in gradient_methods
+            }
+            size = tuple(images.shape[-2:])
+            maps = {m: normalize_maps(upsample_maps(cam, size)) for m, cam in layer_maps.items()}
+            guided = {}
+            if guided_methods:
+                guided = self._guided(network, x, targets, class_ids, maps, guided_methods)
+                for name, image in guided.items():
+                    maps[name] = normalize_maps(image.amax(dim=2))
+
+        maps = {m: maps[m].to(images.device) for m in self.methods}
+        return CAMResult(
+            maps=maps,
+            layer_maps={m: cam.to(images.device) for m, cam in layer_maps.items()},
+            class_ids=class_ids.detach().to(images.device),
+            scores=scores.detach().float().to(images.device),
+            layer=layer_name,
+            guided={m: g.to(images.device) for m, g in guided.items()},
+        )
+
+    @staticmethod
+    def _single_call(calls: list[torch.Tensor], layer_name: str) -> torch.Tensor:
+        if not calls:
+            raise RuntimeError(
+                f"layer {layer_name!r} did not run during the forward pass; choose a layer "
+                "on the path from the input to the class scores"
+            )
+        if len(calls) > 1:
+            raise RuntimeError(
+                f"layer {layer_name!r} ran {len(calls)} times in one forward pass (a shared "
+                "module); choose a layer that runs once per image"
+            )
+        activation = calls[0]
+        if activation.dim() != 4:
+            raise ValueError(
+                f"layer {layer_name!r} outputs shape {tuple(activation.shape)}; CAM needs a "
+                "(B, C, h, w) feature map: choose a convolutional layer"
+            )
+        return activation
+
+    @staticmethod
+    def _check_batch(scores: torch.Tensor, batch: int) -> None:
+        if scores.shape[0] != batch:
+            raise ValueError(
+                f"the targets callable returned scores for {scores.shape[0]} images, but the "
+                f"batch has {batch}; it must return one row per image, shape (B, K)"
+            )
+
+    def _guided(
+        self,
+        network: nn.Module,
+        x: torch.Tensor,
+        targets: TargetSpec,
+        class_ids: torch.Tensor,
+        maps: dict[str, torch.Tensor],
+        guided_methods: list[str],
+    ) -> dict[str, torch.Tensor]:
+        """Guided backpropagation to the input: ``(B, K, C, H, W)`` per guided method."""
+        inputs = x.detach().requires_grad_()
+        with guided_relus():
+            output = network(inputs)
+        same_targets = targets if callable(targets) else class_ids
+        scores, _ = select_scores(output, same_targets)
+        k = scores.shape[1]
+        grads = [
+            torch.autograd.grad(scores[:, j].sum(), inputs, retain_graph=j < k - 1)[0]
+            for j in range(k)
+        ]
+        gradient = torch.stack(grads, dim=1).float()  # (B, K, C, H, W)
+        result = {}
+        for method in guided_methods:
+            if method == "guided_backprop":
+                result[method] = normalize_gradient_image(gradient)
+            else:
+                cam = maps[method.removeprefix("guided_")][:, :, None]
+                result[method] = normalize_gradient_image(gradient * cam)
+        return result
