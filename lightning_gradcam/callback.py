@@ -1,0 +1,576 @@
+"""GradCAMCallback: watch where a Lightning model looks, and how that moves, while it trains.
+
+One class serves ``pytorch_lightning.Trainer`` and ``lightning.pytorch.Trainer``: it derives
+from the ``Callback`` base of every installed Lightning package (see ``lightning_compat``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .batch import Samples, default_batch_parser, make_samples, to_samples
+from .core.drift import energy_in_boxes, energy_share, map_drift
+from .core.layers import resolve_layer
+from .core.methods import check_methods
+from .core.render import (
+    caption,
+    colormap_code,
+    draw_boxes,
+    grid,
+    overlay,
+    resize_max,
+    to_uint8_image,
+)
+from .engine import CAMEngine
+from .lightning_compat import CALLBACK_BASES, sharded_strategy_name, tensorboard_logger_types
+from .sinks import FolderSink, TensorBoardSink
+
+__all__ = ["GradCAMCallback"]
+
+_TARGET_POLICIES = ("auto", "label", "prediction")
+_STATE_VERSION = 1
+
+
+def _positive_int(value: object, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _optional_size(value: object, name: str) -> int | None:
+    if value is None:
+        return None
+    return _positive_int(value, name, minimum=16)
+
+
+def _channel_stats(value: object, name: str) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        value = (value,)
+    try:
+        stats = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{name} must be a sequence of per-channel floats, got {value!r}"
+        ) from None
+    if not stats or not all(math.isfinite(v) for v in stats):
+        raise ValueError(f"{name} must be a non-empty sequence of finite floats, got {value!r}")
+    return stats
+
+
+def _images_digest(images: torch.Tensor) -> str:
+    digest = hashlib.sha1(str(tuple(images.shape)).encode())
+    digest.update(images.detach().cpu().contiguous().float().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class GradCAMCallback(*CALLBACK_BASES):
+    """Explain a fixed set of images after validation epochs and log the maps to TensorBoard.
+
+    Usage: ``Trainer(callbacks=[GradCAMCallback(layer="net.layer4")])`` with either
+    ``pytorch_lightning`` or ``lightning.pytorch``. The LightningModule's ``forward`` must
+    map images ``(B, C, H, W)`` to class scores ``(B, num_classes)`` (or pass ``target`` as a
+    callable that picks the scores from its output).
+
+    Args:
+        layer: dotted name of the layer to explain, relative to the LightningModule
+            (``"net.layer4"``), or ``None`` for the last layer with a spatial 4-D output.
+            A wrong name fails at ``on_fit_start``, before any training step, listing
+            close matches.
+        methods: one or more of ``gradcam``, ``gradcam++``, ``xgradcam``, ``layercam``,
+            ``hirescam``, ``guided_backprop``, ``guided_gradcam``, ``guided_gradcam++``.
+        num_samples: how many images to explain (the first ones of the first validation
+            batches of the first validation dataloader, or of ``images``).
+        every_n_epochs: explain after every n-th validation run inside ``fit`` (after every
+            n-th training epoch when the fit has no validation loop).
+        target: which class each image's map explains, fixed for the whole run:
+            ``"auto"`` (the label when labels are known, else the prediction at the first
+            CAM epoch), ``"label"``, ``"prediction"`` (at the first CAM epoch), a class id for
+            all images, a sequence of one class id per image, or a callable mapping the
+            model output to scores ``(B,)`` / ``(B, 1)``.
+        images: explain these images ``(N, C, H, W)`` instead of validation images.
+        labels: ``(N,)`` class ids of ``images``.
+        boxes: ``(N, 4)`` ``(x0, y0, x1, y1)`` pixel box of the deciding object in each of
+            ``images``; enables the ``energy_in_box`` scalar and boxes in the pictures.
+        masks: ``(N, H, W)`` boolean masks of the deciding object (same use as ``boxes``).
+        batch_parser: callable mapping a validation batch to images, ``(images, labels)`` or
+            a dict with ``images`` and optionally ``labels``, ``boxes``, ``masks``. Default:
+            a tensor, an ``(images, labels)`` pair, or a dict with an image key.
+        mean, std: per-channel normalisation of the images, undone for display
+            (``x * std + mean``); without them images outside [0, 1] are min-max scaled.
+        colormap: ``jet``, ``turbo``, ``inferno``, ``viridis``, ``magma``, ``hot`` or an
+            OpenCV ``COLORMAP_*`` constant.
+        alpha: heat-map weight in the overlay, in [0, 1].
+        tag_prefix: first part of every TensorBoard tag (and the PNG folder's name).
+        max_image_size: longer side, in pixels, of each logged picture (larger are shrunk);
+            ``None`` keeps the input size.
+        class_names: names for class ids in captions.
+        filmstrip_size: thumbnail size kept in memory for ``filmstrip()`` (rows = samples,
+            columns = CAM epochs); ``None`` keeps none.
+
+    Logged per CAM epoch, at ``global_step`` (``<p>`` = ``<tag_prefix>/<layer>``):
+    ``<p>/inputs`` (once), ``<p>/<method>/sample_NN``, ``<p>/<method>/grid``, and the scalars
+    ``<p>/<method>/drift_vs_prev``, ``drift_vs_first`` (``core.drift.map_drift``, averaged
+    over the images) and ``energy_in_box`` (when boxes or masks are known). Without a
+    TensorBoard logger: PNGs and ``scalars.csv`` under ``<trainer.log_dir>/<tag_prefix>``.
+
+    After training, ``history`` lists one dict per CAM epoch of this process (``epoch``,
+    ``step``, ``scalars`` ``{method: {name: value}}``, ``thumbs``) and ``filmstrip(method)``
+    draws them. Only global rank zero computes; sharded strategies are refused.
+    """
+
+    def __init__(
+        self,
+        layer: str | None = None,
+        methods: str | Sequence[str] = ("gradcam", "gradcam++"),
+        num_samples: int = 8,
+        every_n_epochs: int = 1,
+        target: str | int | Sequence[int] | Callable[[Any], torch.Tensor] = "auto",
+        images: torch.Tensor | None = None,
+        labels: torch.Tensor | Sequence[int] | None = None,
+        boxes: torch.Tensor | None = None,
+        masks: torch.Tensor | None = None,
+        batch_parser: Callable[[Any], Any] | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        colormap: str | int = "jet",
+        alpha: float = 0.5,
+        tag_prefix: str = "gradcam",
+        max_image_size: int | None = 256,
+        class_names: Sequence[str] | None = None,
+        filmstrip_size: int | None = 96,
+    ):
+        if layer is not None and (not isinstance(layer, str) or not layer.strip()):
+            raise ValueError(
+                f"layer must be a dotted module name such as 'layer4' or None, got {layer!r}"
+            )
+        self.layer = layer
+        self.methods = check_methods(methods)
+        self.num_samples = _positive_int(num_samples, "num_samples")
+        self.every_n_epochs = _positive_int(every_n_epochs, "every_n_epochs")
+        self.target = self._check_target(target)
+        if batch_parser is not None and not callable(batch_parser):
+            raise TypeError(f"batch_parser must be callable, got {type(batch_parser).__name__}")
+        self.batch_parser = batch_parser or default_batch_parser
+        self.mean = _channel_stats(mean, "mean")
+        self.std = _channel_stats(std, "std")
+        if self.std is not None and min(self.std) <= 0:
+            raise ValueError(f"std must be positive, got {self.std}")
+        if self.mean and self.std and len(self.mean) != len(self.std):
+            raise ValueError(
+                f"mean has {len(self.mean)} channels but std has {len(self.std)}; give one "
+                "value per image channel to both"
+            )
+        colormap_code(colormap)  # raises with the list of names
+        self.colormap = colormap
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+            raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
+        self.alpha = float(alpha)
+        if not isinstance(tag_prefix, str) or not tag_prefix.strip("/ "):
+            raise ValueError(f"tag_prefix must be a non-empty string, got {tag_prefix!r}")
+        self.tag_prefix = tag_prefix.strip("/ ")
+        self.max_image_size = _optional_size(max_image_size, "max_image_size")
+        self.filmstrip_size = _optional_size(filmstrip_size, "filmstrip_size")
+        if class_names is not None and (
+            isinstance(class_names, str) or not all(isinstance(n, str) for n in class_names)
+        ):
+            raise ValueError("class_names must be a sequence of strings, one per class id")
+        self.class_names = tuple(class_names) if class_names is not None else None
+
+        self._user_samples = images is not None
+        if images is None and any(v is not None for v in (labels, boxes, masks)):
+            raise ValueError(
+                "labels, boxes and masks describe the images passed as images=...; pass "
+                "images too, or return them from batch_parser for validation images"
+            )
+        self._samples: Samples | None = None
+        if images is not None:
+            samples = make_samples(images, labels, boxes, masks).head(self.num_samples)
+            self._set_samples(samples)
+        self._pending: list[Samples] = []
+
+        self._layer_name: str | None = layer
+        self._targets: torch.Tensor | None = None
+        self._first: dict[str, torch.Tensor] = {}
+        self._prev: dict[str, torch.Tensor] = {}
+        self._eval_count = 0
+        self._cam_count = 0
+        self._inputs_logged = False
+        self._sink: TensorBoardSink | FolderSink | None = None
+        self._tb_logger: Any = None
+        self._warned: set[str] = set()
+        self.history: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ validation helpers
+
+    @staticmethod
+    def _check_target(target: object) -> object:
+        if isinstance(target, str):
+            if target not in _TARGET_POLICIES:
+                raise ValueError(
+                    f"target {target!r} is not a policy; use one of {', '.join(_TARGET_POLICIES)}, "
+                    "a class id, a sequence of class ids (one per image) or a callable"
+                )
+            return target
+        if isinstance(target, bool):
+            raise TypeError("target must be a class id, not a bool")
+        if isinstance(target, int):
+            if target < 0:
+                raise ValueError(f"target class id must be >= 0, got {target}")
+            return target
+        if isinstance(target, torch.Tensor) or (
+            isinstance(target, Sequence) and not isinstance(target, str)
+        ):
+            ids = torch.as_tensor(target)
+            if ids.dim() != 1 or ids.is_floating_point() or ids.dtype == torch.bool:
+                raise ValueError(
+                    f"a target sequence must hold one integer class id per image, got shape "
+                    f"{tuple(ids.shape)} {ids.dtype}"
+                )
+            if bool((ids < 0).any()):
+                raise ValueError(f"target class ids must be >= 0, got {ids.tolist()}")
+            return ids.long()
+        if callable(target):
+            return target
+        raise TypeError(
+            f"target must be 'auto', 'label', 'prediction', a class id, a sequence of class "
+            f"ids or a callable, got {type(target).__name__}"
+        )
+
+    def _set_samples(self, samples: Samples) -> None:
+        if isinstance(self.target, torch.Tensor) and self.target.numel() != len(samples):
+            raise ValueError(
+                f"target gives {self.target.numel()} class ids but {len(samples)} images are "
+                "explained; give one class id per image"
+            )
+        if isinstance(self.target, str) and self.target == "label" and samples.labels is None:
+            raise ValueError(
+                "target='label' but the images come without labels; pass labels=..., return "
+                "(images, labels) from batch_parser, or use target='auto'/'prediction'"
+            )
+        channels = samples.images.shape[1]
+        for name, stats in (("mean", self.mean), ("std", self.std)):
+            if stats is not None and len(stats) not in (1, channels):
+                raise ValueError(
+                    f"{name} has {len(stats)} values but the images have {channels} channels"
+                )
+        self._samples = samples
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, UserWarning, stacklevel=3)
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(
+            layer=self.layer, methods=self.methods, tag_prefix=self.tag_prefix
+        )
+
+    # ------------------------------------------------------------------ Lightning hooks
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        sharded = sharded_strategy_name(trainer.strategy)
+        if sharded is not None:
+            raise RuntimeError(
+                f"GradCAMCallback does not support the sharded strategy {sharded}: a CAM pass "
+                "runs on global rank zero only, but a sharded model needs every rank in each "
+                "forward pass. Use strategy='ddp' (or a single device) for runs you explain."
+            )
+        if self.layer is not None:
+            resolve_layer(pl_module, self.layer)  # LayerNotFoundError, with close matches
+        if self._samples is not None:
+            self._set_samples(self._samples)
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, tensorboard_logger_types())]
+        if loggers:
+            self._sink = None  # the experiment is taken lazily, on rank zero only
+            self._tb_logger = loggers[0]
+        else:
+            self._tb_logger = None
+            # trainer.log_dir broadcasts under DDP: compute it here, where every rank runs.
+            root = os.path.join(trainer.log_dir or trainer.default_root_dir, self.tag_prefix)
+            self._sink = FolderSink(root)
+            if trainer.is_global_zero:
+                self._warn_once(
+                    "no_tensorboard",
+                    "GradCAMCallback found no TensorBoardLogger among trainer.loggers; writing "
+                    f"PNG files and scalars.csv to {root} instead. Pass "
+                    "logger=TensorBoardLogger(...) to the Trainer to see them in TensorBoard.",
+                )
+
+    def _skip_outside_fit(self, trainer: Any) -> bool:
+        if trainer.state.fn == "fit":
+            return False
+        if trainer.is_global_zero:
+            self._warn_once(
+                "not_fit",
+                f"GradCAMCallback runs inside trainer.fit() only; skipped for "
+                f"trainer.{getattr(trainer.state.fn, 'value', trainer.state.fn)}() (explain a "
+                "model outside training with lightning_gradcam.CAMEngine).",
+            )
+        return True
+
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        self._skip_outside_fit(trainer)
+
+    def on_test_start(self, trainer: Any, pl_module: Any) -> None:
+        self._skip_outside_fit(trainer)
+
+    def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
+        self._skip_outside_fit(trainer)
+
+    def _take(self, batch: object) -> None:
+        if self._samples is not None or not self._wants_more():
+            return
+        self._pending.append(to_samples(self.batch_parser(batch)))
+        if sum(len(p) for p in self._pending) >= self.num_samples:
+            self._finish_taking()
+
+    def _wants_more(self) -> bool:
+        return sum(len(p) for p in self._pending) < self.num_samples
+
+    def _finish_taking(self) -> None:
+        if self._pending and self._samples is None:
+            self._set_samples(Samples.concat(self._pending).head(self.num_samples))
+        self._pending = []
+
+    def on_validation_batch_end(
+        self,
+        trainer: Any,
+        pl_module: Any,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if trainer.state.fn != "fit" or not trainer.is_global_zero or dataloader_idx != 0:
+            return
+        self._take(batch)
+
+    def on_train_batch_start(
+        self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
+    ) -> None:
+        # Without a validation loop the images come from the first training batch.
+        if self._samples is None and trainer.is_global_zero and not trainer.enable_validation:
+            self._take(batch)
+
+    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.state.fn != "fit":
+            return
+        self._finish_taking()
+        if trainer.sanity_checking:
+            return
+        self._evaluation_point(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.enable_validation:
+            return  # explained after validation instead
+        self._finish_taking()
+        self._evaluation_point(trainer, pl_module)
+
+    def _evaluation_point(self, trainer: Any, pl_module: Any) -> None:
+        self._eval_count += 1  # on every rank, so the count in any checkpoint is right
+        if self._eval_count % self.every_n_epochs or not trainer.is_global_zero:
+            return
+        if self._samples is None:
+            self._warn_once(
+                "no_images",
+                "GradCAMCallback has no images to explain (the validation loop produced no "
+                "batch); pass images=... to the callback",
+            )
+            return
+        self._explain_and_log(trainer, pl_module)
+
+    # ------------------------------------------------------------------ the CAM pass
+
+    def _target_spec(self) -> object:
+        if self._targets is not None:
+            return self._targets
+        if callable(self.target) and not isinstance(self.target, torch.Tensor):
+            return self.target
+        if isinstance(self.target, torch.Tensor):
+            return self.target
+        if isinstance(self.target, int) and not isinstance(self.target, bool):
+            return self.target
+        labels = self._samples.labels
+        if self.target == "label" or (self.target == "auto" and labels is not None):  # str here
+            return labels
+        return None  # the prediction, fixed after this first CAM pass
+
+    def _get_sink(self) -> TensorBoardSink | FolderSink:
+        if self._sink is None:
+            self._sink = TensorBoardSink(self._tb_logger.experiment)
+        return self._sink
+
+    def _explain_and_log(self, trainer: Any, pl_module: Any) -> None:
+        samples = self._samples
+        engine = CAMEngine(pl_module, layer=self._layer_name, methods=self.methods)
+        result = engine.explain(samples.images, targets=self._target_spec())
+        self._layer_name = result.layer
+        if result.scores.shape[1] != 1:
+            raise ValueError(
+                f"the target callable returned {result.scores.shape[1]} scores per image; "
+                "GradCAMCallback tracks one fixed target per image, so return shape (B,) or (B, 1)"
+            )
+        if self._targets is None and not callable(self.target):
+            self._targets = result.class_ids[:, 0].clone()
+        maps = {m: result.maps[m][:, 0].float().cpu() for m in self.methods}
+        step = int(trainer.global_step)
+        epoch = int(trainer.current_epoch)
+        sink = self._get_sink()
+        base = self._base_images()
+        prefix = f"{self.tag_prefix}/{self._layer_name}"
+
+        if not self._inputs_logged:
+            sink.image(f"{prefix}/inputs", self._inputs_picture(base), step)
+            self._inputs_logged = True
+
+        thumbs: dict[str, list[np.ndarray]] = {}
+        logged: dict[str, dict[str, float]] = {}
+        for method, method_maps in maps.items():
+            tiles = []
+            for index in range(len(samples)):
+                tile = self._tile(base[index], method_maps[index], index, result)
+                sink.image(f"{prefix}/{method}/sample_{index:02d}", tile, step)
+                tiles.append(tile)
+            sink.image(f"{prefix}/{method}/grid", grid(tiles, ncols=min(len(tiles), 8)), step)
+            logged[method] = self._scalars(method, method_maps)
+            for name, value in logged[method].items():
+                sink.scalar(f"{prefix}/{method}/{name}", value, step)
+            if self.filmstrip_size is not None:
+                thumbs[method] = [
+                    caption(
+                        resize_max(self._picture(base[i], method_maps[i], i), self.filmstrip_size),
+                        f"ep {epoch}",
+                    )
+                    for i in range(len(samples))
+                ]
+        sink.flush()
+        for method, method_maps in maps.items():
+            self._first.setdefault(method, method_maps)
+            self._prev[method] = method_maps
+        self._cam_count += 1
+        self.history.append({"epoch": epoch, "step": step, "scalars": logged, "thumbs": thumbs})
+
+    def _scalars(self, method: str, maps: torch.Tensor) -> dict[str, float]:
+        values: dict[str, float] = {}
+        if method in self._prev:
+            values["drift_vs_prev"] = float(map_drift(maps, self._prev[method]).mean())
+        if method in self._first:
+            values["drift_vs_first"] = float(map_drift(maps, self._first[method]).mean())
+        samples = self._samples
+        if samples.masks is not None:
+            values["energy_in_box"] = float(energy_share(maps, samples.masks).mean())
+        elif samples.boxes is not None:
+            values["energy_in_box"] = float(energy_in_boxes(maps, samples.boxes).mean())
+        return values
+
+    # ------------------------------------------------------------------ pictures
+
+    def _base_images(self) -> list[np.ndarray]:
+        return [to_uint8_image(img, self.mean, self.std) for img in self._samples.images]
+
+    def _with_box(self, image: np.ndarray, index: int) -> np.ndarray:
+        if self._samples.boxes is not None:
+            return draw_boxes(image, self._samples.boxes[index : index + 1])
+        return image
+
+    def _picture(self, base: np.ndarray, cam: torch.Tensor, index: int) -> np.ndarray:
+        return self._with_box(overlay(base, cam, self.colormap, self.alpha), index)
+
+    def _class_text(self, class_id: int) -> str:
+        if self.class_names is not None and 0 <= class_id < len(self.class_names):
+            return self.class_names[class_id]
+        return f"class {class_id}"
+
+    def _tile(self, base: np.ndarray, cam: torch.Tensor, index: int, result: Any) -> np.ndarray:
+        class_id = int(result.class_ids[index, 0])
+        score = float(result.scores[index, 0])
+        text = f"score {score:.2f}" if class_id < 0 else f"{self._class_text(class_id)} {score:.2f}"
+        picture = resize_max(self._picture(base, cam, index), self.max_image_size)
+        return caption(picture, text)
+
+    def _inputs_picture(self, base: list[np.ndarray]) -> np.ndarray:
+        labels = self._samples.labels
+        tiles = []
+        for index, image in enumerate(base):
+            tile = resize_max(self._with_box(image, index), self.max_image_size)
+            if labels is not None:
+                tile = caption(tile, self._class_text(int(labels[index])))
+            tiles.append(tile)
+        return grid(tiles, ncols=min(len(tiles), 8))
+
+    def filmstrip(self, method: str | None = None) -> np.ndarray:
+        """Rows = samples, columns = the input, then one overlay per CAM epoch (oldest
+        first), as ``uint8 (H, W, 3)`` RGB. ``method`` defaults to the first one."""
+        method = method or self.methods[0]
+        if method not in self.methods:
+            raise ValueError(f"method {method!r} was not computed; choose from {self.methods}")
+        if not self.history or self._samples is None or self.filmstrip_size is None:
+            raise RuntimeError(
+                "no CAM epoch has run yet (or filmstrip_size=None): train with the callback first"
+            )
+        rows = []
+        for index, image in enumerate(self._base_images()):
+            first = resize_max(self._with_box(image, index), self.filmstrip_size)
+            cells = [caption(first, "input")]
+            cells += [entry["thumbs"][method][index] for entry in self.history]
+            rows.extend(cells)
+        return grid(rows, ncols=len(self.history) + 1)
+
+    # ------------------------------------------------------------------ checkpoint state
+
+    def state_dict(self) -> dict[str, Any]:
+        samples = self._samples
+        return {
+            "version": _STATE_VERSION,
+            "layer": self._layer_name,
+            "eval_count": self._eval_count,
+            "cam_count": self._cam_count,
+            "inputs_logged": self._inputs_logged,
+            "images_digest": None if samples is None else _images_digest(samples.images),
+            "samples": None
+            if samples is None
+            else dict(zip(("images", "labels", "boxes", "masks"), samples.fields())),
+            "targets": self._targets,
+            "first_maps": dict(self._first),
+            "prev_maps": dict(self._prev),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("version") != _STATE_VERSION:
+            self._warn_once(
+                "state_version",
+                f"GradCAMCallback: ignoring checkpoint state of version "
+                f"{state_dict.get('version')!r} (expected {_STATE_VERSION}); drift restarts",
+            )
+            return
+        self._eval_count = int(state_dict["eval_count"])
+        self._cam_count = int(state_dict["cam_count"])
+        saved = state_dict["samples"]
+        if saved is None:
+            return
+        if self._samples is not None and self._user_samples:
+            if _images_digest(self._samples.images) != state_dict["images_digest"]:
+                self._warn_once(
+                    "other_images",
+                    "GradCAMCallback: the images passed now differ from those in the "
+                    "checkpoint; the drift series restarts from these images",
+                )
+                return
+        else:
+            self._set_samples(make_samples(**saved))
+        self._layer_name = state_dict["layer"] or self._layer_name
+        self._inputs_logged = bool(state_dict["inputs_logged"])
+        self._targets = state_dict["targets"]
+        self._first = dict(state_dict["first_maps"])
+        self._prev = dict(state_dict["prev_maps"])

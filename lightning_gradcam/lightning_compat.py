@@ -1,0 +1,66 @@
+"""One callback for both Lightning packages: ``pytorch_lightning`` and ``lightning.pytorch``.
+
+The two packages ship separate, identical ``Callback`` base classes, and each Trainer checks
+``isinstance(cb, <its own> Callback)`` (e.g. to decide whether ``state_dict`` is overridden).
+``CALLBACK_BASES`` holds every installed one, so a class deriving from all of them is a
+callback to either Trainer. Both bases define the same no-op hooks, so the method resolution
+order between them does not matter.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__all__ = ["CALLBACK_BASES", "tensorboard_logger_types", "sharded_strategy_name"]
+
+_PACKAGES = ("pytorch_lightning", "lightning.pytorch")
+
+
+def _import(name: str):
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def _callback_bases() -> tuple[type, ...]:
+    bases = []
+    for package in _PACKAGES:
+        module = _import(package)
+        if module is not None:
+            bases.append(module.Callback)
+    if not bases:
+        raise ImportError(
+            "GradCAMCallback needs PyTorch Lightning: pip install pytorch-lightning (or lightning)"
+        )
+    return tuple(bases)
+
+
+CALLBACK_BASES: tuple[type, ...] = _callback_bases()
+
+
+def tensorboard_logger_types() -> tuple[type, ...]:
+    """Every installed Lightning ``TensorBoardLogger`` class (one per package)."""
+    types = []
+    for package in _PACKAGES:
+        module = _import(f"{package}.loggers")
+        if module is not None and hasattr(module, "TensorBoardLogger"):
+            types.append(module.TensorBoardLogger)
+    return tuple(types)
+
+
+# Strategies that shard parameters across ranks: a forward pass needs every rank, so a
+# rank-zero-only CAM pass would hang or see partial weights.
+_SHARDED = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
+
+
+def sharded_strategy_name(strategy: object) -> str | None:
+    """The name of the sharded-strategy class ``strategy`` is (or derives from), else None.
+
+    Checked by class name along the MRO, so it covers both packages' classes (and
+    subclasses) without importing optional dependencies such as DeepSpeed.
+    """
+    for cls in type(strategy).__mro__:
+        if cls.__name__ in _SHARDED:
+            return cls.__name__
+    return None
