@@ -1,0 +1,405 @@
+"""``lightning-gradcam``: explain image files with torchvision classification networks.
+
+For every image and network it writes the pictures of the original Grad-CAM.pytorch (heat
+map and overlay for Grad-CAM and Grad-CAM++, guided backpropagation, guided Grad-CAM and
+guided Grad-CAM++) as ``{image}-{network}-{kind}.png`` in the output folder, and prints the
+predicted class. Every argument is checked (weights against the network, layer, class id,
+images) before the first file is written; a bad one ends the command with a one-line
+``lightning-gradcam: error: ...`` on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .core.layers import LayerNotFoundError
+from .core.methods import GRADIENT_METHODS, check_methods
+from .core.render import COLORMAPS, caption, grid, heatmap, overlay, to_uint8_image
+from .core.targets import logits_of
+from .engine import CAMEngine, CAMResult
+from .io import ImageInputError, expand_image_paths, output_names, read_image, write_images
+from .io import sample_image as make_sample_image
+from .networks import (
+    RANDOM_WEIGHTS,
+    SEED_NETWORKS,
+    DownloadError,
+    NetworkError,
+    NetworkSpec,
+    WeightsError,
+    available_networks,
+    check_network_name,
+    first_line,
+    materialize,
+    prepare_network,
+)
+
+__all__ = ["main", "build_parser", "picture_suffixes", "DEFAULT_METHODS"]
+
+PROG = "lightning-gradcam"
+
+#: The seed's pictures: Grad-CAM and Grad-CAM++, guided backpropagation and guided Grad-CAM(++).
+DEFAULT_METHODS = ("gradcam", "gradcam++", "guided_backprop", "guided_gradcam", "guided_gradcam++")
+
+_LABELS = {
+    "gradcam": "Grad-CAM",
+    "gradcam++": "Grad-CAM++",
+    "xgradcam": "XGrad-CAM",
+    "layercam": "LayerCAM",
+    "hirescam": "HiResCAM",
+    "guided_backprop": "guided backprop",
+    "guided_gradcam": "guided Grad-CAM",
+    "guided_gradcam++": "guided Grad-CAM++",
+}
+# The seed's file names; other gradient methods get `heatmap-<method>` and `cam-<method>`.
+_SEED_SUFFIXES = {"gradcam": "", "gradcam++": "++"}
+_GUIDED_SUFFIXES = {
+    "guided_backprop": "gb",
+    "guided_gradcam": "cam_gb",
+    "guided_gradcam++": "cam++_gb",
+}
+
+_USER_ERRORS = (NetworkError, WeightsError, LayerNotFoundError, ImageInputError, ValueError)
+
+
+def picture_suffixes(method: str) -> tuple[str, ...]:
+    """The ``{kind}`` parts of the file names a method writes: ``("heatmap", "cam")`` for
+    Grad-CAM, ``("heatmap++", "cam++")`` for Grad-CAM++, ``("gb",)`` for guided
+    backpropagation, ``("cam_gb",)`` / ``("cam++_gb",)`` for guided Grad-CAM / ++."""
+    if method in _GUIDED_SUFFIXES:
+        return (_GUIDED_SUFFIXES[method],)
+    tail = _SEED_SUFFIXES.get(method, f"-{method}")
+    return (f"heatmap{tail}", f"cam{tail}")
+
+
+def _split(values: Sequence[str] | None) -> list[str]:
+    """``["a,b", "c"]`` -> ``["a", "b", "c"]``: names may be given with spaces or commas
+    (not file paths, which may hold commas)."""
+    return [part for value in values or () for part in value.split(",") if part]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``lightning-gradcam``."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=(
+            "Explain images with Grad-CAM, Grad-CAM++, guided backpropagation and guided "
+            "Grad-CAM(++) for torchvision classification networks. Writes "
+            "{image}-{network}-{kind}.png per image and network (kind: heatmap, cam, "
+            "heatmap++, cam++, gb, cam_gb, cam++_gb; grid with --format grid)."
+        ),
+    )
+    parser.add_argument(
+        "--image-path",
+        help="an image file, a folder of images or a glob such as 'photos/*.jpg' "
+        "(default: a generated sample image of coloured shapes)",
+    )
+    parser.add_argument(
+        "--network",
+        nargs="+",
+        default=["resnet50"],
+        metavar="NAME",
+        help=f"one or more torchvision classification models (default resnet50), e.g. "
+        f"{', '.join(SEED_NETWORKS)}; see --list-networks",
+    )
+    parser.add_argument(
+        "--weight-path",
+        nargs="+",
+        metavar="FILE",
+        help="a state dict per network (torch.save(model.state_dict()); old torchvision zoo "
+        "files such as densenet121-a639ec97.pth work), or 'random' for random weights "
+        "(meaningless maps). Default: torchvision's pretrained weights, from the torch hub "
+        "cache or downloaded",
+    )
+    parser.add_argument(
+        "--layer-name",
+        nargs="+",
+        metavar="LAYER",
+        help="dotted module name of the layer to explain, one per network (default: the last "
+        "convolutional stage: layer4 for resnets, the last ReLU of features for vgg, features "
+        "for densenet and mobilenet_v2, Mixed_7c for inception_v3, conv5 for shufflenet_v2; "
+        "the last layer with a spatial output for other networks)",
+    )
+    parser.add_argument(
+        "--class-id",
+        type=_non_negative_int,
+        help="class to explain (default: the predicted class)",
+    )
+    parser.add_argument(
+        "--output-dir", default="results", type=Path, help="folder for the pictures (results)"
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(DEFAULT_METHODS),
+        metavar="METHOD",
+        help=f"CAM methods (default: {' '.join(DEFAULT_METHODS)}; also xgradcam, layercam, "
+        "hirescam)",
+    )
+    parser.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:1")
+    parser.add_argument(
+        "--format",
+        choices=("files", "grid"),
+        default="files",
+        help="files: one picture per method and kind (default); grid: also one side-by-side "
+        "sheet per image and network, {image}-{network}-grid.png",
+    )
+    parser.add_argument(
+        "--input-size",
+        type=_positive_int,
+        metavar="PIXELS",
+        help="side of the square network input (default: the weights' preset, 224; 299 for "
+        "inception_v3); images are resized and centre-cropped to it",
+    )
+    parser.add_argument(
+        "--colormap", choices=sorted(COLORMAPS), default="jet", help="heat-map colours (jet)"
+    )
+    parser.add_argument(
+        "--list-networks",
+        action="store_true",
+        help="print the network names torchvision offers and exit",
+    )
+    return parser
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; class ids start at 0")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = _non_negative_int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _device(parser: argparse.ArgumentParser, text: str) -> torch.device:
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        parser.error(f"argument --device: {text!r} is not a torch device (cpu, cuda, cuda:1)")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            parser.error(
+                "argument --device: CUDA is not available here (torch.cuda.is_available() is "
+                "False); use --device cpu"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            parser.error(
+                f"argument --device: {text} does not exist; {torch.cuda.device_count()} CUDA "
+                "device(s) visible"
+            )
+    elif device.type != "cpu":
+        try:
+            torch.empty(1, device=device)
+        except (RuntimeError, AssertionError) as exc:
+            parser.error(f"argument --device: {text} cannot be used ({first_line(exc)})")
+    return device
+
+
+def _per_network(
+    parser: argparse.ArgumentParser, option: str, values: list[str], networks: list[str]
+) -> list[str | None]:
+    if not values:
+        return [None] * len(networks)
+    if len(values) == len(networks):
+        return values
+    if option == "--weight-path" and values == [RANDOM_WEIGHTS]:
+        return values * len(networks)
+    parser.error(
+        f"argument {option}: {len(values)} given for {len(networks)} networks; give one per "
+        "network, in the order of --network"
+    )
+    raise AssertionError  # parser.error exits
+
+
+class _Target:
+    """The engine's target: the given class, or the predicted one; keeps the first forward's
+    logits so the prediction is printed without another forward."""
+
+    def __init__(self, class_id: int | None):
+        self.class_id = class_id
+        self.logits: torch.Tensor | None = None
+        self.ids: torch.Tensor | None = None
+
+    def __call__(self, output: object) -> torch.Tensor:
+        logits = logits_of(output)
+        if self.ids is None:  # the guided pass must explain the same class
+            self.logits = logits.detach().float()
+            if self.class_id is None:
+                self.ids = logits.argmax(dim=1, keepdim=True)
+            else:
+                self.ids = torch.full((logits.shape[0], 1), self.class_id, device=logits.device)
+        return logits.gather(1, self.ids.to(logits.device))
+
+
+def render_pictures(
+    view: torch.Tensor,
+    result: CAMResult,
+    methods: Sequence[str],
+    colormap: str = "jet",
+) -> dict[str, np.ndarray]:
+    """``{kind: RGB picture}`` for image 0, target 0 of ``result``; ``view (3, H, W)`` in
+    [0, 1] is the network's view of the image, on which overlays are drawn."""
+    base = to_uint8_image(view)
+    pictures: dict[str, np.ndarray] = {}
+    for method in methods:
+        kinds = picture_suffixes(method)
+        if method in GRADIENT_METHODS:
+            cam = result.maps[method][0, 0]
+            pictures[kinds[0]] = heatmap(cam, colormap)
+            pictures[kinds[1]] = overlay(base, cam, colormap)
+        else:
+            pictures[kinds[0]] = to_uint8_image(result.guided[method][0, 0])
+    return pictures
+
+
+def _grid_sheet(
+    view: torch.Tensor, pictures: dict[str, np.ndarray], methods: Sequence[str], title: str
+) -> np.ndarray:
+    """The seed's table row: the input, then every picture, each captioned."""
+    cells = [caption(to_uint8_image(view), title)]
+    for method in methods:
+        kinds = picture_suffixes(method)
+        for kind in kinds:
+            what = "heat map" if kind.startswith("heatmap") else "overlay" if len(kinds) > 1 else ""
+            cells.append(caption(pictures[kind], f"{_LABELS[method]} {what}".strip()))
+    return grid(cells)
+
+
+def _explain_one(
+    engine: CAMEngine,
+    spec: NetworkSpec,
+    image: np.ndarray,
+    args: argparse.Namespace,
+    methods: tuple[str, ...],
+    device: torch.device,
+) -> tuple[dict[str, np.ndarray], str]:
+    view, x = spec.preprocess(image)
+    target = _Target(args.class_id)
+    result = engine.explain(x[None].to(device), targets=target)
+    probs = target.logits[0].softmax(dim=0)
+    predicted = int(probs.argmax())
+    explained = int(target.ids[0, 0])
+    pictures = render_pictures(view, result, methods, args.colormap)
+    summary = f"predicted {spec.class_name(predicted)} (p={float(probs[predicted]):.3f})"
+    if explained != predicted:
+        summary += f", explained {spec.class_name(explained)}"
+    if args.format == "grid":
+        title = spec.class_name(explained)
+        pictures["grid"] = _grid_sheet(view, pictures, methods, title)
+    return pictures, summary
+
+
+def _error(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    try:
+        methods = check_methods(_split(args.methods))
+    except ValueError as exc:
+        parser.error(f"argument --methods: {exc}")
+    networks = _split(args.network)
+    if not networks:
+        parser.error("argument --network: give at least one network name")
+    weights = _per_network(parser, "--weight-path", list(args.weight_path or ()), networks)
+    layers = _per_network(parser, "--layer-name", _split(args.layer_name), networks)
+    device = _device(parser, args.device)
+    output_dir: Path = args.output_dir
+    if output_dir.exists() and not output_dir.is_dir():
+        return _error(f"--output-dir {output_dir} exists and is not a folder")
+
+    # Everything is checked before the first file is written.
+    try:
+        for name in networks:
+            check_network_name(name)
+        if args.image_path is None:
+            paths, names = [None], ["sample"]
+        else:
+            paths = expand_image_paths(args.image_path)
+            names = output_names(paths)
+            for path in paths:
+                read_image(path)
+        specs = []
+        for name, weight_path, layer in zip(networks, weights, layers):
+            specs.append(prepare_network(name, weight_path, layer, args.input_size, args.class_id))
+    except DownloadError as exc:
+        return _error(
+            f"{exc}. Pass a local state dict with --weight-path FILE (for instance that file, "
+            f"fetched on another machine), or --weight-path {RANDOM_WEIGHTS} to run with "
+            "random weights (the maps are then meaningless)"
+        )
+    except _USER_ERRORS as exc:
+        return _error(first_line(exc))
+
+    if args.image_path is None:
+        print("no --image-path given: explaining a generated sample image (shapes on clutter)")
+    total = len(specs) * len(paths)
+    with tqdm(total=total, unit="image", disable=None, file=sys.stderr) as bar:
+        while specs:
+            spec = specs.pop(0)  # drop each network's weights once it is done
+            if spec.random:
+                print(
+                    f"{PROG}: warning: {spec.name} has random weights (--weight-path "
+                    f"{RANDOM_WEIGHTS}): its maps and predictions are meaningless",
+                    file=sys.stderr,
+                )
+            try:
+                model = materialize(spec, device)
+                engine = CAMEngine(model, layer=spec.layer, methods=methods)
+                bar.write(
+                    f"{spec.name}: weights from {spec.source}; layer "
+                    f"{spec.layer or '(automatic)'}; input {spec.preprocess.crop_size}px",
+                    file=sys.stdout,
+                )
+                for path, stem in zip(paths, names):
+                    image = make_sample_image() if path is None else read_image(path)
+                    pictures, summary = _explain_one(engine, spec, image, args, methods, device)
+                    stem_out = output_dir / f"{stem}-{spec.name}"
+                    write_images({f"{stem_out}-{kind}.png": pic for kind, pic in pictures.items()})
+                    label = "sample" if path is None else str(path)
+                    bar.write(
+                        f"{label} [{spec.name}]: {summary}; wrote {len(pictures)} pictures "
+                        f"{stem_out}-*.png",
+                        file=sys.stdout,
+                    )
+                    bar.update(1)
+            except _USER_ERRORS + (RuntimeError, OSError) as exc:
+                return _error(f"{spec.name}: {first_line(exc)}")
+            del model, engine
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command with ``argv`` (default ``sys.argv[1:]``); return the exit status:
+    0 on success, 2 on a bad argument or input (one line on stderr, nothing written for it)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.list_networks:
+            print("\n".join(available_networks()))
+            return 0
+        return _run(args, parser)
+    except SystemExit as exc:  # argparse's usage errors and --help
+        return exc.code if isinstance(exc.code, int) else 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
