@@ -102,13 +102,13 @@ def check_methods(methods: str | tuple[str, ...] | list[str]) -> tuple[str, ...]
     if isinstance(methods, str):
         methods = (methods,)
     methods = tuple(dict.fromkeys(methods))
+    known = (*GRADIENT_METHODS, *GUIDED_METHODS)  # the registry now, not at import time
     if not methods:
-        raise ValueError(f"methods is empty; choose from {', '.join(ALL_METHODS)}")
-    unknown = [m for m in methods if m not in ALL_METHODS]
+        raise ValueError(f"methods is empty; choose from {', '.join(known)}")
+    unknown = [m for m in methods if m not in known]
     if unknown:
         raise ValueError(
-            f"unknown CAM method(s) {', '.join(map(repr, unknown))}; "
-            f"choose from {', '.join(ALL_METHODS)}"
+            f"unknown CAM method(s) {', '.join(map(repr, unknown))}; choose from {', '.join(known)}"
         )
     return methods
 
@@ -125,15 +125,21 @@ def compute_cam(method: str, activation: torch.Tensor, gradient: torch.Tensor) -
 
 
 def normalize_maps(maps: torch.Tensor, eps: float = _EPS) -> torch.Tensor:
-    """Per-map min-max over the last two dims: ``(L - min) / (max - min + eps)``.
+    """Per-map min-max over the last two dims: ``(L - min) / (max - min + eps * peak)``,
+    ``peak = max |L|``.
 
-    A flat map (all zeros, say, when no pixel supports the class) becomes all zeros, never
-    NaN; non-finite values are treated as 0.
+    The epsilon is relative to the map's own magnitude, so the result does not depend on its
+    scale (Grad-CAM++ drops a positive factor on that ground, and a randomly initialised
+    deep net's maps can be ~1e-9, far below any absolute epsilon). A flat map (all zeros,
+    say, when no pixel supports the class) becomes all zeros, never NaN; non-finite values
+    are treated as 0.
     """
     maps = torch.nan_to_num(maps.float(), nan=0.0, posinf=0.0, neginf=0.0)
     low = maps.amin(dim=(-2, -1), keepdim=True)
     high = maps.amax(dim=(-2, -1), keepdim=True)
-    return (maps - low) / (high - low + eps)
+    peak = torch.maximum(high.abs(), low.abs())
+    denominator = (high - low + eps * peak).clamp_min(torch.finfo(torch.float32).tiny)
+    return (maps - low) / denominator
 
 
 def upsample_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

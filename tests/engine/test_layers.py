@@ -1,0 +1,124 @@
+"""Finding the layer: dotted names, wrappers (DataParallel, DDP, torch.compile), automatic."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from lightning_gradcam import CAMEngine, LayerNotFoundError
+from lightning_gradcam.core.layers import find_last_4d_layer, resolve_layer, unwrap_model
+
+from .nets import DeepHeadNet, GapNet, seeded, tiny_images
+
+
+@pytest.fixture(scope="module")
+def model():
+    return seeded(DeepHeadNet, seed=5).eval()
+
+
+@pytest.fixture(scope="module")
+def images():
+    return tiny_images(batch=2, size=16, seed=6)
+
+
+def test_dotted_names(model):
+    assert resolve_layer(model, "stem") is model.stem
+    assert resolve_layer(model, "block.2") is model.block[2]
+    assert resolve_layer(model, "stem.0") is model.stem[0]
+
+
+def test_default_layer_is_the_last_4d_output(model, images):
+    # DeepHeadNet: block (Sequential, finishes after block.3) is the last module with a
+    # spatial 4-D output; the functional ReLU and the mean after it are not modules.
+    engine = CAMEngine(model, layer=None)
+    res = engine.explain(images)
+    assert res.layer == "block" and engine.layer == "block"
+    assert res.layer_maps["gradcam"].shape == (2, 1, 8, 8)
+    explicit = CAMEngine(model, layer="block").explain(images)
+    torch.testing.assert_close(res.maps["gradcam"], explicit.maps["gradcam"])
+
+
+def test_default_layer_skips_pools_and_1x1_outputs():
+    model = GapNet()  # ... features -> AdaptiveAvgPool2d (4-D, but 1x1) -> fc
+    assert find_last_4d_layer(model, lambda: model(tiny_images())) == "features"
+
+    class PoolLast(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.pool = nn.MaxPool2d(2)
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(self.pool(self.conv(x)).mean(dim=(2, 3)))
+
+    net = PoolLast()
+    assert find_last_4d_layer(net, lambda: net(tiny_images())) == "conv"
+
+
+def test_data_parallel_wrapper(model, images):
+    wrapped = nn.DataParallel(model)  # on a CPU-only machine it just calls the module
+    assert unwrap_model(wrapped) is model
+    assert resolve_layer(wrapped, "module.block") is model.block
+    assert resolve_layer(wrapped, "block") is model.block
+    plain = CAMEngine(model, layer="block").explain(images)
+    for name in ("block", "module.block"):
+        res = CAMEngine(wrapped, layer=name).explain(images)
+        torch.testing.assert_close(res.maps["gradcam"], plain.maps["gradcam"])
+        assert res.layer == name
+
+
+def test_distributed_data_parallel_wrapper(model, images, tmp_path):
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    created = not dist.is_initialized()
+    if created:
+        store = dist.FileStore(str(tmp_path / "store"), 1)
+        dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        wrapped = nn.parallel.DistributedDataParallel(model)
+        assert unwrap_model(wrapped) is model
+        plain = CAMEngine(model, layer="block").explain(images)
+        res = CAMEngine(wrapped, layer="module.block").explain(images)
+        torch.testing.assert_close(res.maps["gradcam++"], plain.maps["gradcam++"])
+    finally:
+        if created:
+            dist.destroy_process_group()
+
+
+def test_torch_compile_wrapper(model, images):
+    start = time.perf_counter()
+    compiled = torch.compile(model)  # lazy: nothing is compiled until it is called
+    assert unwrap_model(compiled) is model
+    assert resolve_layer(compiled, "_orig_mod.block.2") is model.block[2]
+    plain = CAMEngine(model, layer="block").explain(images)
+    res = CAMEngine(compiled, layer="_orig_mod.block").explain(images)
+    torch.testing.assert_close(res.maps["gradcam"], plain.maps["gradcam"])
+    auto = CAMEngine(compiled, layer=None).explain(images)
+    assert auto.layer == "block"
+    assert time.perf_counter() - start < 30, "explaining a compiled model should not compile it"
+
+
+def test_nested_wrappers():
+    inner = GapNet()
+    wrapped = nn.DataParallel(torch.compile(inner))
+    assert unwrap_model(wrapped) is inner
+    assert resolve_layer(wrapped, "module._orig_mod.features.2") is inner.features[2]
+    assert resolve_layer(wrapped, "features.2") is inner.features[2]
+
+
+def test_wrong_name_lists_close_names(model):
+    with pytest.raises(LayerNotFoundError) as info:
+        resolve_layer(model, "blok.2")
+    message = str(info.value)
+    assert "'blok.2'" in message and "'block.2'" in message and "layer=None" in message
+    assert isinstance(info.value, ValueError)
+    # Raised by the engine's constructor, before any forward pass.
+    with pytest.raises(LayerNotFoundError, match="'stem'"):
+        CAMEngine(model, layer="stemm")
+    with pytest.raises(LayerNotFoundError, match="non-empty"):
+        resolve_layer(model, "")
