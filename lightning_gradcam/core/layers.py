@@ -55,8 +55,12 @@ def named_layers(model: nn.Module) -> dict[str, nn.Module]:
 def resolve_layer(model: nn.Module, name: str) -> nn.Module:
     """Return the submodule at dotted ``name`` (``"layer4"``, ``"layer4.2"``, ``"features.29"``).
 
+    A name that is not a full path but ends exactly one (``"layer4"`` for a LightningModule
+    holding ``self.net = resnet50()``, i.e. ``"net.layer4"``) resolves to it.
+
     Raises:
-        LayerNotFoundError: no such submodule; the message names the closest matches.
+        LayerNotFoundError: no such submodule, or a suffix shared by several; the message
+            names the closest matches.
     """
     if not isinstance(name, str) or not name:
         raise LayerNotFoundError(f"layer must be a non-empty dotted module name, got {name!r}")
@@ -65,6 +69,14 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
     if clean in modules:
         return modules[clean]
     names = list(modules)
+    nested = [n for n in names if n.endswith("." + clean)]
+    if len(nested) == 1:
+        return modules[nested[0]]
+    if nested:
+        raise LayerNotFoundError(
+            f"layer name {name!r} is ambiguous in {type(unwrap_model(model)).__name__}: it ends "
+            f"{', '.join(map(repr, nested[:8]))}; pass the full dotted name"
+        )
     close = difflib.get_close_matches(clean, names, n=5, cutoff=0.5)
     if not close:  # fall back to names sharing the last component, then the top-level ones
         tail = clean.rsplit(".", 1)[-1]

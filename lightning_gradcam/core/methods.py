@@ -47,13 +47,15 @@ def gradcam_plus_plus(activation: torch.Tensor, gradient: torch.Tensor) -> torch
     ``exp(S)``; it is left out, since it only scales the map (and overflows float32 past
     ``S = 88``), and maps are compared after normalisation.
     """
-    grad2 = gradient.pow(2)
-    grad3 = grad2 * gradient
+    # For G != 0, alpha * relu(G) = relu(G) / (2 + S G) with S = sum_ab A_cab: the same
+    # value with two fewer full-size powers (this runs on every detection's full-resolution
+    # gradient at image-level detector layers).
     activation_sum = activation.sum(dim=(2, 3), keepdim=True)
-    denominator = 2 * grad2 + activation_sum * grad3
+    denominator = 2 + activation_sum * gradient
+    positive = F.relu(gradient)
     safe = torch.where(denominator != 0, denominator, torch.ones_like(denominator))
-    alpha = torch.where(denominator != 0, grad2 / safe, torch.zeros_like(grad2))
-    weights = (alpha * F.relu(gradient)).sum(dim=(2, 3), keepdim=True)
+    weights = torch.where(denominator != 0, positive / safe, torch.zeros_like(positive))
+    weights = weights.sum(dim=(2, 3), keepdim=True)
     return (weights * activation).sum(dim=1)
 
 

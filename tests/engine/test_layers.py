@@ -122,3 +122,22 @@ def test_wrong_name_lists_close_names(model):
         CAMEngine(model, layer="stemm")
     with pytest.raises(LayerNotFoundError, match="non-empty"):
         resolve_layer(model, "")
+
+
+def test_a_unique_suffix_names_the_nested_layer_and_an_ambiguous_one_fails():
+    import torchvision
+
+    from lightning_gradcam.core.layers import LayerNotFoundError, resolve_layer
+
+    class Wrapper(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = torchvision.models.resnet18(num_classes=3)
+
+    wrapper = Wrapper()
+    assert resolve_layer(wrapper, "layer4") is wrapper.net.layer4
+    assert resolve_layer(wrapper, "layer4.1") is wrapper.net.layer4[1]
+    with pytest.raises(
+        LayerNotFoundError, match=r"ambiguous.*'net\.layer1\.0\.conv1'.*full dotted"
+    ):
+        resolve_layer(wrapper, "conv1")
