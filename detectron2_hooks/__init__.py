@@ -8,6 +8,7 @@ from . import adapters  # noqa: F401  (registers the adapters)
 from .adapters import CAMRes5ROIHeads, CAMRetinaNet, CAMStandardROIHeads
 from .config import add_gradcam_config, to_cam_config
 from .explain import Detection, DetectionCAM
+from .hook import GradCAMHook  # noqa: F401  (public: GradCAMHook)
 
 __all__ = [
     "DetectionCAM",
@@ -17,4 +18,5 @@ __all__ = [
     "CAMRetinaNet",
     "add_gradcam_config",
     "to_cam_config",
+    "GradCAMHook",
 ]

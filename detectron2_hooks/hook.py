@@ -1,0 +1,518 @@
+"""GradCAMHook: per-detection Grad-CAM pictures and drift scalars in TensorBoard while a
+detectron2 model trains.
+
+Every ``period`` iterations, and once at the last iteration, the hook explains the top
+detections of a few fixed images with :class:`DetectionCAM` and puts the pictures and numbers
+into the trainer's ``EventStorage`` (``put_image`` / ``put_scalar``), where detectron2's own
+``TensorboardXWriter`` writes them beside the losses. Tags (``P`` = ``tag_prefix``,
+``NN`` = the image's index, two digits):
+
+=====================================  =========================================================
+``P/image_NN/detections``              the input with the top detections' boxes, class names
+                                       and scores; with no detection, the input captioned
+                                       "no detections"
+``P/image_NN/<method>``                one overlay per detection (row-major, highest score
+                                       first); with several layers one row per detection and
+                                       one column per layer (e.g. RetinaNet's eight
+                                       ``head.cls_subnet.N``)
+``P/image_NN/num_detections``          scalar: detections explained
+``P/image_NN/<method>/energy_in_box``  scalar: mean share of a detection's map inside its box
+``P/image_NN/<method>/drift_vs_prev``  scalar: mean ``1 - pearson`` between the maps of the
+                                       detections matched to the previous pass
+``P/image_NN/<method>/drift_vs_first`` scalar: the same against the first pass that found
+                                       detections in this image
+=====================================  =========================================================
+
+Detections are matched across passes by class and box overlap (greedy, highest score first,
+IoU >= ``match_iou``); a scalar without any matched pair is not written. Scalars use the first
+layer's maps.
+
+Getting everything written, whatever the order of the hooks:
+
+- the last pass runs in the last iteration's ``after_step`` (not in ``after_train``, where a
+  ``PeriodicWriter`` registered first would already have closed its writers): the model is
+  final there, and every writer still writes what is put then;
+- at ``before_train`` the hook moves itself just before the first ``PeriodicWriter`` of the
+  trainer (``register_hooks`` on a ``DefaultTrainer`` appends after it), so what it puts in a
+  step is written in that step: a writer keeps only the latest value of a scalar, and skips
+  values of a step it has already written;
+- a pass at an iteration where the writers do not write (``period`` not a multiple of the
+  writer's period, 20 in ``DefaultTrainer``) flushes the ``TensorboardXWriter`` and
+  ``JSONWriter`` itself, so the scalars of every pass are written, not only the latest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import random
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
+from detectron2.engine import HookBase, hooks
+from detectron2.structures import Boxes, pairwise_iou
+from detectron2.utils import comm
+from detectron2.utils.events import JSONWriter, TensorboardXWriter
+from torch import nn
+
+from lightning_gradcam.core.drift import energy_in_boxes, map_drift
+from lightning_gradcam.core.layers import named_layers, unwrap_model
+from lightning_gradcam.core.methods import GUIDED_METHODS, check_methods
+from lightning_gradcam.core.render import caption, draw_boxes, grid, overlay, resize_max, to_chw
+
+from .explain import Detection, DetectionCAM
+
+__all__ = ["GradCAMHook", "parse_layers"]
+
+logger = logging.getLogger(__name__)
+
+
+def parse_layers(layer: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    """``None``/``""`` -> None (the detector's default); ``"a,b"`` or ``["a", "b"]`` -> names.
+
+    A name ending in ``.*`` stands for every direct child of that module, in order
+    (``"head.cls_subnet.*"``: RetinaNet's eight classification-subnet layers); it is expanded
+    against the model in ``before_train``.
+    """
+    if layer is None:
+        return None
+    if isinstance(layer, str):
+        names = [part.strip() for part in layer.split(",")]
+    else:
+        names = [str(part).strip() for part in layer]
+    names = [name for name in names if name]
+    return tuple(names) or None
+
+
+def _expand_layers(model: nn.Module, names: tuple[str, ...]) -> tuple[str, ...]:
+    layers = named_layers(model)
+    out: list[str] = []
+    for name in names:
+        if not name.endswith(".*"):
+            out.append(name)
+            continue
+        parent = name[:-2]
+        children = [
+            n for n in layers if n.startswith(parent + ".") and "." not in n[len(parent) + 1 :]
+        ]
+        if not children:
+            # Let DetectionCAM's resolve_layer report the bad parent with close matches.
+            out.append(parent if parent not in layers else name)
+            continue
+        out.extend(children)
+    return tuple(out)
+
+
+@contextlib.contextmanager
+def _preserve_rng() -> Iterator[None]:
+    """Restore torch (CPU, CUDA), NumPy and Python RNG states on exit: detectron2's training
+    augmentations draw from NumPy's global stream, and the test-time mapper's
+    ``ResizeShortestEdge`` calls ``np.random.choice`` even with a single size."""
+    torch_state = torch.get_rng_state()
+    cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    try:
+        yield
+    finally:
+        torch.set_rng_state(torch_state)
+        if cuda_state is not None:
+            torch.cuda.set_rng_state_all(cuda_state)
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+
+
+def _to_rgb(image: torch.Tensor, input_format: str) -> np.ndarray:
+    """A model input ``(C, H, W)`` in [0, 255] (BGR or RGB) as ``uint8 (H, W, 3)`` RGB."""
+    array = image.detach().float().cpu().clamp(0, 255).round().byte().permute(1, 2, 0).numpy()
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    if input_format == "BGR":
+        array = array[:, :, ::-1]
+    return np.ascontiguousarray(array[:, :, :3])
+
+
+class GradCAMHook(HookBase):
+    """Log per-detection Grad-CAM overlays and drift scalars while a detectron2 model trains.
+
+    ``trainer.register_hooks([GradCAMHook(dataset="my_val", num_images=4, period=100)])``, or
+    build it from ``cfg.GRADCAM`` with :meth:`from_config` (see
+    ``detectron2_hooks.trainer.GradCAMTrainerMixin`` for a one-line ``DefaultTrainer``).
+    The tags are listed in the module docstring.
+
+    Args:
+        inputs: fixed images, a list of detectron2 dicts: model inputs with an ``"image"``
+            tensor (used as they are), or dataset dicts (``"file_name"`` ...) which go through
+            the test-time ``DatasetMapper(cfg, is_train=False)``.
+        dataset: or a registered dataset name; its first ``num_images`` dicts are mapped with
+            the test-time mapper. Exactly one of ``inputs`` and ``dataset``.
+        num_images: images taken from ``dataset`` (or from ``inputs``).
+        layer: a dotted module name, a comma-separated string or a sequence of names
+            (``None``: the detector's default, ``roi_heads.res5`` C4, ``roi_heads.box_pooler``
+            FPN, ``head.cls_subnet.7`` RetinaNet); ``"head.cls_subnet.*"`` = all eight
+            RetinaNet classification-subnet layers, shown as one strip per detection. At
+            image-level and RetinaNet head layers channel-averaged Grad-CAM lights every
+            similar region; add ``"hirescam"`` for a map specific to the detection.
+        methods: CAM methods (``gradcam``, ``gradcam++``, ``xgradcam``, ``layercam``,
+            ``hirescam``).
+        period: iterations between passes; 0 = only at the last iteration.
+        max_detections: top detections explained per image.
+        cfg: the config for the test-time mapper (default: ``trainer.cfg`` of a
+            ``DefaultTrainer``); needed only for dataset dicts.
+        class_names: names for the class ids (default: the dataset's ``thing_classes``).
+        tag_prefix: first part of every tag.
+        match_iou: box overlap for matching detections across passes (drift scalars).
+        max_image_size: longer side of each logged tile, in pixels.
+        colormap, alpha: heat-map colours and overlay opacity (see ``core.render.overlay``).
+
+    The pass runs on the main process only, on the unwrapped model, with no barrier and no
+    copy of the model; the model is back in train mode afterwards, parameters' ``.grad`` are
+    untouched and no RNG stream advances, so training with the hook ends with the same
+    weights, bit for bit, as training without it.
+    """
+
+    def __init__(
+        self,
+        inputs: Sequence[dict] | None = None,
+        dataset: str | None = None,
+        num_images: int = 4,
+        layer: str | Sequence[str] | None = None,
+        methods: str | Sequence[str] = ("gradcam", "gradcam++"),
+        period: int = 100,
+        max_detections: int = 5,
+        *,
+        cfg: Any = None,
+        class_names: Sequence[str] | None = None,
+        tag_prefix: str = "gradcam",
+        match_iou: float = 0.5,
+        max_image_size: int = 256,
+        colormap: str = "jet",
+        alpha: float = 0.5,
+    ):
+        if (inputs is None) == (dataset is None):
+            raise ValueError(
+                "GradCAMHook needs exactly one image source: inputs=[detectron2 dicts] or "
+                "dataset='registered_name' (with num_images=...)"
+            )
+        if inputs is not None and (isinstance(inputs, dict) or not len(inputs)):
+            raise ValueError("inputs must be a non-empty list of detectron2 dicts")
+        for name, value, low in (
+            ("num_images", num_images, 1),
+            ("period", period, 0),
+            ("max_detections", max_detections, 1),
+            ("max_image_size", max_image_size, 16),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not 0.0 < match_iou <= 1.0:
+            raise ValueError(f"match_iou must be in (0, 1], got {match_iou}")
+        if not isinstance(tag_prefix, str) or not tag_prefix.strip("/ "):
+            raise ValueError(f"tag_prefix must be a non-empty string, got {tag_prefix!r}")
+        self.methods = check_methods(methods)
+        guided = [m for m in self.methods if m in GUIDED_METHODS]
+        if guided:
+            raise ValueError(
+                f"{', '.join(guided)} need guided backpropagation, which DetectionCAM does not "
+                "run; choose from gradcam, gradcam++, xgradcam, layercam, hirescam"
+            )
+        self._source_inputs = list(inputs) if inputs is not None else None
+        self.dataset = dataset
+        self.num_images = num_images
+        self.layer = parse_layers(layer)
+        self.period = period
+        self.max_detections = max_detections
+        self.cfg = cfg
+        self.class_names = list(class_names) if class_names is not None else None
+        self.tag_prefix = tag_prefix.strip("/ ")
+        self.match_iou = float(match_iou)
+        self.max_image_size = max_image_size
+        self.colormap = colormap
+        self.alpha = alpha
+
+        self.enabled = True
+        self.layers: tuple[str, ...] = ()
+        self.inputs: list[dict] = []
+        self.history: list[dict[str, Any]] = []  # per pass: {"iter", "scalars"}
+        self.latest_images: dict[str, np.ndarray] = {}  # tag -> uint8 (H, W, 3) RGB
+        self._cam: DetectionCAM | None = None
+        self._pictures: list[np.ndarray] = []
+        self._prev: list[list[dict] | None] = []
+        self._first: list[list[dict] | None] = []
+
+    @classmethod
+    def from_config(
+        cls, cfg: Any, inputs: Sequence[dict] | None = None, dataset: str | None = None
+    ) -> GradCAMHook | None:
+        """A hook from ``cfg.GRADCAM`` (see ``add_gradcam_config``); None if not ENABLED.
+
+        Images: ``inputs`` or ``dataset`` if given, else the first of ``cfg.DATASETS.TEST``,
+        else of ``cfg.DATASETS.TRAIN``. ``GRADCAM.LAYER`` may hold several comma-separated
+        names or ``head.cls_subnet.*``.
+        """
+        if "GRADCAM" not in cfg:
+            raise ValueError(
+                "cfg has no GRADCAM node; call detectron2_hooks.add_gradcam_config(cfg) "
+                "(or to_cam_config(cfg)) before building the hook"
+            )
+        node = cfg.GRADCAM
+        if not node.ENABLED:
+            return None
+        if inputs is None and dataset is None:
+            names = list(cfg.DATASETS.TEST) or list(cfg.DATASETS.TRAIN)
+            if not names:
+                raise ValueError(
+                    "no images for GradCAMHook: cfg.DATASETS.TEST and cfg.DATASETS.TRAIN are "
+                    "empty; register a dataset or pass inputs=/dataset="
+                )
+            dataset = names[0]
+        return cls(
+            inputs=inputs,
+            dataset=dataset,
+            num_images=int(node.NUM_IMAGES),
+            layer=node.LAYER or None,
+            methods=tuple(node.METHODS),
+            period=int(node.PERIOD),
+            max_detections=int(node.MAX_DETECTIONS),
+            cfg=cfg,
+        )
+
+    # ------------------------------------------------------------------ detectron2 hook API
+
+    def before_train(self) -> None:
+        self.enabled = comm.is_main_process()
+        if not self.enabled:
+            return
+        self._move_before_writers()
+        model = unwrap_model(self.trainer.model)
+        layers = _expand_layers(model, self.layer) if self.layer is not None else None
+        # Builds and checks the layers now: a wrong name fails here, with close matches.
+        self._cam = DetectionCAM(model, layer=layers, methods=self.methods)
+        self.layers = self._cam.layers
+        with _preserve_rng():
+            self.inputs = self._take_inputs()
+        if self.class_names is None and self.dataset is not None:
+            names = MetadataCatalog.get(self.dataset).get("thing_classes", None)
+            self.class_names = list(names) if names else None
+        input_format = getattr(model, "input_format", "BGR")
+        self._pictures = [_to_rgb(item["image"], input_format) for item in self.inputs]
+        self._prev = [None] * len(self.inputs)
+        self._first = [None] * len(self.inputs)
+
+    def after_step(self) -> None:
+        if not self.enabled or self._cam is None:
+            return
+        next_iter = self.trainer.iter + 1
+        last = next_iter == self.trainer.max_iter
+        if last or (self.period > 0 and next_iter % self.period == 0):
+            self.run()
+            self._flush_writers()
+
+    # ------------------------------------------------------------------ writers
+
+    def _writer_hooks(self) -> list[hooks.PeriodicWriter]:
+        return [
+            h for h in getattr(self.trainer, "_hooks", ()) if isinstance(h, hooks.PeriodicWriter)
+        ]
+
+    def _move_before_writers(self) -> None:
+        """Move this hook just before the first ``PeriodicWriter`` in ``trainer._hooks``.
+
+        Safe inside ``TrainerBase.before_train``'s loop over the list: moving the current
+        element to an earlier index leaves the elements after it where they were.
+        """
+        hook_list = getattr(self.trainer, "_hooks", None)
+        if not isinstance(hook_list, list):
+            return
+        mine = next((i for i, h in enumerate(hook_list) if h is self), None)
+        first = next(
+            (i for i, h in enumerate(hook_list) if isinstance(h, hooks.PeriodicWriter)), None
+        )
+        if mine is not None and first is not None and first < mine:
+            hook_list.insert(first, hook_list.pop(mine))
+            logger.info("GradCAMHook moved before the PeriodicWriter so its images are written")
+
+    def _flush_writers(self) -> None:
+        """Write now through the TensorBoard and JSON writers of every ``PeriodicWriter`` that
+        will not write at this iteration (their rule: ``(iter + 1) % period == 0`` or the last
+        iteration)."""
+        iteration, max_iter = self.trainer.iter, self.trainer.max_iter
+        for writer_hook in self._writer_hooks():
+            period = getattr(writer_hook, "_period", 1)
+            if (iteration + 1) % period == 0 or iteration == max_iter - 1:
+                continue
+            for writer in getattr(writer_hook, "_writers", ()):
+                if isinstance(writer, (TensorboardXWriter, JSONWriter)):
+                    writer.write()
+
+    # ------------------------------------------------------------------ the pass
+
+    def _take_inputs(self) -> list[dict]:
+        if self.dataset is not None:
+            try:
+                dicts = DatasetCatalog.get(self.dataset)
+            except KeyError as error:
+                raise ValueError(
+                    f"dataset {self.dataset!r} is not registered; registered: "
+                    f"{', '.join(DatasetCatalog.list())}"
+                ) from error
+            source = list(dicts[: self.num_images])
+            if not source:
+                raise ValueError(f"dataset {self.dataset!r} has no images")
+        else:
+            source = self._source_inputs[: self.num_images]
+        mapper = None
+        inputs = []
+        for item in source:
+            if not isinstance(item, dict):
+                raise ValueError(f"inputs must be detectron2 dicts, got {type(item).__name__}")
+            if not isinstance(item.get("image"), torch.Tensor):
+                if mapper is None:
+                    mapper = DatasetMapper(self._config(), is_train=False)
+                item = mapper(copy.deepcopy(item))
+            inputs.append({k: v for k, v in item.items() if k not in ("instances", "sem_seg")})
+        return inputs
+
+    def _config(self) -> Any:
+        cfg = self.cfg if self.cfg is not None else getattr(self.trainer, "cfg", None)
+        if cfg is None:
+            raise ValueError(
+                "GradCAMHook needs a config to map dataset dicts with the test-time "
+                "DatasetMapper: pass cfg=... (a DefaultTrainer's cfg is used automatically), "
+                "or give inputs= with 'image' tensors"
+            )
+        return cfg
+
+    def run(self) -> list[list[Detection]]:
+        """One pass now: explain, put pictures and scalars into the trainer's storage, at
+        ``storage.iter``. Returns the detections (one list per image)."""
+        storage = self.trainer.storage
+        step = int(storage.iter)
+        with _preserve_rng():
+            results = self._cam.explain(self.inputs, max_detections=self.max_detections)
+        scalars: dict[str, float] = {}
+        for index, detections in enumerate(results):
+            base = f"{self.tag_prefix}/image_{index:02d}"
+            pictures = self._render(index, detections, step)
+            for name, picture in pictures.items():
+                tag = f"{base}/{name}"
+                storage.put_image(tag, to_chw(picture))
+                self.latest_images[tag] = picture
+            values = self._scalars(index, detections)
+            for name, value in values.items():
+                scalars[f"{base}/{name}"] = value
+        for tag, value in scalars.items():
+            storage.put_scalar(tag, value, smoothing_hint=False)
+        self.history.append({"iter": step, "scalars": scalars})
+        return results
+
+    # ------------------------------------------------------------------ numbers
+
+    def _scalars(self, index: int, detections: list[Detection]) -> dict[str, float]:
+        values: dict[str, float] = {"num_detections": float(len(detections))}
+        if not detections:
+            return values
+        layer = self.layers[0]
+        record = [
+            {
+                "class_id": det.class_id,
+                "box": det.box.cpu(),
+                "maps": {m: det.maps_by_layer[layer][m].cpu() for m in self.methods},
+            }
+            for det in detections
+        ]
+        boxes = torch.stack([r["box"] for r in record])
+        for method in self.methods:
+            maps = torch.stack([r["maps"][method] for r in record])
+            values[f"{method}/energy_in_box"] = float(energy_in_boxes(maps, boxes).mean())
+        for name, reference in (("prev", self._prev[index]), ("first", self._first[index])):
+            pairs = self._match(record, reference) if reference else []
+            if not pairs:
+                continue
+            for method in self.methods:
+                current = torch.stack([record[i]["maps"][method] for i, _ in pairs])
+                before = torch.stack([reference[j]["maps"][method] for _, j in pairs])
+                values[f"{method}/drift_vs_{name}"] = float(map_drift(current, before).mean())
+        self._prev[index] = record
+        if self._first[index] is None:
+            self._first[index] = record
+        return values
+
+    def _match(self, current: list[dict], reference: list[dict]) -> list[tuple[int, int]]:
+        """Greedy pairs ``(current, reference)``: same class, IoU >= ``match_iou``, highest
+        current score first (``current`` is in score order), each reference used once."""
+        iou = pairwise_iou(
+            Boxes(torch.stack([r["box"] for r in current])),
+            Boxes(torch.stack([r["box"] for r in reference])),
+        )
+        classes = torch.tensor([r["class_id"] for r in reference])
+        used: set[int] = set()
+        pairs = []
+        for i, record in enumerate(current):
+            overlap = torch.where(
+                classes == record["class_id"], iou[i], torch.full_like(iou[i], -1)
+            )
+            for j in used:
+                overlap[j] = -1
+            best = int(overlap.argmax())
+            if float(overlap[best]) >= self.match_iou:
+                pairs.append((i, best))
+                used.add(best)
+        return pairs
+
+    # ------------------------------------------------------------------ pictures
+
+    def _class_text(self, class_id: int) -> str:
+        if self.class_names is not None and 0 <= class_id < len(self.class_names):
+            return self.class_names[class_id]
+        return f"class {class_id}"
+
+    def _label(self, det: Detection) -> str:
+        return f"{self._class_text(det.class_id)} {det.score:.2f}"
+
+    def _score_threshold(self) -> float | None:
+        model = self._cam.model
+        if hasattr(model, "test_score_thresh"):
+            return float(model.test_score_thresh)
+        predictor = getattr(getattr(model, "roi_heads", None), "box_predictor", None)
+        value = getattr(predictor, "test_score_thresh", None)
+        return float(value) if value is not None else None
+
+    def _render(self, index: int, detections: list[Detection], step: int) -> dict[str, np.ndarray]:
+        image = self._pictures[index]
+        if not detections:
+            threshold = self._score_threshold()
+            above = f" above {threshold:g}" if threshold is not None else ""
+            empty = caption(
+                resize_max(image, self.max_image_size), f"iter {step}: no detections{above}"
+            )
+            return {"detections": empty, **{method: empty for method in self.methods}}
+        boxes = torch.stack([det.box for det in detections])
+        labels = [self._label(det) for det in detections]
+        overview = caption(
+            resize_max(draw_boxes(image, boxes, labels), self.max_image_size),
+            f"iter {step}: {len(detections)} detections",
+        )
+        pictures = {"detections": overview}
+        many = len(self.layers) > 1
+        for method in self.methods:
+            tiles = []
+            for rank, det in enumerate(detections):
+                for layer in self.layers:
+                    tile = overlay(
+                        image, det.maps_by_layer[layer][method], self.colormap, self.alpha
+                    )
+                    tile = draw_boxes(tile, det.box[None], [self._label(det)])
+                    tile = resize_max(tile, self.max_image_size)
+                    text = _short(layer) if many else f"#{rank} {self._label(det)}"
+                    tiles.append(caption(tile, text))
+            pictures[method] = grid(tiles, ncols=len(self.layers) if many else len(tiles))
+        return pictures
+
+
+def _short(layer: str) -> str:
+    """``head.cls_subnet.3`` -> ``cls_subnet.3`` for captions."""
+    return ".".join(layer.split(".")[-2:])

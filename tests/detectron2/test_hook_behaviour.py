@@ -1,0 +1,259 @@
+"""GradCAMHook without a training loop: arguments, images taken, no detections, matching,
+drift, config, main process, wrappers. Hook methods are called on a stand-in trainer."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+from detectron2.engine import hooks
+from detectron2.modeling import build_model
+from detectron2.utils.events import TensorboardXWriter
+from hook_helpers import MIN_SIZE, fake_trainer, small_config
+
+from detectron2_hooks import Detection, GradCAMHook, add_gradcam_config
+from detectron2_hooks.hook import _to_rgb
+from detectron2_hooks.shapes import register_shapes, unregister
+from detectron2_hooks.trainer import insert_before_writers
+from lightning_gradcam.core.drift import energy_in_boxes, map_drift
+from lightning_gradcam.core.layers import LayerNotFoundError
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    name = f"hook_bh_shapes_{os.getpid()}"
+    dicts = register_shapes(name, str(tmp_path_factory.mktemp("shapes")), count=3, size=128)
+    yield name, dicts
+    unregister(name)
+
+
+@pytest.fixture(scope="module")
+def c4_model():
+    torch.manual_seed(0)
+    return build_model(small_config("c4")).train()
+
+
+@pytest.fixture(scope="module")
+def silent_model():
+    """Detects nothing: no softmax probability exceeds a threshold of 1."""
+    torch.manual_seed(0)
+    return build_model(small_config("c4", score_thresh=1.0)).train()
+
+
+def started(hook: GradCAMHook, model, iteration: int = 0, max_iter: int = 100) -> GradCAMHook:
+    hook.trainer = fake_trainer(model, iteration, max_iter)
+    hook.before_train()
+    return hook
+
+
+# ---------------------------------------------------------------- arguments
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({}, "exactly one image source"),
+        ({"inputs": [{}], "dataset": "x"}, "exactly one image source"),
+        ({"dataset": "x", "period": -1}, "period must be an integer >= 0"),
+        ({"dataset": "x", "max_detections": 0}, "max_detections must be an integer >= 1"),
+        ({"dataset": "x", "methods": ("guided_gradcam",)}, "need guided backpropagation"),
+        ({"dataset": "x", "methods": ("gradcan",)}, "unknown CAM method"),
+        ({"dataset": "x", "match_iou": 0.0}, "match_iou must be in (0, 1]"),
+    ],
+)
+def test_bad_arguments_are_refused_with_the_fix(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("]", r"\]")):
+        GradCAMHook(**kwargs)
+
+
+def test_wrong_layer_fails_in_before_train_with_close_matches(shapes, c4_model):
+    hook = GradCAMHook(dataset=shapes[0], layer="roi_heads.res6", cfg=small_config("c4"))
+    with pytest.raises(
+        LayerNotFoundError, match=r"no layer named 'roi_heads.res6'.*'roi_heads.res5'"
+    ):
+        started(hook, c4_model)
+
+
+def test_unknown_dataset_names_the_registered_ones(shapes, c4_model):
+    hook = GradCAMHook(dataset="no_such_set", cfg=small_config("c4"))
+    with pytest.raises(ValueError, match=rf"'no_such_set' is not registered.*{shapes[0]}"):
+        started(hook, c4_model)
+
+
+def test_dataset_dicts_without_a_config_ask_for_cfg(shapes, c4_model):
+    with pytest.raises(ValueError, match="pass cfg="):
+        started(GradCAMHook(dataset=shapes[0]), c4_model)
+
+
+# ---------------------------------------------------------------- images taken
+
+
+def test_dataset_images_go_through_the_test_time_mapper_without_rng_draws(shapes, c4_model):
+    name, dicts = shapes
+    states = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
+    hook = started(GradCAMHook(dataset=name, num_images=2, cfg=small_config("c4")), c4_model)
+    # ResizeShortestEdge draws from NumPy even with one size; the hook restores the streams.
+    assert torch.equal(states[0], torch.get_rng_state())
+    assert np.array_equal(states[1], np.random.get_state()[1])
+    assert states[2] == random.getstate()
+    assert len(hook.inputs) == 2
+    for item, source in zip(hook.inputs, dicts):
+        assert tuple(item["image"].shape) == (3, MIN_SIZE, MIN_SIZE)  # 128 px resized for test
+        assert item["file_name"] == source["file_name"] and "instances" not in item
+    assert hook.class_names == ["circle", "square", "triangle"]  # the dataset's metadata
+
+
+def test_model_inputs_are_used_as_given(c4_model):
+    image = torch.randint(0, 255, (3, 80, 100)).float()
+    hook = started(GradCAMHook(inputs=[{"image": image}] * 3, num_images=2), c4_model)
+    assert len(hook.inputs) == 2 and torch.equal(hook.inputs[0]["image"], image)
+
+
+def test_dataparallel_wrapper_is_unwrapped(shapes, c4_model):
+    hook = GradCAMHook(dataset=shapes[0], num_images=1, cfg=small_config("c4"))
+    started(hook, torch.nn.DataParallel(c4_model))
+    assert hook._cam.model is c4_model
+
+
+def test_other_processes_do_nothing(shapes, c4_model, monkeypatch):
+    monkeypatch.setattr("detectron2.utils.comm.is_main_process", lambda: False)
+    hook = started(GradCAMHook(dataset=shapes[0], period=1, cfg=small_config("c4")), c4_model)
+    with hook.trainer.storage as storage:
+        hook.after_step()
+    assert not hook.enabled and hook._cam is None and not hook.inputs
+    assert storage._vis_data == [] and not hook.history
+
+
+# ---------------------------------------------------------------- when, and no detections
+
+
+def test_passes_every_period_and_at_the_last_iteration(shapes, c4_model, monkeypatch):
+    hook = started(GradCAMHook(dataset=shapes[0], period=3, cfg=small_config("c4")), c4_model)
+    calls = []
+    monkeypatch.setattr(hook, "run", lambda: calls.append(hook.trainer.iter))
+    hook.trainer.max_iter = 8
+    for iteration in range(8):
+        hook.trainer.iter = iteration
+        hook.after_step()
+    assert calls == [2, 5, 7]
+
+
+def test_no_detections_logs_the_captioned_input(shapes, silent_model):
+    cfg = small_config("c4", score_thresh=1.0)
+    hook = started(GradCAMHook(dataset=shapes[0], num_images=2, cfg=cfg), silent_model, 6)
+    with hook.trainer.storage as storage:
+        results = hook.run()
+    assert results == [[], []]
+    assert silent_model.training
+    tags = [tag for tag, _, _ in storage._vis_data]
+    assert tags == [
+        f"gradcam/image_{i:02d}/{what}"
+        for i in range(2)
+        for what in ("detections", "gradcam", "gradcam++")
+    ]
+    for index in range(2):
+        picture = hook.latest_images[f"gradcam/image_{index:02d}/detections"]
+        source = _to_rgb(hook.inputs[index]["image"], "BGR")
+        height = source.shape[0]
+        assert picture.shape[0] > height  # a caption band under the input
+        np.testing.assert_array_equal(picture[:height], source)
+        assert picture[height:].max() > 150  # white (anti-aliased) text in the band
+        assert hook.latest_images[f"gradcam/image_{index:02d}/gradcam"] is picture
+    assert hook.history[-1] == {
+        "iter": 6,
+        "scalars": {"gradcam/image_00/num_detections": 0.0, "gradcam/image_01/num_detections": 0.0},
+    }
+    for name, (value, step) in storage.latest().items():
+        assert step == 6 and value == 0.0, name
+
+
+# ---------------------------------------------------------------- matching and drift
+
+
+def _det(class_id: int, box, maps: dict[str, torch.Tensor], score: float = 0.9) -> Detection:
+    det = Detection(
+        image_index=0,
+        rank=0,
+        box=torch.tensor(box, dtype=torch.float32),
+        class_id=class_id,
+        score=score,
+        target_score=score,
+        layer="L",
+    )
+    det.maps_by_layer["L"] = maps
+    return det
+
+
+def _blob(cx: float, cy: float) -> torch.Tensor:
+    ys, xs = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    return torch.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / 20.0)
+
+
+def test_drift_matches_detections_by_class_and_overlap():
+    hook = GradCAMHook(inputs=[{}], methods=("gradcam",))
+    hook.layers, hook._prev, hook._first = ("L",), [None], [None]
+    first = [
+        _det(0, [0, 0, 16, 16], {"gradcam": _blob(8, 8)}),
+        _det(1, [16, 16, 32, 32], {"gradcam": _blob(24, 24)}),
+    ]
+    values = hook._scalars(0, first)
+    assert "gradcam/drift_vs_prev" not in values  # nothing to compare with yet
+    expected_energy = energy_in_boxes(
+        torch.stack([_blob(8, 8), _blob(24, 24)]), torch.tensor([[0, 0, 16, 16], [16, 16, 32, 32]])
+    ).mean()
+    assert values["gradcam/energy_in_box"] == pytest.approx(float(expected_energy))
+
+    moved = _blob(12, 10)
+    second = [
+        _det(0, [1, 1, 17, 17], {"gradcam": moved}),  # same class, IoU 0.79: matched
+        _det(2, [16, 16, 32, 32], {"gradcam": _blob(0, 0)}),  # same place, other class: not
+    ]
+    values = hook._scalars(0, second)
+    drift = float(map_drift(moved[None], _blob(8, 8)[None])[0])
+    assert drift > 0.05
+    assert values["gradcam/drift_vs_prev"] == pytest.approx(drift)
+    assert values["gradcam/drift_vs_first"] == pytest.approx(drift)
+
+    far = [_det(0, [8, 8, 24, 24], {"gradcam": _blob(16, 16)})]  # IoU 0.22 with the last one
+    values = hook._scalars(0, far)
+    assert "gradcam/drift_vs_prev" not in values and "gradcam/drift_vs_first" not in values
+    assert values["num_detections"] == 1.0
+
+
+# ---------------------------------------------------------------- config
+
+
+def test_from_config_reads_the_gradcam_keys(shapes):
+    cfg = small_config("retinanet")
+    cfg.DATASETS.TRAIN = (shapes[0],)
+    cfg.GRADCAM.LAYER = "head.cls_subnet.1, head.cls_subnet.3"
+    cfg.GRADCAM.METHODS = ["gradcam", "hirescam"]
+    cfg.GRADCAM.PERIOD = 7
+    cfg.GRADCAM.NUM_IMAGES = 2
+    cfg.GRADCAM.MAX_DETECTIONS = 4
+    hook = GradCAMHook.from_config(cfg)
+    assert hook.layer == ("head.cls_subnet.1", "head.cls_subnet.3")
+    assert hook.methods == ("gradcam", "hirescam")
+    assert (hook.period, hook.num_images, hook.max_detections) == (7, 2, 4)
+    assert hook.dataset == shapes[0] and hook.cfg is cfg
+    cfg.GRADCAM.ENABLED = False
+    assert GradCAMHook.from_config(cfg) is None
+
+
+def test_from_config_without_the_node_says_how_to_add_it():
+    from detectron2.config import get_cfg
+
+    with pytest.raises(ValueError, match="add_gradcam_config"):
+        GradCAMHook.from_config(get_cfg())
+    assert GradCAMHook.from_config(add_gradcam_config(get_cfg()), dataset="d").dataset == "d"
+
+
+def test_insert_before_writers(tmp_path):
+    writer = hooks.PeriodicWriter([TensorboardXWriter(str(tmp_path))])
+    timer, hook = hooks.IterationTimer(), GradCAMHook(dataset="d")
+    assert insert_before_writers([timer, None, writer], hook) == [timer, None, hook, writer]
+    assert insert_before_writers([timer], hook) == [timer, hook]
+    assert insert_before_writers([timer, writer], None) == [timer, writer]

@@ -1,0 +1,138 @@
+"""GradCAMHook in real training runs: what reaches the TensorBoard event file, and when.
+
+Two runs of 5 iterations with a period of 2 (passes after iterations 1 and 3, and the last
+pass at iteration 4): a CAM Faster R-CNN (C4) in a ``DefaultTrainer`` subclass built from
+config with the mixin, and a ``CAMRetinaNet`` in a ``SimpleTrainer`` whose ``PeriodicWriter``
+was registered before the hook (so the writer's ``after_train`` runs first).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from detectron2.engine import DefaultTrainer, hooks
+from hook_helpers import decode, image_steps, read_events, small_config, train
+
+from detectron2_hooks import GradCAMHook
+from detectron2_hooks.shapes import register_shapes, unregister
+from detectron2_hooks.trainer import GradCAMTrainerMixin
+
+ITERS = 5
+STEPS = [1, 3, 4]
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    name = f"hook_tb_shapes_{os.getpid()}"
+    dicts = register_shapes(name, str(tmp_path_factory.mktemp("shapes")), count=4, size=128)
+    yield name, dicts
+    unregister(name)
+
+
+class CAMTrainer(GradCAMTrainerMixin, DefaultTrainer):
+    pass
+
+
+@pytest.fixture(scope="module")
+def c4_run(shapes, tmp_path_factory):
+    name, _ = shapes
+    cfg = small_config("c4")
+    cfg.DATASETS.TRAIN = (name,)
+    cfg.DATASETS.TEST = ()
+    cfg.SOLVER.IMS_PER_BATCH = 1
+    cfg.SOLVER.BASE_LR = 0.002
+    cfg.SOLVER.MAX_ITER = ITERS
+    cfg.SOLVER.WARMUP_ITERS = 0
+    cfg.SOLVER.CHECKPOINT_PERIOD = 10_000
+    cfg.OUTPUT_DIR = str(tmp_path_factory.mktemp("c4_run"))
+    cfg.GRADCAM.PERIOD = 2
+    cfg.GRADCAM.NUM_IMAGES = 2
+    cfg.GRADCAM.MAX_DETECTIONS = 3
+    trainer = CAMTrainer(cfg)
+    trainer.train()
+    return trainer, read_events(cfg.OUTPUT_DIR)
+
+
+@pytest.fixture(scope="module")
+def retina_run(shapes, tmp_path_factory):
+    name, dicts = shapes
+    cfg = small_config("retinanet")
+    log_dir = str(tmp_path_factory.mktemp("retina_run"))
+    hook = GradCAMHook(
+        dataset=name,
+        num_images=1,
+        layer="head.cls_subnet.*",
+        methods=("gradcam", "hirescam"),
+        period=2,
+        max_detections=2,
+        cfg=cfg,
+    )
+    trainer, _ = train(cfg, dicts, ITERS, [hook], log_dir=log_dir, writer_first=True)
+    return hook, read_events(log_dir), trainer
+
+
+def test_mixin_puts_the_hook_before_the_writer(c4_run):
+    trainer, _ = c4_run
+    names = [type(h).__name__ for h in trainer._hooks]
+    assert isinstance(trainer.gradcam_hook, GradCAMHook)
+    assert names.index("GradCAMHook") < names.index("PeriodicWriter")
+    assert trainer.gradcam_hook.layers == ("roi_heads.res5",)  # GRADCAM.LAYER "" = default
+
+
+@pytest.mark.parametrize("run", ["c4_run", "retina_run"])
+def test_image_tags_at_the_expected_steps(run, request):
+    events = request.getfixturevalue(run)[1]
+    steps = image_steps(events)
+    images = 2 if run == "c4_run" else 1
+    methods = ("gradcam", "gradcam++") if run == "c4_run" else ("gradcam", "hirescam")
+    expected = {
+        f"gradcam/image_{i:02d}/{what}" for i in range(images) for what in ("detections", *methods)
+    }
+    assert set(steps) == expected
+    for tag, tag_steps in steps.items():
+        assert tag_steps == STEPS, tag  # every pass, the last iteration's included
+
+
+@pytest.mark.parametrize("run", ["c4_run", "retina_run"])
+def test_final_images_decode_and_equal_what_the_hook_drew(run, request):
+    owner, events = request.getfixturevalue(run)[:2]
+    hook = owner.gradcam_hook if run == "c4_run" else owner
+    for tag, picture in hook.latest_images.items():
+        final = events.Images(tag)[-1]
+        assert final.step == ITERS - 1
+        decoded = decode(final.encoded_image_string)[:, :, ::-1]  # cv2 gives BGR
+        np.testing.assert_array_equal(decoded, picture)
+
+
+@pytest.mark.parametrize("run", ["c4_run", "retina_run"])
+def test_scalars_of_every_pass_sit_beside_detectron2s_own(run, request):
+    # c4: DefaultTrainer's writer period is 20, so passes 1 and 3 are flushed by the hook.
+    events = request.getfixturevalue(run)[1]
+    scalars = events.Tags()["scalars"]
+    assert "total_loss" in scalars  # detectron2's, in the same run
+    for index in range(2 if run == "c4_run" else 1):
+        counts = events.Scalars(f"gradcam/image_{index:02d}/num_detections")
+        assert [s.step for s in counts] == STEPS
+        assert all(0 <= s.value <= 3 for s in counts)
+
+
+def test_retinanet_strip_has_one_column_per_subnet_layer(retina_run):
+    hook = retina_run[0]
+    assert hook.layers == tuple(f"head.cls_subnet.{i}" for i in range(8))
+    detections = int(hook.history[-1]["scalars"]["gradcam/image_00/num_detections"])
+    assert detections >= 1
+    tile_h, tile_w = hook.latest_images["gradcam/image_00/detections"].shape[:2]
+    strip = hook.latest_images["gradcam/image_00/hirescam"]
+    pad = 2
+    assert strip.shape[1] == 8 * tile_w + 7 * pad
+    assert strip.shape[0] == detections * tile_h + (detections - 1) * pad
+
+
+def test_hook_registered_after_the_writer_moves_before_it(retina_run):
+    # register_hooks([PeriodicWriter, GradCAMHook]): the hook moved itself at before_train.
+    hook, _, trainer = retina_run
+    order = trainer._hooks
+    writer = next(i for i, h in enumerate(order) if isinstance(h, hooks.PeriodicWriter))
+    assert order.index(hook) == writer - 1
