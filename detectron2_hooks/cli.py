@@ -1,0 +1,567 @@
+"""``detectron2-gradcam``: Grad-CAM and Grad-CAM++ for every detection of a detectron2 detector.
+
+The seed's two detection demos (Faster R-CNN and RetinaNet) in one command. A stock config (a
+model-zoo name or a YAML file) is switched to the CAM adapters (``to_cam_config``); weights come
+from ``MODEL.WEIGHTS`` (``--opts MODEL.WEIGHTS path``), read without running code from the file
+(``detectron2_hooks.weights``). Images are converted to ``INPUT.FORMAT`` and resized by the
+test-time ``ResizeShortestEdge`` (``INPUT.MIN_SIZE_TEST``/``MAX_SIZE_TEST``), as
+``DefaultPredictor`` does; boxes and maps are in the resized image's pixels, and every picture is
+drawn on the resized image.
+
+Files per image, in ``--output-dir`` (``{det}`` = ``det00``, ``det01``, ... by decreasing score;
+``{class}`` the class name with non-alphanumerics as ``_``):
+
+- ``{image}-detections.png``: the explained detections, boxes labelled ``index: class score``;
+- ``{image}-{det}-{class}-{method}.png``: the map of one detection as an overlay with its box,
+  captioned with class, score and method (``gradcam``, ``gradcam++`` by default); with
+  several layers ``{image}-{det}-{class}-{layer}-{method}.png``;
+- ``--layer-name all-cls-subnet`` (RetinaNet): ``{image}-{det}-{class}-cls_subnet-strip.png``,
+  one strip per detection, a column per classification-subnet layer (``head.cls_subnet.0``
+  to ``.7``) and a row per method, at the detection's feature level.
+
+Everything that can be checked is checked before the first file is written; a bad argument or
+input ends the command with one line ``detectron2-gradcam: error: ...`` on stderr and exit
+status 2. Files are written atomically, so an error never leaves a damaged picture.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import difflib
+import os
+import re
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from detectron2.config import CfgNode, get_cfg
+
+from lightning_gradcam.core.layers import LayerNotFoundError, resolve_layer
+from lightning_gradcam.core.methods import GRADIENT_METHODS, check_methods
+from lightning_gradcam.core.render import COLORMAPS, caption, draw_boxes, grid, overlay, resize_max
+from lightning_gradcam.io import (
+    ImageInputError,
+    expand_image_paths,
+    output_names,
+    read_image,
+    write_images,
+)
+from lightning_gradcam.networks import first_line
+
+from .config import add_gradcam_config, default_layer, to_cam_config
+from .explain import Detection, DetectionCAM
+from .weights import (
+    RANDOM_WEIGHTS,
+    WeightsError,
+    load_detector_weights,
+    quiet_loggers,
+    resolve_weights,
+)
+
+__all__ = [
+    "main",
+    "build_parser",
+    "load_config",
+    "expand_layers",
+    "class_names",
+    "picture_names",
+    "ALL_CLS_SUBNET",
+    "DEFAULT_METHODS",
+    "STRIP_CELL",
+]
+
+PROG = "detectron2-gradcam"
+
+#: ``--layer-name`` value for every layer of RetinaNet's classification subnet (eight).
+ALL_CLS_SUBNET = "all-cls-subnet"
+#: The seed's two maps.
+DEFAULT_METHODS = ("gradcam", "gradcam++")
+#: Longer side, in pixels, of each cell of an ``all-cls-subnet`` strip.
+STRIP_CELL = 320
+
+_LABELS = {
+    "gradcam": "Grad-CAM",
+    "gradcam++": "Grad-CAM++",
+    "xgradcam": "XGrad-CAM",
+    "layercam": "LayerCAM",
+    "hirescam": "HiResCAM",
+}
+_USER_ERRORS = (WeightsError, LayerNotFoundError, ImageInputError, ValueError)
+
+
+class ConfigError(ValueError):
+    """A config file or ``--opts`` that detectron2 cannot use."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``detectron2-gradcam``."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=(
+            "Explain every detection of a detectron2 Faster R-CNN (C4 or FPN) or RetinaNet with "
+            "Grad-CAM and Grad-CAM++. Writes {image}-detections.png and, per detection, "
+            "{image}-det00-{class}-{method}.png (and {image}-det00-{class}-cls_subnet-strip.png "
+            "with --layer-name all-cls-subnet)."
+        ),
+        epilog=(
+            "example: detectron2-gradcam --config-file COCO-Detection/faster_rcnn_R_50_C4_1x.yaml "
+            "--input photos/ --opts MODEL.WEIGHTS model_final_721ade.pkl MODEL.DEVICE cpu"
+        ),
+    )
+    parser.add_argument(
+        "--config-file",
+        required=True,
+        metavar="FILE",
+        help="a detectron2 YAML config, or a model-zoo name such as "
+        "COCO-Detection/faster_rcnn_R_50_C4_1x.yaml or COCO-Detection/retinanet_R_50_FPN_1x.yaml; "
+        "stock configs are switched to the CAM adapters",
+    )
+    parser.add_argument(
+        "--input",
+        required=True,
+        nargs="+",
+        metavar="PATH",
+        help="image files, folders of images, or globs such as 'photos/*.jpg'",
+    )
+    parser.add_argument(
+        "--layer-name",
+        action="append",
+        metavar="LAYER",
+        help="dotted module name to explain; repeat for several (default: cfg.GRADCAM.LAYER, "
+        "else roi_heads.res5 for C4, roi_heads.box_pooler for FPN, head.cls_subnet.7 for "
+        f"RetinaNet). '{ALL_CLS_SUBNET}': RetinaNet's eight classification-subnet layers, one "
+        "strip per detection. At image-level layers (backbone.*) Grad-CAM is not specific to "
+        "a detection: add --methods hirescam",
+    )
+    parser.add_argument(
+        "--max-detections",
+        type=_non_negative_int,
+        default=10,
+        metavar="N",
+        help="explain the N highest-scoring detections per image (default 10)",
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(DEFAULT_METHODS),
+        metavar="METHOD",
+        help=f"CAM methods (default: {' '.join(DEFAULT_METHODS)}; also "
+        f"{', '.join(m for m in GRADIENT_METHODS if m not in DEFAULT_METHODS)})",
+    )
+    parser.add_argument(
+        "--confidence-threshold",
+        type=float,
+        metavar="P",
+        help="minimum score of a detection (default: the config's SCORE_THRESH_TEST)",
+    )
+    parser.add_argument(
+        "--output-dir", default="results", type=Path, help="folder for the pictures (results)"
+    )
+    parser.add_argument(
+        "--colormap", choices=sorted(COLORMAPS), default="jet", help="heat-map colours (jet)"
+    )
+    parser.add_argument(
+        "--opts",
+        nargs=argparse.REMAINDER,
+        default=[],
+        metavar="KEY VALUE",
+        help="config overrides, as detectron2's demos: e.g. --opts MODEL.WEIGHTS "
+        "/path/to/model.pkl MODEL.DEVICE cpu (MODEL.WEIGHTS random: random weights). Must "
+        "come last",
+    )
+    return parser
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
+
+
+# ---------------------------------------------------------------------------------- config
+
+
+def _zoo_root() -> Path:
+    """The model-zoo configs shipped inside detectron2 (``model_zoo.get_config_file``'s
+    folder, found without ``pkg_resources``)."""
+    import detectron2
+
+    return Path(detectron2.__file__).parent / "model_zoo" / "configs"
+
+
+def _zoo_names() -> list[str]:
+    root = _zoo_root()
+    found = [p for p in root.rglob("*") if p.suffix in (".yaml", ".py") and p.stem != "__init__"]
+    return sorted(str(p.relative_to(root)) for p in found if "__pycache__" not in p.parts)
+
+
+def config_path(name: str) -> str:
+    """A YAML path for ``--config-file``: the file itself, else a model-zoo config name.
+
+    Raises:
+        ConfigError: neither; the message names close model-zoo names.
+    """
+    if os.path.isfile(name):
+        path = name
+    else:
+        zoo = _zoo_names()
+        if name not in zoo:
+            close = difflib.get_close_matches(name, zoo, n=3, cutoff=0.6)
+            hint = f"did you mean {', '.join(close)}? " if close else ""
+            raise ConfigError(
+                f"config file {name} does not exist and is not a model-zoo config; {hint}give a "
+                "YAML path or a name such as COCO-Detection/faster_rcnn_R_50_C4_1x.yaml"
+            )
+        path = str(_zoo_root() / name)
+    if path.endswith(".py"):
+        raise ConfigError(
+            f"{name} is a LazyConfig (.py); this command reads YAML configs (e.g. "
+            "COCO-Detection/retinanet_R_50_FPN_1x.yaml)"
+        )
+    return path
+
+
+def load_config(
+    config_file: str, opts: Sequence[str] = (), confidence_threshold: float | None = None
+) -> CfgNode:
+    """``get_cfg()`` + ``cfg.GRADCAM`` keys, merged with the file and ``opts``, switched to
+    the CAM adapters (``to_cam_config``); ``confidence_threshold`` sets every
+    ``SCORE_THRESH_TEST``.
+
+    Raises:
+        ConfigError: unknown file, unknown key, bad YAML or an odd ``opts``; ValueError: a
+            detector with no CAM adapter.
+    """
+    path = config_path(config_file)
+    cfg = add_gradcam_config(get_cfg())
+    # detectron2's own RetinaNet YAML needs yaml.unsafe_load (a Python tag computes the anchor
+    # sizes), and says so with a warning; for the configs shipped with detectron2 that warning
+    # is noise. Config files run like code: only the weights file is treated as untrusted.
+    shipped = os.path.abspath(path) != os.path.abspath(config_file)
+    try:
+        with quiet_loggers("fvcore.common.config") if shipped else contextlib.nullcontext():
+            cfg.merge_from_file(path)
+    except Exception as exc:  # yaml, yacs and detectron2 raise several kinds
+        raise ConfigError(f"cannot read config {config_file}: {_yacs_message(exc)}") from None
+    stray = [word for word in list(opts)[::2] if word.startswith("--")]
+    if stray:
+        raise ConfigError(
+            f"--opts takes everything after it as KEY VALUE pairs, and {stray[0]} is not a "
+            f"config key: put {stray[0]} before --opts"
+        )
+    if len(opts) % 2:
+        raise ConfigError(
+            f"--opts takes KEY VALUE pairs, got an odd number of words ({' '.join(opts)}); e.g. "
+            "--opts MODEL.WEIGHTS model.pkl MODEL.DEVICE cpu"
+        )
+    try:
+        cfg.merge_from_list(list(opts))
+    except Exception as exc:
+        raise ConfigError(f"--opts: {_yacs_message(exc)}") from None
+    if confidence_threshold is not None:
+        if not 0.0 <= confidence_threshold <= 1.0:
+            raise ConfigError(
+                f"--confidence-threshold must be in [0, 1], got {confidence_threshold}"
+            )
+        cfg.MODEL.RETINANET.SCORE_THRESH_TEST = confidence_threshold
+        cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = confidence_threshold
+    return to_cam_config(cfg)
+
+
+def _yacs_message(exc: BaseException) -> str:
+    text = first_line(exc).strip("'\"")
+    if text.startswith("Non-existent"):
+        text += " (check the spelling; detectron2's keys are in detectron2/config/defaults.py)"
+    return text
+
+
+def _device(cfg: CfgNode, opts: Sequence[str]) -> str | None:
+    """A note when the config's CUDA device falls back to the CPU; ValueError when a device
+    given in ``--opts`` cannot be used."""
+    text = str(cfg.MODEL.DEVICE)
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise ValueError(
+            f"MODEL.DEVICE {text!r} is not a torch device (cpu, cuda, cuda:1)"
+        ) from None
+    if device.type != "cuda" or torch.cuda.is_available():
+        return None
+    if "MODEL.DEVICE" in list(opts)[::2]:
+        raise ValueError(
+            f"MODEL.DEVICE {text}: CUDA is not available here; use --opts MODEL.DEVICE cpu"
+        )
+    cfg.defrost()
+    cfg.MODEL.DEVICE = "cpu"
+    return f"the config asks for MODEL.DEVICE {text}, which is not available: running on the CPU"
+
+
+def num_classes(cfg: CfgNode) -> int:
+    """The detector's number of foreground classes."""
+    if "RetinaNet" in cfg.MODEL.META_ARCHITECTURE:
+        return int(cfg.MODEL.RETINANET.NUM_CLASSES)
+    return int(cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+
+
+def class_names(cfg: CfgNode) -> list[str]:
+    """``thing_classes`` of ``cfg.DATASETS.TEST[0]`` in ``MetadataCatalog`` when it has one
+    name per class (COCO's for the model-zoo configs), else ``"class N"``."""
+    count = num_classes(cfg)
+    if cfg.DATASETS.TEST:
+        import detectron2.data  # noqa: F401  (registers the builtin datasets' metadata)
+        from detectron2.data import MetadataCatalog
+
+        names = MetadataCatalog.get(cfg.DATASETS.TEST[0]).get("thing_classes", None)
+        if names is not None and len(names) == count:
+            return [str(n) for n in names]
+    return [f"class {i}" for i in range(count)]
+
+
+# ---------------------------------------------------------------------------------- layers
+
+
+def expand_layers(model: torch.nn.Module, names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``--layer-name`` values to ``(single, strip)`` layer lists: ``all-cls-subnet`` becomes
+    the strip layers ``head.cls_subnet.0`` ... (every module of RetinaNet's classification
+    subnet); other names are checked with ``resolve_layer``.
+
+    Raises:
+        LayerNotFoundError: an unknown name (closest names in the message); ValueError:
+            ``all-cls-subnet`` on a detector that has no ``head.cls_subnet``.
+    """
+    single: list[str] = []
+    strip: list[str] = []
+    for name in names:
+        if name == ALL_CLS_SUBNET:
+            subnet = getattr(getattr(model, "head", None), "cls_subnet", None)
+            if subnet is None:
+                raise ValueError(
+                    f"--layer-name {ALL_CLS_SUBNET} is for RetinaNet (head.cls_subnet.N); this "
+                    "config builds a Faster R-CNN: use roi_heads.res5 (C4), roi_heads.box_pooler "
+                    "(FPN) or a backbone stage"
+                )
+            strip.extend(f"head.cls_subnet.{i}" for i in range(len(subnet)))
+        else:
+            resolve_layer(model, name)
+            single.append(name)
+    return list(dict.fromkeys(single)), list(dict.fromkeys(strip))
+
+
+# ---------------------------------------------------------------------------------- pictures
+
+
+def _file_part(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9+-]+", "_", text).strip("_") or "_"
+
+
+def picture_names(
+    stem: str,
+    index: int,
+    class_name: str,
+    single: Sequence[str],
+    strip: Sequence[str],
+    methods: Sequence[str],
+) -> dict[tuple[str, str] | str, str]:
+    """File names of one detection's pictures: ``{(layer, method): name}`` for single layers,
+    ``{"strip": name}`` when there are strip layers."""
+    base = f"{stem}-det{index:02d}-{_file_part(class_name)}"
+    names: dict[tuple[str, str] | str, str] = {}
+    for layer in single:
+        middle = f"-{layer}" if len(single) > 1 else ""
+        for method in methods:
+            names[(layer, method)] = f"{base}{middle}-{method}.png"
+    if strip:
+        names["strip"] = f"{base}-cls_subnet-strip.png"
+    return names
+
+
+def _label(det: Detection, index: int, names: Sequence[str]) -> str:
+    return f"{index}: {names[det.class_id]} {det.score:.2f}"
+
+
+def _cell(image: np.ndarray, det: Detection, layer: str, method: str, colormap: str) -> np.ndarray:
+    picture = overlay(image, det.maps_by_layer[layer][method], colormap)
+    return draw_boxes(picture, det.box[None], color=(255, 255, 255))
+
+
+def render_detection(
+    image: np.ndarray,
+    det: Detection,
+    index: int,
+    names: Sequence[str],
+    single: Sequence[str],
+    strip: Sequence[str],
+    methods: Sequence[str],
+    colormap: str = "jet",
+) -> dict[tuple[str, str] | str, np.ndarray]:
+    """One detection's pictures, keyed as ``picture_names``: an overlay with the box per
+    single layer and method, captioned ``index: class score | method`` (``@ layer`` with
+    several layers); for strip
+    layers one grid, a row per method, a column per layer (cells shrunk to ``STRIP_CELL``),
+    captioned with the detection and, for RetinaNet, its feature level."""
+    title = _label(det, index, names)
+    pictures: dict[tuple[str, str] | str, np.ndarray] = {}
+    for layer in single:
+        for method in methods:
+            cell = _cell(image, det, layer, method, colormap)
+            where = f" @ {layer}" if len(single) > 1 else ""  # one layer: printed, not drawn
+            pictures[(layer, method)] = caption(cell, f"{title} | {_LABELS[method]}{where}")
+    if strip:
+        cells = [
+            caption(
+                resize_max(_cell(image, det, layer, method, colormap), STRIP_CELL),
+                f"{_LABELS[method]} {layer.removeprefix('head.')}",
+            )
+            for method in methods
+            for layer in strip
+        ]
+        sheet = grid(cells, ncols=len(strip))
+        level = f", level {det.level}" if det.level is not None else ""
+        pictures["strip"] = caption(sheet, f"{title}{level}", height=28)
+    return pictures
+
+
+# ---------------------------------------------------------------------------------- running
+
+
+def _detector_name(cfg: CfgNode) -> str:
+    arch = cfg.MODEL.META_ARCHITECTURE
+    return f"{arch} with {cfg.MODEL.ROI_HEADS.NAME}" if arch == "GeneralizedRCNN" else arch
+
+
+def _error(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _prepare_image(image: np.ndarray, cfg: CfgNode, resize) -> tuple[np.ndarray, torch.Tensor]:
+    """RGB ``uint8 (H, W, 3)`` to ``(resized RGB, model input (3, h, w) float)``."""
+    resized = resize.get_transform(image).apply_image(image) if resize is not None else image
+    pixels = resized[:, :, ::-1] if cfg.INPUT.FORMAT == "BGR" else resized
+    tensor = torch.as_tensor(np.ascontiguousarray(pixels.transpose(2, 0, 1)).astype(np.float32))
+    return np.ascontiguousarray(resized), tensor
+
+
+def _build(cfg: CfgNode, config_file: str) -> torch.nn.Module:
+    """``build_model(cfg)`` in eval mode, its random initialisation seeded (0) without touching
+    the caller's RNG, so ``MODEL.WEIGHTS random`` gives the same model every time."""
+    from detectron2.modeling import build_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        try:
+            return build_model(cfg).eval()
+        except Exception as exc:  # detectron2 asserts on many inconsistent configs
+            raise ConfigError(
+                f"cannot build the detector of {config_file} ({type(exc).__name__}: "
+                f"{first_line(exc)}); check the config and --opts"
+            ) from None
+
+
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    try:
+        methods = check_methods([m for value in args.methods for m in value.split(",") if m])
+    except ValueError as exc:
+        parser.error(f"argument --methods: {exc}")
+    guided = [m for m in methods if m not in GRADIENT_METHODS]
+    if guided:
+        parser.error(
+            f"argument --methods: {', '.join(guided)} not available for detectors; choose from "
+            f"{', '.join(GRADIENT_METHODS)}"
+        )
+    output_dir: Path = args.output_dir
+    if output_dir.exists() and not output_dir.is_dir():
+        return _error(f"--output-dir {output_dir} exists and is not a folder")
+
+    # Everything is checked before the first file is written.
+    try:
+        cfg = load_config(args.config_file, args.opts, args.confidence_threshold)
+        if cfg.INPUT.FORMAT not in ("BGR", "RGB"):
+            raise ConfigError(f"INPUT.FORMAT {cfg.INPUT.FORMAT!r}: only BGR and RGB are supported")
+        note = _device(cfg, args.opts)
+        weights = str(cfg.MODEL.WEIGHTS)
+        weights_file = None if weights == RANDOM_WEIGHTS else resolve_weights(weights)
+        paths = list(dict.fromkeys(p for spec in args.input for p in expand_image_paths(spec)))
+        stems = output_names(paths)
+        for path in paths:
+            read_image(path)
+        model = _build(cfg, args.config_file)
+        single, strip = expand_layers(model, args.layer_name or [default_layer(cfg)])
+        if weights_file is not None:
+            load_detector_weights(model, weights_file)
+        layers = list(dict.fromkeys([*single, *strip]))
+        cam = DetectionCAM(model, layer=layers, methods=methods)
+        names = class_names(cfg)
+    except _USER_ERRORS as exc:
+        return _error(first_line(exc))
+
+    if note:
+        print(f"{PROG}: note: {note}", file=sys.stderr)
+    if weights_file is None:
+        print(
+            f"{PROG}: warning: MODEL.WEIGHTS {RANDOM_WEIGHTS}: random weights, the detections "
+            "and maps are meaningless",
+            file=sys.stderr,
+        )
+    print(
+        f"{_detector_name(cfg)}: weights {weights_file or RANDOM_WEIGHTS}; layers "
+        f"{', '.join(layers)}; "
+        f"methods {', '.join(methods)}"
+    )
+
+    from detectron2.data import transforms as T
+
+    size = cfg.INPUT.MIN_SIZE_TEST
+    resize = T.ResizeShortestEdge([size, size], cfg.INPUT.MAX_SIZE_TEST) if size else None
+    for path, stem in zip(paths, stems):
+        try:
+            image, tensor = _prepare_image(read_image(path), cfg, resize)
+            (detections,) = cam.explain([{"image": tensor}], max_detections=args.max_detections)
+            labels = [_label(det, i, names) for i, det in enumerate(detections)]
+            boxes = [det.box.tolist() for det in detections]
+            pictures = {f"{stem}-detections.png": draw_boxes(image, boxes, labels)}
+            for index, det in enumerate(detections):
+                rendered = render_detection(
+                    image, det, index, names, single, strip, methods, args.colormap
+                )
+                files = picture_names(stem, index, names[det.class_id], single, strip, methods)
+                pictures.update({files[key]: pic for key, pic in rendered.items()})
+            write_images({output_dir / name: pic for name, pic in pictures.items()})
+        except ValueError as exc:  # a layer that does not fit the detector: not the image's fault
+            return _error(first_line(exc))
+        except (RuntimeError, OSError) as exc:
+            return _error(f"{path}: {first_line(exc)}")
+        print(
+            f"{path}: {len(detections)} detections explained ({image.shape[1]}x{image.shape[0]} "
+            f"px); wrote {len(pictures)} pictures {output_dir / stem}-*.png"
+        )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command with ``argv`` (default ``sys.argv[1:]``); return the exit status:
+    0 on success, 2 on a bad argument or input (one line on stderr, nothing written for it)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        # detectron2 and torch deprecation chatter would bury the command's own lines.
+        with warnings.catch_warnings(), quiet_loggers("torch.fx._symbolic_trace"):
+            warnings.simplefilter("ignore", UserWarning)
+            return _run(args, parser)
+    except SystemExit as exc:  # argparse's usage errors and --help
+        return exc.code if isinstance(exc.code, int) else 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
