@@ -4,11 +4,17 @@ Importing the package registers ``CAMRes5ROIHeads``, ``CAMStandardROIHeads``
 (``ROI_HEADS_REGISTRY``) and ``CAMRetinaNet`` (``META_ARCH_REGISTRY``).
 """
 
-from . import adapters  # noqa: F401  (registers the adapters)
+import warnings
+
+with warnings.catch_warnings():
+    # detectron2's import-time torch.jit.script calls warn on recent torch; the commands
+    # would print that next to their one-line errors.
+    warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+    from . import adapters  # noqa: F401  (registers the adapters)
 from .adapters import CAMRes5ROIHeads, CAMRetinaNet, CAMStandardROIHeads
 from .config import add_gradcam_config, to_cam_config
 from .explain import Detection, DetectionCAM
-from .hook import GradCAMHook  # noqa: F401  (public: GradCAMHook)
+from .hook import GradCAMHook
 
 __all__ = [
     "DetectionCAM",
