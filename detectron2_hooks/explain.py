@@ -179,13 +179,6 @@ def _is_clone_of(tensor: torch.Tensor, source: torch.Tensor) -> bool:
     return parent is source.grad_fn or getattr(parent, "variable", None) is source
 
 
-def _normalize(maps: torch.Tensor) -> torch.Tensor:
-    """``normalize_maps`` after dividing by the peak: its epsilon is absolute, and a weakly
-    trained detector's maps can be far smaller than it."""
-    peak = maps.abs().amax(dim=(-2, -1), keepdim=True)
-    return normalize_maps(maps / torch.where(peak > 0, peak, torch.ones_like(peak)))
-
-
 def paste_in_boxes(maps: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Paste ``maps (N, h, w)`` into ``boxes (N, 4)`` on ``(N, H, W)`` zero canvases.
 
@@ -656,10 +649,12 @@ class DetectionCAM:
                 height, width = image_sizes[det.image_index]
                 if kind == "roi":
                     full = paste_in_boxes(
-                        _normalize(raw), det.proposal_box[None].expand(len(raw), 4), (height, width)
+                        normalize_maps(raw),
+                        det.proposal_box[None].expand(len(raw), 4),
+                        (height, width),
                     )
                 else:
-                    full = _normalize(upsample_maps(raw, padded)[:, :height, :width])
+                    full = normalize_maps(upsample_maps(raw, padded)[:, :height, :width])
                 det.maps_by_layer[name] = dict(zip(self.methods, full.float()))
                 det.layer_maps_by_layer[name] = dict(zip(self.methods, raw.float()))
         return results
