@@ -29,7 +29,7 @@ from .core.render import (
     resize_max,
     to_uint8_image,
 )
-from .engine import CAMEngine
+from .engine import CAMEngine, CAMResult
 from .lightning_compat import CALLBACK_BASES, sharded_strategy_name, tensorboard_logger_types
 from .sinks import FolderSink, TensorBoardSink
 
@@ -199,6 +199,7 @@ class GradCAMCallback(*CALLBACK_BASES):
         self._pending: list[Samples] = []
 
         self._layer_name: str | None = layer
+        self._trial_done = False
         self._targets: torch.Tensor | None = None
         self._first: dict[str, torch.Tensor] = {}
         self._prev: dict[str, torch.Tensor] = {}
@@ -290,6 +291,8 @@ class GradCAMCallback(*CALLBACK_BASES):
             resolve_layer(pl_module, self.layer)  # LayerNotFoundError, with close matches
         if self._samples is not None:
             self._set_samples(self._samples)
+            if trainer.is_global_zero:
+                self._trial_pass(pl_module)
         loggers = [lg for lg in trainer.loggers if isinstance(lg, tensorboard_logger_types())]
         if loggers:
             self._sink = None  # the experiment is taken lazily, on rank zero only
@@ -368,6 +371,8 @@ class GradCAMCallback(*CALLBACK_BASES):
             return
         self._finish_taking()
         if trainer.sanity_checking:
+            if trainer.is_global_zero and self._samples is not None:
+                self._trial_pass(pl_module)
             return
         self._evaluation_point(trainer, pl_module)
 
@@ -411,16 +416,37 @@ class GradCAMCallback(*CALLBACK_BASES):
             self._sink = TensorBoardSink(self._tb_logger.experiment)
         return self._sink
 
-    def _explain_and_log(self, trainer: Any, pl_module: Any) -> None:
-        samples = self._samples
+    def _explain(self, pl_module: Any) -> CAMResult:
         engine = CAMEngine(pl_module, layer=self._layer_name, methods=self.methods)
-        result = engine.explain(samples.images, targets=self._target_spec())
+        result = engine.explain(self._samples.images, targets=self._target_spec())
         self._layer_name = result.layer
         if result.scores.shape[1] != 1:
             raise ValueError(
                 f"the target callable returned {result.scores.shape[1]} scores per image; "
                 "GradCAMCallback tracks one fixed target per image, so return shape (B,) or (B, 1)"
             )
+        return result
+
+    def _trial_pass(self, pl_module: Any) -> None:
+        """One unlogged CAM pass as soon as the images are known (at fit start for images
+        passed in, after the sanity check for validation images): a model or target that
+        cannot be explained fails before the first training step, not after an epoch."""
+        if self._trial_done:
+            return
+        try:
+            self._explain(pl_module)
+        except Exception as error:
+            if hasattr(error, "add_note"):  # Python 3.11+
+                error.add_note(
+                    "GradCAMCallback: the trial CAM pass before training failed; fix the "
+                    "callback's layer/target (or the model's output) before training."
+                )
+            raise
+        self._trial_done = True
+
+    def _explain_and_log(self, trainer: Any, pl_module: Any) -> None:
+        samples = self._samples
+        result = self._explain(pl_module)
         if self._targets is None and not callable(self.target):
             self._targets = result.class_ids[:, 0].clone()
         maps = {m: result.maps[m][:, 0].float().cpu() for m in self.methods}

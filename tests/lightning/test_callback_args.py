@@ -113,3 +113,23 @@ def test_sharded_strategy_is_refused_at_fit_start():
     trainer = SimpleNamespace(strategy=pl.strategies.FSDPStrategy())
     with pytest.raises(RuntimeError, match="does not support the sharded strategy FSDPStrategy"):
         GradCAMCallback(layer=LAYER).on_fit_start(trainer, TinyPL())
+
+
+def test_a_target_outside_the_head_fails_after_the_sanity_check_before_training(tmp_path):
+    module = TinyPL()
+    trainer = make_trainer(pl, tmp_path, [GradCAMCallback(layer=LAYER, target=7)])
+    with pytest.raises(ValueError, match="class id 7 is outside the model's 3 classes") as caught:
+        trainer.fit(module, val_dataloaders=val_loader())
+    assert any("trial CAM pass" in note for note in getattr(caught.value, "__notes__", []))
+    assert module.train_steps == 0
+    assert trainer.global_step == 0
+
+
+def test_passed_images_are_tried_at_fit_start_even_without_a_sanity_check(tmp_path):
+    images = torch.rand(4, 3, 32, 32)
+    callback = GradCAMCallback(layer=LAYER, images=images, target=lambda out: out[:, :2])
+    module = TinyPL()
+    trainer = make_trainer(pl, tmp_path, [callback], num_sanity_val_steps=0)
+    with pytest.raises(ValueError, match="returned 2 scores per image"):
+        trainer.fit(module, val_dataloaders=val_loader())
+    assert module.train_steps == 0

@@ -103,7 +103,9 @@ def test_prediction_target_is_fixed_at_the_first_cam_epoch(tmp_path, monkeypatch
     monkeypatch.setattr(callback_module.CAMEngine, "explain", spy)
     cb = GradCAMCallback(layer=LAYER, methods="gradcam", num_samples=8, target="prediction")
     _train(tmp_path, [cb], max_epochs=3)
-    assert len(calls) == 3
+    assert len(calls) == 4  # the unlogged trial pass after the sanity check, then 3 epochs
+    trial, calls = calls[0], calls[1:]
+    assert trial[0] is None  # the trial fixes nothing
     assert calls[0][0] is None  # the first CAM epoch explains the prediction (not the labels)
     first_prediction = calls[0][1]
     for targets, explained in calls[1:]:
