@@ -297,6 +297,9 @@ class GradCAMHook(HookBase):
         if self.class_names is None and self.dataset is not None:
             names = MetadataCatalog.get(self.dataset).get("thing_classes", None)
             self.class_names = list(names) if names else None
+        # One unlogged pass now: a layer the scores never reach, or inputs the model cannot
+        # take, fail before the first iteration instead of at the first period.
+        self._cam.explain(self.inputs[:1], max_detections=1)
         input_format = getattr(model, "input_format", "BGR")
         self._pictures = [_to_rgb(item["image"], input_format) for item in self.inputs]
         self._prev = [None] * len(self.inputs)

@@ -257,3 +257,13 @@ def test_insert_before_writers(tmp_path):
     assert insert_before_writers([timer, None, writer], hook) == [timer, None, hook, writer]
     assert insert_before_writers([timer], hook) == [timer, hook]
     assert insert_before_writers([timer, writer], None) == [timer, writer]
+
+
+def test_a_layer_the_scores_never_reach_fails_in_before_train(shapes, c4_model):
+    # The RPN head runs, but proposals are detached: box scores have no gradient there.
+    hook = GradCAMHook(
+        dataset=shapes[0], layer="proposal_generator.rpn_head.conv", cfg=small_config("c4")
+    )
+    with pytest.raises(ValueError, match="scores do not depend on layer .proposal_generator"):
+        started(hook, c4_model)
+    assert c4_model.training
