@@ -658,15 +658,3 @@ class DetectionCAM:
                 det.maps_by_layer[name] = dict(zip(self.methods, full.float()))
                 det.layer_maps_by_layer[name] = dict(zip(self.methods, raw.float()))
         return results
-
-
-def energy_in_box(cam: torch.Tensor, box: torch.Tensor) -> float:
-    """Fraction of a map's total mass inside ``box`` (pixel centres inside ``(x0, y0, x1, y1)``);
-    0 for an all-zero map."""
-    height, width = cam.shape[-2:]
-    ys = torch.arange(height, dtype=torch.float32) + 0.5
-    xs = torch.arange(width, dtype=torch.float32) + 0.5
-    x0, y0, x1, y1 = (float(v) for v in box)
-    inside = ((ys >= y0) & (ys <= y1))[:, None] & ((xs >= x0) & (xs <= x1))[None, :]
-    total = float(cam.sum())
-    return float(cam[inside.to(cam.device)].sum()) / total if total > 0 else 0.0

@@ -10,7 +10,8 @@ from d2_helpers import build, make_inputs
 from torch import nn
 
 from detectron2_hooks import DetectionCAM
-from detectron2_hooks.explain import energy_in_box, paste_in_boxes
+from detectron2_hooks.explain import paste_in_boxes
+from lightning_gradcam.core.drift import energy_in_boxes
 from lightning_gradcam.core.layers import LayerNotFoundError, resolve_layer
 from lightning_gradcam.core.methods import GRADIENT_METHODS, compute_cam
 
@@ -162,7 +163,7 @@ def _explain_zeroed(zeroed_models, kind, layers, methods=("gradcam", "hirescam")
 
 def _energies(out, layer, method):
     return [
-        energy_in_box(d.maps_by_layer[layer][method], d.box)
+        float(energy_in_boxes(d.maps_by_layer[layer][method][None], d.box[None])[0])
         for dets in out
         for d in dets
         if d.maps_by_layer[layer][method].max() > 0
