@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from detectron2.config import CfgNode, get_cfg
 
+from lightning_gradcam.command import non_negative_int, report_error, run_command
 from lightning_gradcam.core.layers import LayerNotFoundError, resolve_layer
 from lightning_gradcam.core.methods import GRADIENT_METHODS, check_methods
 from lightning_gradcam.core.render import COLORMAPS, caption, draw_boxes, grid, overlay, resize_max
@@ -139,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--max-detections",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=10,
         metavar="N",
         help="explain the N highest-scoring detections per image (default 10)",
@@ -174,16 +175,6 @@ def build_parser() -> argparse.ArgumentParser:
         "come last",
     )
     return parser
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative")
-    return value
 
 
 # ---------------------------------------------------------------------------------- config
@@ -438,8 +429,7 @@ def _detector_name(cfg: CfgNode) -> str:
 
 
 def _error(message: str) -> int:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    return 2
+    return report_error(PROG, message)
 
 
 def _prepare_image(image: np.ndarray, cfg: CfgNode, resize) -> tuple[np.ndarray, torch.Tensor]:
@@ -550,17 +540,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command with ``argv`` (default ``sys.argv[1:]``); return the exit status:
     0 on success, 2 on a bad argument or input (one line on stderr, nothing written for it)."""
     parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
+
+    def body(args: argparse.Namespace) -> int:
         # detectron2 and torch deprecation chatter would bury the command's own lines.
         with warnings.catch_warnings(), quiet_loggers("torch.fx._symbolic_trace"):
             warnings.simplefilter("ignore", UserWarning)
             return _run(args, parser)
-    except SystemExit as exc:  # argparse's usage errors and --help
-        return exc.code if isinstance(exc.code, int) else 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+
+    return run_command(parser, argv, body)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .command import non_negative_int, report_error, run_command
 from .core.layers import LayerNotFoundError
 from .core.methods import GRADIENT_METHODS, check_methods
 from .core.render import COLORMAPS, caption, grid, heatmap, overlay, to_uint8_image
@@ -128,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--class-id",
-        type=_non_negative_int,
+        type=_class_id,
         help="class to explain (default: the predicted class)",
     )
     parser.add_argument(
@@ -168,18 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative; class ids start at 0")
-    return value
+def _class_id(text: str) -> int:
+    return non_negative_int(text, hint="; class ids start at 0")
 
 
 def _positive_int(text: str) -> int:
-    value = _non_negative_int(text)
+    value = non_negative_int(text)
     if value == 0:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
@@ -304,8 +299,7 @@ def _explain_one(
 
 
 def _error(message: str) -> int:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    return 2
+    return report_error(PROG, message)
 
 
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -388,17 +382,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command with ``argv`` (default ``sys.argv[1:]``); return the exit status:
     0 on success, 2 on a bad argument or input (one line on stderr, nothing written for it)."""
     parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
+
+    def body(args: argparse.Namespace) -> int:
         if args.list_networks:
             print("\n".join(available_networks()))
             return 0
         return _run(args, parser)
-    except SystemExit as exc:  # argparse's usage errors and --help
-        return exc.code if isinstance(exc.code, int) else 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+
+    return run_command(parser, argv, body)
 
 
 if __name__ == "__main__":
