@@ -8,12 +8,13 @@ import os
 import sys
 import warnings
 
+import lightning.pytorch as lp
 import numpy as np
 import pytest
 import pytorch_lightning as pl
 from cam_events import make_trainer, read_events, steps
 from cam_loggers import read_png_rgb, wandb_history, wandb_run_dir
-from cam_tiny import LAYER, SIZE, STEPS_PER_EPOCH, TinyPL, val_loader
+from cam_tiny import LAYER, SIZE, STEPS_PER_EPOCH, TinyL, TinyPL, val_loader
 
 from lightning_gradcam import GradCAMCallback
 from lightning_gradcam.sinks import mlflow_key, sinks_for
@@ -27,13 +28,14 @@ STEPS = [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
 METHODS = ("gradcam", "gradcam++")
 
 
-def _fit(root, logger, **kwargs):
+def _fit(root, logger, package=pl, **kwargs):
     """Two epochs with validation; returns the callback and our warnings."""
     cb = GradCAMCallback(layer=LAYER, methods=METHODS, num_samples=2)
-    trainer = make_trainer(pl, root, [cb], logger=logger, max_epochs=2, **kwargs)
+    trainer = make_trainer(package, root, [cb], logger=logger, max_epochs=2, **kwargs)
+    module = TinyPL() if package is pl else TinyL()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        trainer.fit(TinyPL(), val_dataloaders=val_loader())
+        trainer.fit(module, val_dataloaders=val_loader())
     ours = [str(w.message) for w in caught if "GradCAMCallback" in str(w.message)]
     mlflow_renamed = [str(w.message) for w in caught if "MLFlow only allows" in str(w.message)]
     return cb, ours + mlflow_renamed
@@ -128,10 +130,11 @@ def test_csv_logger_gets_pngs_and_scalars_csv_in_its_folder(tmp_path):
     assert (tmp_path / "csv" / "version_0" / "metrics.csv").exists()  # Lightning's own, intact
 
 
-def test_tensorboard_and_csv_at_once_get_the_same_pictures(tmp_path):
-    tb = pl.loggers.TensorBoardLogger(str(tmp_path), name="tb", version=0)
-    csv_logger = pl.loggers.CSVLogger(str(tmp_path), name="csv", version=0)
-    _cb, ours = _fit(tmp_path, [tb, csv_logger])
+@pytest.mark.parametrize("package", [pl, lp], ids=["pytorch_lightning", "lightning.pytorch"])
+def test_tensorboard_and_csv_at_once_get_the_same_pictures(tmp_path, package):
+    tb = package.loggers.TensorBoardLogger(str(tmp_path), name="tb", version=0)
+    csv_logger = package.loggers.CSVLogger(str(tmp_path), name="csv", version=0)
+    _cb, ours = _fit(tmp_path, [tb, csv_logger], package)
     assert ours == []
     images, scalars = read_events(tmp_path / "tb")
     tag = f"{PREFIX}/gradcam/sample_00"
