@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -30,8 +29,8 @@ from .core.render import (
     to_uint8_image,
 )
 from .engine import CAMEngine, CAMResult
-from .lightning_compat import CALLBACK_BASES, sharded_strategy_name, tensorboard_logger_types
-from .sinks import FolderSink, TensorBoardSink
+from .lightning_compat import CALLBACK_BASES, sharded_strategy_name
+from .sinks import Sink, sinks_for
 
 __all__ = ["GradCAMCallback"]
 
@@ -206,8 +205,7 @@ class GradCAMCallback(*CALLBACK_BASES):
         self._eval_count = 0
         self._cam_count = 0
         self._inputs_logged = False
-        self._sink: TensorBoardSink | FolderSink | None = None
-        self._tb_logger: Any = None
+        self._sink: Sink | None = None
         self._warned: set[str] = set()
         self.history: list[dict[str, Any]] = []
 
@@ -293,22 +291,16 @@ class GradCAMCallback(*CALLBACK_BASES):
             self._set_samples(self._samples)
             if trainer.is_global_zero:
                 self._trial_pass(pl_module)
-        loggers = [lg for lg in trainer.loggers if isinstance(lg, tensorboard_logger_types())]
-        if loggers:
-            self._sink = None  # the experiment is taken lazily, on rank zero only
-            self._tb_logger = loggers[0]
-        else:
-            self._tb_logger = None
-            # trainer.log_dir broadcasts under DDP: compute it here, where every rank runs.
-            root = os.path.join(trainer.log_dir or trainer.default_root_dir, self.tag_prefix)
-            self._sink = FolderSink(root)
-            if trainer.is_global_zero:
-                self._warn_once(
-                    "no_tensorboard",
-                    "GradCAMCallback found no TensorBoardLogger among trainer.loggers; writing "
-                    f"PNG files and scalars.csv to {root} instead. Pass "
-                    "logger=TensorBoardLogger(...) to the Trainer to see them in TensorBoard.",
-                )
+        # Every logger that can take pictures (sinks.sinks_for). trainer.log_dir broadcasts
+        # under DDP: compute it here, where every rank runs.
+        zero = trainer.is_global_zero
+        self._sink = sinks_for(
+            trainer.loggers,
+            trainer.log_dir or trainer.default_root_dir,
+            subdir=self.tag_prefix,
+            dry_run=bool(trainer.fast_dev_run),
+            warn=lambda message: self._warn_once("no_logger", message) if zero else None,
+        )
 
     def _skip_outside_fit(self, trainer: Any) -> bool:
         if trainer.state.fn == "fit":
@@ -411,9 +403,7 @@ class GradCAMCallback(*CALLBACK_BASES):
             return labels
         return None  # the prediction, fixed after this first CAM pass
 
-    def _get_sink(self) -> TensorBoardSink | FolderSink:
-        if self._sink is None:
-            self._sink = TensorBoardSink(self._tb_logger.experiment)
+    def _get_sink(self) -> Sink:
         return self._sink
 
     def _explain(self, pl_module: Any) -> CAMResult:

@@ -11,7 +11,15 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["CALLBACK_BASES", "tensorboard_logger_types", "sharded_strategy_name"]
+__all__ = [
+    "CALLBACK_BASES",
+    "tensorboard_logger_types",
+    "wandb_logger_types",
+    "mlflow_logger_types",
+    "csv_logger_types",
+    "dummy_logger_types",
+    "sharded_strategy_name",
+]
 
 _PACKAGES = ("pytorch_lightning", "lightning.pytorch")
 
@@ -39,14 +47,45 @@ def _callback_bases() -> tuple[type, ...]:
 CALLBACK_BASES: tuple[type, ...] = _callback_bases()
 
 
-def tensorboard_logger_types() -> tuple[type, ...]:
-    """Every installed Lightning ``TensorBoardLogger`` class (one per package)."""
+def _logger_types(class_name: str, module_name: str = "loggers") -> tuple[type, ...]:
+    """Every installed Lightning logger class called ``class_name`` (one per package).
+
+    Looking a class up never imports the logger's own library (wandb, mlflow): Lightning
+    imports those only when such a logger is created or used.
+    """
     types = []
     for package in _PACKAGES:
-        module = _import(f"{package}.loggers")
-        if module is not None and hasattr(module, "TensorBoardLogger"):
-            types.append(module.TensorBoardLogger)
+        module = _import(f"{package}.{module_name}")
+        cls = getattr(module, class_name, None) if module is not None else None
+        if isinstance(cls, type):
+            types.append(cls)
     return tuple(types)
+
+
+def tensorboard_logger_types() -> tuple[type, ...]:
+    """Every installed Lightning ``TensorBoardLogger`` class (one per package)."""
+    return _logger_types("TensorBoardLogger")
+
+
+def wandb_logger_types() -> tuple[type, ...]:
+    """Every installed Lightning ``WandbLogger`` class (one per package)."""
+    return _logger_types("WandbLogger")
+
+
+def mlflow_logger_types() -> tuple[type, ...]:
+    """Every installed Lightning ``MLFlowLogger`` class (one per package)."""
+    return _logger_types("MLFlowLogger")
+
+
+def csv_logger_types() -> tuple[type, ...]:
+    """Every installed Lightning ``CSVLogger`` class (one per package)."""
+    return _logger_types("CSVLogger")
+
+
+def dummy_logger_types() -> tuple[type, ...]:
+    """Every installed Lightning ``DummyLogger`` (what ``fast_dev_run`` puts in place of the
+    user's loggers; it lives in ``loggers.logger``)."""
+    return _logger_types("DummyLogger", "loggers.logger")
 
 
 # Strategies that shard parameters across ranks: a forward pass needs every rank, so a

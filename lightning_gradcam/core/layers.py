@@ -13,6 +13,8 @@ __all__ = [
     "unwrap_model",
     "named_layers",
     "resolve_layer",
+    "full_layer_name",
+    "DEFAULT_LAYER_HINT",
     "find_last_4d_layer",
 ]
 
@@ -52,30 +54,39 @@ def named_layers(model: nn.Module) -> dict[str, nn.Module]:
     return layers
 
 
-def resolve_layer(model: nn.Module, name: str) -> nn.Module:
-    """Return the submodule at dotted ``name`` (``"layer4"``, ``"layer4.2"``, ``"features.29"``).
+# What the classification engine and callback add to a "no such layer" message; detector
+# entry points pass their own hint (there the last 4-D layer is not a sensible default).
+DEFAULT_LAYER_HINT = "or layer=None to pick the last layer with a 4-D output automatically"
 
-    A name that is not a full path but ends exactly one (``"layer4"`` for a LightningModule
-    holding ``self.net = resnet50()``, i.e. ``"net.layer4"``) resolves to it.
+# How many candidates an "ambiguous suffix" message lists before "and N more".
+_MAX_LISTED = 10
 
-    Raises:
-        LayerNotFoundError: no such submodule, or a suffix shared by several; the message
-            names the closest matches.
-    """
+
+def _by_path_length(names: list[str]) -> list[str]:
+    """Shortest path first (fewest dots, then fewest characters); ties keep module order."""
+    return sorted(names, key=lambda n: (n.count("."), len(n)))
+
+
+def _lookup(model: nn.Module, name: str, hint: str | None) -> tuple[str, nn.Module]:
     if not isinstance(name, str) or not name:
         raise LayerNotFoundError(f"layer must be a non-empty dotted module name, got {name!r}")
     modules = named_layers(model)
     clean = _plain_name(name)
     if clean in modules:
-        return modules[clean]
+        return clean, modules[clean]
     names = list(modules)
     nested = [n for n in names if n.endswith("." + clean)]
     if len(nested) == 1:
-        return modules[nested[0]]
+        return nested[0], modules[nested[0]]
     if nested:
+        ordered = _by_path_length(nested)
+        listed = ", ".join(map(repr, ordered[:_MAX_LISTED]))
+        more = len(ordered) - _MAX_LISTED
+        if more > 0:
+            listed += f" and {more} more"
         raise LayerNotFoundError(
-            f"layer name {name!r} is ambiguous in {type(unwrap_model(model)).__name__}: it ends "
-            f"{', '.join(map(repr, nested[:8]))}; pass the full dotted name"
+            f"layer name {name!r} is ambiguous in {type(unwrap_model(model)).__name__}: "
+            f"{len(ordered)} layers end with it: {listed}; pass the full dotted name"
         )
     close = difflib.get_close_matches(clean, names, n=5, cutoff=0.5)
     if not close:  # fall back to names sharing the last component, then the top-level ones
@@ -83,12 +94,38 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
         close = [n for n in names if n.rsplit(".", 1)[-1] == tail][:5] or [
             n for n in names if "." not in n
         ][:8]
-    hint = ", ".join(repr(n) for n in close)
+    names_hint = ", ".join(repr(n) for n in close)
+    how = "Pass a dotted name from model.named_modules()" + (f", {hint}" if hint else "") + "."
     raise LayerNotFoundError(
-        f"{type(unwrap_model(model)).__name__} has no layer named {name!r}. Closest names: {hint}. "
-        "Pass a dotted name from model.named_modules(), or layer=None to pick the last "
-        "layer with a 4-D output automatically."
+        f"{type(unwrap_model(model)).__name__} has no layer named {name!r}. "
+        f"Closest names: {names_hint}. {how}"
     )
+
+
+def resolve_layer(model: nn.Module, name: str, hint: str | None = DEFAULT_LAYER_HINT) -> nn.Module:
+    """Return the submodule at dotted ``name`` (``"layer4"``, ``"layer4.2"``, ``"features.29"``).
+
+    A name that is not a full path but ends exactly one (``"layer4"`` for a LightningModule
+    holding ``self.net = resnet50()``, i.e. ``"net.layer4"``) resolves to it.
+
+    Args:
+        hint: the end of the "no such layer" message after "Pass a dotted name from
+            model.named_modules()": how else the caller's user can choose a layer
+            (``None``: nothing more). The default suits classification models.
+
+    Raises:
+        LayerNotFoundError: no such submodule, or a suffix shared by several; the message
+            names the closest matches (for a suffix: every candidate, shortest path first,
+            or the first ones and how many more).
+    """
+    return _lookup(model, name, hint)[1]
+
+
+def full_layer_name(model: nn.Module, name: str, hint: str | None = DEFAULT_LAYER_HINT) -> str:
+    """The full plain dotted name of the layer ``name`` designates, however it was given
+    (``"layer4"`` -> ``"net.layer4"``; wrapper segments dropped), so that tags do not
+    depend on how the user spelled the layer. Raises as ``resolve_layer`` does."""
+    return _lookup(model, name, hint)[0]
 
 
 # Layers that only pool, drop or pass features on: explaining them adds nothing over the

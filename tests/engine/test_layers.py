@@ -141,3 +141,57 @@ def test_a_unique_suffix_names_the_nested_layer_and_an_ambiguous_one_fails():
         LayerNotFoundError, match=r"ambiguous.*'net\.layer1\.0\.conv1'.*full dotted"
     ):
         resolve_layer(wrapper, "conv1")
+
+
+def test_an_ambiguous_suffix_lists_candidates_shortest_path_first():
+    # timm's efficientnet: "bn2" ends the head's model.bn2 and a bn2 in each of 16 blocks.
+    import timm
+
+    class Holder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = timm.create_model("efficientnet_b0", pretrained=False, num_classes=3)
+
+    holder = Holder()
+    with pytest.raises(LayerNotFoundError) as caught:
+        resolve_layer(holder, "bn2")
+    message = str(caught.value)
+    candidates = [n for n, _ in holder.named_modules() if n.endswith(".bn2")]
+    assert len(candidates) == 17
+    assert "17 layers end with it: 'model.bn2', 'model.blocks." in message
+    assert message.count("'model.") == 10 and "and 7 more; pass the full dotted name" in message
+
+
+def test_the_not_found_hint_is_the_callers():
+    from lightning_gradcam.core.layers import DEFAULT_LAYER_HINT
+
+    model = seeded(DeepHeadNet, seed=5)
+    with pytest.raises(LayerNotFoundError, match="layer=None to pick the last layer"):
+        resolve_layer(model, "stemm")
+    assert "layer=None" in DEFAULT_LAYER_HINT
+    with pytest.raises(LayerNotFoundError) as caught:
+        resolve_layer(model, "stemm", hint=None)
+    assert str(caught.value).endswith("from model.named_modules().")
+    with pytest.raises(LayerNotFoundError) as caught:
+        resolve_layer(model, "stemm", hint="or one of the detector's named layers")
+    assert str(caught.value).endswith(", or one of the detector's named layers.")
+    assert "4-D" not in str(caught.value)
+
+
+def test_full_layer_name_however_the_layer_was_given():
+    import torchvision
+
+    from lightning_gradcam.core.layers import full_layer_name
+
+    class Wrapper(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = torchvision.models.resnet18(num_classes=3)
+
+    wrapper = Wrapper()
+    assert full_layer_name(wrapper, "layer4") == "net.layer4"
+    assert full_layer_name(wrapper, "net.layer4") == "net.layer4"
+    assert full_layer_name(wrapper, "layer4.1.conv2") == "net.layer4.1.conv2"
+    assert full_layer_name(nn.DataParallel(wrapper), "module.net.layer4") == "net.layer4"
+    with pytest.raises(LayerNotFoundError, match="ambiguous"):
+        full_layer_name(wrapper, "conv1")
