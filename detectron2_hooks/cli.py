@@ -43,7 +43,7 @@ from detectron2.config import CfgNode, get_cfg
 from lightning_gradcam.command import non_negative_int, report_error, run_command
 from lightning_gradcam.core.layers import LayerNotFoundError, resolve_layer
 from lightning_gradcam.core.methods import GRADIENT_METHODS, check_methods
-from lightning_gradcam.core.render import COLORMAPS, caption, draw_boxes, grid, overlay, resize_max
+from lightning_gradcam.core.render import COLORMAPS, caption, grid
 from lightning_gradcam.io import (
     ImageInputError,
     expand_image_paths,
@@ -52,6 +52,7 @@ from lightning_gradcam.io import (
     write_images,
 )
 from lightning_gradcam.networks import first_line
+from lightning_gradcam.pictures import WHITE, detections_picture, overlay_tile
 
 from .config import add_gradcam_config, default_layer, to_cam_config
 from .explain import Detection, DetectionCAM
@@ -378,9 +379,25 @@ def _label(det: Detection, index: int, names: Sequence[str]) -> str:
     return f"{index}: {names[det.class_id]} {det.score:.2f}"
 
 
-def _cell(image: np.ndarray, det: Detection, layer: str, method: str, colormap: str) -> np.ndarray:
-    picture = overlay(image, det.maps_by_layer[layer][method], colormap)
-    return draw_boxes(picture, det.box[None], color=(255, 255, 255))
+def _cell(
+    image: np.ndarray,
+    det: Detection,
+    layer: str,
+    method: str,
+    colormap: str,
+    text: str,
+    max_size: int | None = None,
+) -> np.ndarray:
+    """The detection's map over the image, its box in white (no label: the caption has it)."""
+    return overlay_tile(
+        image,
+        det.maps_by_layer[layer][method],
+        text,
+        boxes=det.box[None],
+        box_color=WHITE,
+        colormap=colormap,
+        max_size=max_size,
+    )
 
 
 def render_detection(
@@ -402,14 +419,19 @@ def render_detection(
     pictures: dict[tuple[str, str] | str, np.ndarray] = {}
     for layer in single:
         for method in methods:
-            cell = _cell(image, det, layer, method, colormap)
             where = f" @ {layer}" if len(single) > 1 else ""  # one layer: printed, not drawn
-            pictures[(layer, method)] = caption(cell, f"{title} | {_LABELS[method]}{where}")
+            text = f"{title} | {_LABELS[method]}{where}"
+            pictures[(layer, method)] = _cell(image, det, layer, method, colormap, text)
     if strip:
         cells = [
-            caption(
-                resize_max(_cell(image, det, layer, method, colormap), STRIP_CELL),
+            _cell(
+                image,
+                det,
+                layer,
+                method,
+                colormap,
                 f"{_LABELS[method]} {layer.removeprefix('head.')}",
+                STRIP_CELL,
             )
             for method in methods
             for layer in strip
@@ -517,7 +539,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             (detections,) = cam.explain([{"image": tensor}], max_detections=args.max_detections)
             labels = [_label(det, i, names) for i, det in enumerate(detections)]
             boxes = [det.box.tolist() for det in detections]
-            pictures = {f"{stem}-detections.png": draw_boxes(image, boxes, labels)}
+            pictures = {f"{stem}-detections.png": detections_picture(image, boxes, labels)}
             for index, det in enumerate(detections):
                 rendered = render_detection(
                     image, det, index, names, single, strip, methods, args.colormap
