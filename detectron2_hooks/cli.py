@@ -43,7 +43,7 @@ from detectron2.config import CfgNode, get_cfg
 from lightning_gradcam.command import non_negative_int, report_error, run_command
 from lightning_gradcam.core.layers import LayerNotFoundError, resolve_layer
 from lightning_gradcam.core.methods import GRADIENT_METHODS, check_methods
-from lightning_gradcam.core.render import COLORMAPS, caption, grid
+from lightning_gradcam.core.render import COLORMAPS
 from lightning_gradcam.io import (
     ImageInputError,
     expand_image_paths,
@@ -52,7 +52,7 @@ from lightning_gradcam.io import (
     write_images,
 )
 from lightning_gradcam.networks import first_line
-from lightning_gradcam.pictures import WHITE, detections_picture, overlay_tile
+from lightning_gradcam.pictures import detection_label, detection_pictures, detections_picture
 
 from .config import add_gradcam_config, default_layer, to_cam_config
 from .explain import Detection, DetectionCAM
@@ -376,28 +376,7 @@ def picture_names(
 
 
 def _label(det: Detection, index: int, names: Sequence[str]) -> str:
-    return f"{index}: {names[det.class_id]} {det.score:.2f}"
-
-
-def _cell(
-    image: np.ndarray,
-    det: Detection,
-    layer: str,
-    method: str,
-    colormap: str,
-    text: str,
-    max_size: int | None = None,
-) -> np.ndarray:
-    """The detection's map over the image, its box in white (no label: the caption has it)."""
-    return overlay_tile(
-        image,
-        det.maps_by_layer[layer][method],
-        text,
-        boxes=det.box[None],
-        box_color=WHITE,
-        colormap=colormap,
-        max_size=max_size,
-    )
+    return f"{index}: {detection_label(det, names)}"
 
 
 def render_detection(
@@ -410,36 +389,12 @@ def render_detection(
     methods: Sequence[str],
     colormap: str = "jet",
 ) -> dict[tuple[str, str] | str, np.ndarray]:
-    """One detection's pictures, keyed as ``picture_names``: an overlay with the box per
-    single layer and method, captioned ``index: class score | method`` (``@ layer`` with
-    several layers); for strip
-    layers one grid, a row per method, a column per layer (cells shrunk to ``STRIP_CELL``),
-    captioned with the detection and, for RetinaNet, its feature level."""
+    """One detection's pictures, keyed as ``picture_names`` (see
+    ``lightning_gradcam.pictures.detection_pictures``), strip cells ``STRIP_CELL`` px."""
     title = _label(det, index, names)
-    pictures: dict[tuple[str, str] | str, np.ndarray] = {}
-    for layer in single:
-        for method in methods:
-            where = f" @ {layer}" if len(single) > 1 else ""  # one layer: printed, not drawn
-            text = f"{title} | {_LABELS[method]}{where}"
-            pictures[(layer, method)] = _cell(image, det, layer, method, colormap, text)
-    if strip:
-        cells = [
-            _cell(
-                image,
-                det,
-                layer,
-                method,
-                colormap,
-                f"{_LABELS[method]} {layer.removeprefix('head.')}",
-                STRIP_CELL,
-            )
-            for method in methods
-            for layer in strip
-        ]
-        sheet = grid(cells, ncols=len(strip))
-        level = f", level {det.level}" if det.level is not None else ""
-        pictures["strip"] = caption(sheet, f"{title}{level}", height=28)
-    return pictures
+    return detection_pictures(
+        image, det, title, single, strip, methods, _LABELS, colormap, STRIP_CELL
+    )
 
 
 # ---------------------------------------------------------------------------------- running

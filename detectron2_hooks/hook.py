@@ -62,13 +62,7 @@ from lightning_gradcam.core.layers import named_layers, unwrap_model
 from lightning_gradcam.core.methods import GUIDED_METHODS, check_methods
 from lightning_gradcam.core.render import to_chw
 from lightning_gradcam.core.tracking import DriftTracker
-from lightning_gradcam.pictures import (
-    detection_sheet,
-    detections_picture,
-    input_picture,
-    no_detections_picture,
-    short_layer,
-)
+from lightning_gradcam.pictures import input_picture, pass_pictures
 
 from .explain import Detection, DetectionCAM
 
@@ -424,14 +418,6 @@ class GradCAMHook(HookBase):
 
     # ------------------------------------------------------------------ pictures
 
-    def _class_text(self, class_id: int) -> str:
-        if self.class_names is not None and 0 <= class_id < len(self.class_names):
-            return self.class_names[class_id]
-        return f"class {class_id}"
-
-    def _label(self, det: Detection) -> str:
-        return f"{self._class_text(det.class_id)} {det.score:.2f}"
-
     def _score_threshold(self) -> float | None:
         model = self._cam.model
         if hasattr(model, "test_score_thresh"):
@@ -441,34 +427,15 @@ class GradCAMHook(HookBase):
         return float(value) if value is not None else None
 
     def _render(self, index: int, detections: list[Detection], step: int) -> dict[str, np.ndarray]:
-        image = self._pictures[index]
-        if not detections:
-            threshold = self._score_threshold()
-            above = f" above {threshold:g}" if threshold is not None else ""
-            empty = no_detections_picture(
-                image, f"iter {step}: no detections{above}", self.max_image_size
-            )
-            return {"detections": empty, **{method: empty for method in self.methods}}
-        boxes = torch.stack([det.box for det in detections])
-        labels = [self._label(det) for det in detections]
-        overview = detections_picture(
-            image, boxes, labels, f"iter {step}: {len(detections)} detections", self.max_image_size
+        return pass_pictures(
+            self._pictures[index],
+            detections,
+            self.layers,
+            self.methods,
+            step=step,
+            threshold=self._score_threshold() if not detections else None,
+            class_names=self.class_names,
+            colormap=self.colormap,
+            alpha=self.alpha,
+            max_size=self.max_image_size,
         )
-        pictures = {"detections": overview}
-        many = len(self.layers) > 1
-        texts = [
-            [short_layer(layer) if many else f"#{rank} {label}" for layer in self.layers]
-            for rank, label in enumerate(labels)
-        ]
-        for method in self.methods:
-            pictures[method] = detection_sheet(
-                image,
-                [(det.box, label) for det, label in zip(detections, labels)],
-                [[det.maps_by_layer[layer][method] for layer in self.layers] for det in detections],
-                texts,
-                colormap=self.colormap,
-                alpha=self.alpha,
-                max_size=self.max_image_size,
-                ncols=len(self.layers) if many else None,
-            )
-        return pictures

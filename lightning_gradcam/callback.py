@@ -19,11 +19,11 @@ import torch
 from .batch import Samples, default_batch_parser, make_samples, to_samples
 from .core.layers import resolve_layer
 from .core.methods import check_methods
-from .core.render import caption, colormap_code, draw_boxes, resize_max, to_uint8_image
+from .core.render import colormap_code, to_uint8_image
 from .core.tracking import DriftTracker
 from .engine import CAMEngine, CAMResult
 from .lightning_compat import CALLBACK_BASES, sharded_strategy_name, tensorboard_logger_types
-from .pictures import film_strip, inputs_sheet, overlay_tile, sheet
+from .pictures import SamplePictures, sheet
 from .sinks import FolderSink, TensorBoardSink
 
 __all__ = ["GradCAMCallback"]
@@ -445,21 +445,18 @@ class GradCAMCallback(*CALLBACK_BASES):
         step = int(trainer.global_step)
         epoch = int(trainer.current_epoch)
         sink = self._get_sink()
-        base = self._base_images()
+        pictures = self._pictures()
         prefix = f"{self.tag_prefix}/{self._layer_name}"
 
         if not self._inputs_logged:
-            sink.image(f"{prefix}/inputs", self._inputs_picture(base), step)
+            sink.image(f"{prefix}/inputs", pictures.inputs(self.max_image_size), step)
             self._inputs_logged = True
 
-        texts = [self._score_text(result, i) for i in range(len(samples))]
+        texts = pictures.score_texts(result.class_ids[:, 0], result.scores[:, 0])
         thumbs: dict[str, list[np.ndarray]] = {}
         logged: dict[str, dict[str, float]] = {}
         for method, method_maps in maps.items():
-            tiles = [
-                self._overlay(base[i], method_maps[i], i, texts[i], self.max_image_size)
-                for i in range(len(samples))
-            ]
+            tiles = pictures.tiles(method_maps, texts, self.max_image_size)
             for index, tile in enumerate(tiles):
                 sink.image(f"{prefix}/{method}/sample_{index:02d}", tile, step)
             sink.image(f"{prefix}/{method}/grid", sheet(tiles), step)
@@ -469,50 +466,24 @@ class GradCAMCallback(*CALLBACK_BASES):
             for name, value in logged[method].items():
                 sink.scalar(f"{prefix}/{method}/{name}", value, step)
             if self.filmstrip_size is not None:
-                thumbs[method] = [
-                    self._overlay(base[i], method_maps[i], i, f"ep {epoch}", self.filmstrip_size)
-                    for i in range(len(samples))
-                ]
+                captions = [f"ep {epoch}"] * len(samples)
+                thumbs[method] = pictures.tiles(method_maps, captions, self.filmstrip_size)
         sink.flush()
         self._cam_count += 1
         self.history.append({"epoch": epoch, "step": step, "scalars": logged, "thumbs": thumbs})
 
     # ------------------------------------------------------------------ pictures
 
-    def _base_images(self) -> list[np.ndarray]:
-        return [to_uint8_image(img, self.mean, self.std) for img in self._samples.images]
-
-    def _box(self, index: int) -> torch.Tensor | None:
-        boxes = self._samples.boxes
-        return None if boxes is None else boxes[index : index + 1]
-
-    def _overlay(
-        self, base: np.ndarray, cam: torch.Tensor, index: int, text: str, size: int | None
-    ) -> np.ndarray:
-        return overlay_tile(
-            base,
-            cam,
-            text,
-            boxes=self._box(index),
-            colormap=self.colormap,
-            alpha=self.alpha,
-            max_size=size,
+    def _pictures(self) -> SamplePictures:
+        samples = self._samples
+        return SamplePictures(
+            [to_uint8_image(img, self.mean, self.std) for img in samples.images],
+            samples.boxes,
+            samples.labels,
+            self.class_names,
+            self.colormap,
+            self.alpha,
         )
-
-    def _class_text(self, class_id: int) -> str:
-        if self.class_names is not None and 0 <= class_id < len(self.class_names):
-            return self.class_names[class_id]
-        return f"class {class_id}"
-
-    def _score_text(self, result: CAMResult, index: int) -> str:
-        class_id = int(result.class_ids[index, 0])
-        score = float(result.scores[index, 0])
-        return f"score {score:.2f}" if class_id < 0 else f"{self._class_text(class_id)} {score:.2f}"
-
-    def _inputs_picture(self, base: list[np.ndarray]) -> np.ndarray:
-        labels = self._samples.labels
-        captions = None if labels is None else [self._class_text(int(c)) for c in labels]
-        return inputs_sheet(base, self._samples.boxes, captions, self.max_image_size)
 
     def filmstrip(self, method: str | None = None) -> np.ndarray:
         """Rows = samples, columns = the input, then one overlay per CAM epoch (oldest
@@ -524,12 +495,8 @@ class GradCAMCallback(*CALLBACK_BASES):
             raise RuntimeError(
                 "no CAM epoch has run yet (or filmstrip_size=None): train with the callback first"
             )
-        firsts = []
-        for index, image in enumerate(self._base_images()):
-            box = self._box(index)
-            picture = image if box is None else draw_boxes(image, box)
-            firsts.append(caption(resize_max(picture, self.filmstrip_size), "input"))
-        return film_strip(firsts, [entry["thumbs"][method] for entry in self.history])
+        passes = [entry["thumbs"][method] for entry in self.history]
+        return self._pictures().film_strip(passes, self.filmstrip_size)
 
     # ------------------------------------------------------------------ checkpoint state
 

@@ -10,6 +10,8 @@ detectron2 hook and both command lines. Every picture is ``uint8 (H, W, 3)`` RGB
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -28,6 +30,8 @@ __all__ = [
     "GREEN",
     "WHITE",
     "SHEET_COLUMNS",
+    "SamplePictures",
+    "class_text",
     "overlay_tile",
     "sheet",
     "input_picture",
@@ -36,6 +40,10 @@ __all__ = [
     "detections_picture",
     "no_detections_picture",
     "detection_sheet",
+    "detection_label",
+    "pass_pictures",
+    "detection_pictures",
+    "DetectionLike",
     "seed_pictures",
     "seed_sheet",
     "short_layer",
@@ -168,6 +176,194 @@ def detection_sheet(
                 )
             )
     return grid(tiles, ncols=ncols or len(tiles))
+
+
+def class_text(class_id: int, class_names: Sequence[str] | None = None) -> str:
+    """The class's name when known, else ``class <id>``."""
+    if class_names is not None and 0 <= class_id < len(class_names):
+        return class_names[class_id]
+    return f"class {class_id}"
+
+
+@dataclass
+class SamplePictures:
+    """The pictures of a fixed set of samples (the callback's): captioned overlay tiles with
+    each sample's box, the inputs sheet, thumbnails and the film strip.
+
+    ``images``: ``uint8 (H, W, 3)`` RGB per sample; ``boxes`` ``(N, 4)`` and ``labels``
+    ``(N,)`` when known."""
+
+    images: Sequence[np.ndarray]
+    boxes: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    class_names: Sequence[str] | None = None
+    colormap: str | int = "jet"
+    alpha: float = 0.5
+
+    def _box(self, index: int) -> torch.Tensor | None:
+        return None if self.boxes is None else self.boxes[index : index + 1]
+
+    def tiles(self, maps: torch.Tensor, texts: Sequence[str], size: int | None) -> list[np.ndarray]:
+        """One overlay per sample of ``maps`` ``(N, H, W)``, with its box, shrunk to
+        ``size``, captioned ``texts[i]``."""
+        return [
+            overlay_tile(
+                image,
+                maps[index],
+                texts[index],
+                boxes=self._box(index),
+                colormap=self.colormap,
+                alpha=self.alpha,
+                max_size=size,
+            )
+            for index, image in enumerate(self.images)
+        ]
+
+    def score_texts(self, class_ids: torch.Tensor, scores: torch.Tensor) -> list[str]:
+        """``<class> <score>`` per sample (``score <s>`` for a callable's target, id < 0)."""
+        texts = []
+        for class_id, score in zip(class_ids.tolist(), scores.tolist()):
+            name = "score" if class_id < 0 else class_text(class_id, self.class_names)
+            texts.append(f"{name} {score:.2f}")
+        return texts
+
+    def inputs(self, size: int | None) -> np.ndarray:
+        """The samples with their boxes, captioned with their labels' names when known."""
+        captions = None
+        if self.labels is not None:
+            captions = [class_text(int(c), self.class_names) for c in self.labels]
+        return inputs_sheet(self.images, self.boxes, captions, size)
+
+    def film_strip(self, passes: Sequence[Sequence[np.ndarray]], size: int | None) -> np.ndarray:
+        """Rows = samples, columns = the input (with its box), then ``passes`` (thumbnails
+        from ``tiles``), oldest first."""
+        firsts = []
+        for index, image in enumerate(self.images):
+            box = self._box(index)
+            picture = image if box is None else draw_boxes(image, box)
+            firsts.append(caption(resize_max(picture, size), "input"))
+        return film_strip(firsts, passes)
+
+
+class DetectionLike(Protocol):
+    """What the detection pictures read of a detection (``detectron2_hooks.Detection``)."""
+
+    box: torch.Tensor
+    class_id: int
+    score: float
+    maps_by_layer: dict[str, dict[str, torch.Tensor]]
+
+
+def detection_label(det: DetectionLike, class_names: Sequence[str] | None = None) -> str:
+    """``<class> <score>``, as drawn beside a detection's box."""
+    return f"{class_text(det.class_id, class_names)} {det.score:.2f}"
+
+
+def pass_pictures(
+    image: np.ndarray,
+    detections: Sequence[DetectionLike],
+    layers: Sequence[str],
+    methods: Sequence[str],
+    *,
+    step: int,
+    threshold: float | None = None,
+    class_names: Sequence[str] | None = None,
+    colormap: str | int = "jet",
+    alpha: float = 0.5,
+    max_size: int | None = None,
+) -> dict[str, np.ndarray]:
+    """One image's pictures at one pass of the detectron2 hook: ``"detections"`` (every box
+    and label, captioned ``iter <step>: <n> detections``) and per method a sheet of the
+    detections' overlays, highest score first (``#<rank> <label>``), or with several layers
+    one row per detection, one column per layer. With no detection, every picture is the
+    input captioned ``iter <step>: no detections [above <threshold>]``."""
+    if not detections:
+        above = f" above {threshold:g}" if threshold is not None else ""
+        empty = no_detections_picture(image, f"iter {step}: no detections{above}", max_size)
+        return {"detections": empty, **{method: empty for method in methods}}
+    labels = [detection_label(det, class_names) for det in detections]
+    boxes = torch.stack([det.box for det in detections])
+    header = f"iter {step}: {len(detections)} detections"
+    pictures = {"detections": detections_picture(image, boxes, labels, header, max_size)}
+    many = len(layers) > 1
+    texts = [
+        [short_layer(layer) if many else f"#{rank} {label}" for layer in layers]
+        for rank, label in enumerate(labels)
+    ]
+    for method in methods:
+        pictures[method] = detection_sheet(
+            image,
+            [(det.box, label) for det, label in zip(detections, labels)],
+            [[det.maps_by_layer[layer][method] for layer in layers] for det in detections],
+            texts,
+            colormap=colormap,
+            alpha=alpha,
+            max_size=max_size,
+            ncols=len(layers) if many else None,
+        )
+    return pictures
+
+
+def _detection_cell(
+    image: np.ndarray,
+    det: DetectionLike,
+    cam: torch.Tensor,
+    text: str,
+    colormap: str | int,
+    max_size: int | None = None,
+) -> np.ndarray:
+    # The box in white and no label on it: the caption names the detection.
+    return overlay_tile(
+        image,
+        cam,
+        text,
+        boxes=det.box[None],
+        box_color=WHITE,
+        colormap=colormap,
+        max_size=max_size,
+    )
+
+
+def detection_pictures(
+    image: np.ndarray,
+    det: DetectionLike,
+    title: str,
+    single: Sequence[str],
+    strip: Sequence[str],
+    methods: Sequence[str],
+    method_labels: Mapping[str, str],
+    colormap: str | int = "jet",
+    strip_cell: int | None = None,
+) -> dict[tuple[str, str] | str, np.ndarray]:
+    """One detection's pictures (the detectron2 command line's): per single layer and method
+    an overlay with the box, captioned ``<title> | <method label>`` (``@ <layer>`` with several
+    layers), keyed ``(layer, method)``; for the ``strip`` layers one sheet, keyed ``"strip"``,
+    a row per method and a column per layer (cells shrunk to ``strip_cell``), captioned with
+    ``title`` and the detection's feature ``level`` when it has one."""
+    pictures: dict[tuple[str, str] | str, np.ndarray] = {}
+    for layer in single:
+        for method in methods:
+            where = f" @ {layer}" if len(single) > 1 else ""  # one layer: printed, not drawn
+            text = f"{title} | {method_labels[method]}{where}"
+            cam = det.maps_by_layer[layer][method]
+            pictures[(layer, method)] = _detection_cell(image, det, cam, text, colormap)
+    if strip:
+        cells = [
+            _detection_cell(
+                image,
+                det,
+                det.maps_by_layer[layer][method],
+                f"{method_labels[method]} {layer.removeprefix('head.')}",
+                colormap,
+                strip_cell,
+            )
+            for method in methods
+            for layer in strip
+        ]
+        level = getattr(det, "level", None)
+        where = f", level {level}" if level is not None else ""
+        pictures["strip"] = caption(grid(cells, ncols=len(strip)), f"{title}{where}", height=28)
+    return pictures
 
 
 def short_layer(layer: str) -> str:
