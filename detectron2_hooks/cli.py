@@ -43,7 +43,7 @@ from detectron2.config import CfgNode, get_cfg
 from lightning_gradcam.command import non_negative_int, report_error, run_command
 from lightning_gradcam.core.layers import LayerNotFoundError, resolve_layer
 from lightning_gradcam.core.methods import GRADIENT_METHODS, check_methods
-from lightning_gradcam.core.render import COLORMAPS, caption, draw_boxes, grid, overlay, resize_max
+from lightning_gradcam.core.render import COLORMAPS
 from lightning_gradcam.io import (
     ImageInputError,
     expand_image_paths,
@@ -52,6 +52,7 @@ from lightning_gradcam.io import (
     write_images,
 )
 from lightning_gradcam.networks import first_line
+from lightning_gradcam.pictures import detection_label, detection_pictures, detections_picture
 
 from .config import add_gradcam_config, default_layer, to_cam_config
 from .explain import Detection, DetectionCAM
@@ -375,12 +376,7 @@ def picture_names(
 
 
 def _label(det: Detection, index: int, names: Sequence[str]) -> str:
-    return f"{index}: {names[det.class_id]} {det.score:.2f}"
-
-
-def _cell(image: np.ndarray, det: Detection, layer: str, method: str, colormap: str) -> np.ndarray:
-    picture = overlay(image, det.maps_by_layer[layer][method], colormap)
-    return draw_boxes(picture, det.box[None], color=(255, 255, 255))
+    return f"{index}: {detection_label(det, names)}"
 
 
 def render_detection(
@@ -393,31 +389,12 @@ def render_detection(
     methods: Sequence[str],
     colormap: str = "jet",
 ) -> dict[tuple[str, str] | str, np.ndarray]:
-    """One detection's pictures, keyed as ``picture_names``: an overlay with the box per
-    single layer and method, captioned ``index: class score | method`` (``@ layer`` with
-    several layers); for strip
-    layers one grid, a row per method, a column per layer (cells shrunk to ``STRIP_CELL``),
-    captioned with the detection and, for RetinaNet, its feature level."""
+    """One detection's pictures, keyed as ``picture_names`` (see
+    ``lightning_gradcam.pictures.detection_pictures``), strip cells ``STRIP_CELL`` px."""
     title = _label(det, index, names)
-    pictures: dict[tuple[str, str] | str, np.ndarray] = {}
-    for layer in single:
-        for method in methods:
-            cell = _cell(image, det, layer, method, colormap)
-            where = f" @ {layer}" if len(single) > 1 else ""  # one layer: printed, not drawn
-            pictures[(layer, method)] = caption(cell, f"{title} | {_LABELS[method]}{where}")
-    if strip:
-        cells = [
-            caption(
-                resize_max(_cell(image, det, layer, method, colormap), STRIP_CELL),
-                f"{_LABELS[method]} {layer.removeprefix('head.')}",
-            )
-            for method in methods
-            for layer in strip
-        ]
-        sheet = grid(cells, ncols=len(strip))
-        level = f", level {det.level}" if det.level is not None else ""
-        pictures["strip"] = caption(sheet, f"{title}{level}", height=28)
-    return pictures
+    return detection_pictures(
+        image, det, title, single, strip, methods, _LABELS, colormap, STRIP_CELL
+    )
 
 
 # ---------------------------------------------------------------------------------- running
@@ -517,7 +494,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             (detections,) = cam.explain([{"image": tensor}], max_detections=args.max_detections)
             labels = [_label(det, i, names) for i, det in enumerate(detections)]
             boxes = [det.box.tolist() for det in detections]
-            pictures = {f"{stem}-detections.png": draw_boxes(image, boxes, labels)}
+            pictures = {f"{stem}-detections.png": detections_picture(image, boxes, labels)}
             for index, det in enumerate(detections):
                 rendered = render_detection(
                     image, det, index, names, single, strip, methods, args.colormap

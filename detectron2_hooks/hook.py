@@ -54,15 +54,15 @@ import numpy as np
 import torch
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
 from detectron2.engine import HookBase, hooks
-from detectron2.structures import Boxes, pairwise_iou
 from detectron2.utils import comm
 from detectron2.utils.events import JSONWriter, TensorboardXWriter
 from torch import nn
 
-from lightning_gradcam.core.drift import energy_in_boxes, map_drift
 from lightning_gradcam.core.layers import named_layers, unwrap_model
 from lightning_gradcam.core.methods import GUIDED_METHODS, check_methods
-from lightning_gradcam.core.render import caption, draw_boxes, grid, overlay, resize_max, to_chw
+from lightning_gradcam.core.render import to_chw
+from lightning_gradcam.core.tracking import DriftTracker
+from lightning_gradcam.pictures import input_picture, pass_pictures
 
 from .explain import Detection, DetectionCAM
 
@@ -124,16 +124,6 @@ def _preserve_rng() -> Iterator[None]:
             torch.cuda.set_rng_state_all(cuda_state)
         np.random.set_state(np_state)
         random.setstate(py_state)
-
-
-def _to_rgb(image: torch.Tensor, input_format: str) -> np.ndarray:
-    """A model input ``(C, H, W)`` in [0, 255] (BGR or RGB) as ``uint8 (H, W, 3)`` RGB."""
-    array = image.detach().float().cpu().clamp(0, 255).round().byte().permute(1, 2, 0).numpy()
-    if array.shape[2] == 1:
-        array = np.repeat(array, 3, axis=2)
-    if input_format == "BGR":
-        array = array[:, :, ::-1]
-    return np.ascontiguousarray(array[:, :, :3])
 
 
 class GradCAMHook(HookBase):
@@ -240,8 +230,8 @@ class GradCAMHook(HookBase):
         self.latest_images: dict[str, np.ndarray] = {}  # tag -> uint8 (H, W, 3) RGB
         self._cam: DetectionCAM | None = None
         self._pictures: list[np.ndarray] = []
-        self._prev: list[list[dict] | None] = []
-        self._first: list[list[dict] | None] = []
+        # one key per (image, method); detections matched across passes by class and box
+        self._tracker = DriftTracker(match_iou=self.match_iou)
 
     @classmethod
     def from_config(
@@ -301,9 +291,8 @@ class GradCAMHook(HookBase):
         # take, fail before the first iteration instead of at the first period.
         self._cam.explain(self.inputs[:1], max_detections=1)
         input_format = getattr(model, "input_format", "BGR")
-        self._pictures = [_to_rgb(item["image"], input_format) for item in self.inputs]
-        self._prev = [None] * len(self.inputs)
-        self._first = [None] * len(self.inputs)
+        self._pictures = [input_picture(item["image"], input_format) for item in self.inputs]
+        self._tracker = DriftTracker(match_iou=self.match_iou)
 
     def after_step(self) -> None:
         if not self.enabled or self._cam is None:
@@ -417,64 +406,17 @@ class GradCAMHook(HookBase):
     def _scalars(self, index: int, detections: list[Detection]) -> dict[str, float]:
         values: dict[str, float] = {"num_detections": float(len(detections))}
         if not detections:
-            return values
+            return values  # the previous pass with detections stays the reference
         layer = self.layers[0]
-        record = [
-            {
-                "class_id": det.class_id,
-                "box": det.box.cpu(),
-                "maps": {m: det.maps_by_layer[layer][m].cpu() for m in self.methods},
-            }
-            for det in detections
-        ]
-        boxes = torch.stack([r["box"] for r in record])
+        boxes = torch.stack([det.box for det in detections])
+        classes = torch.tensor([det.class_id for det in detections])
         for method in self.methods:
-            maps = torch.stack([r["maps"][method] for r in record])
-            values[f"{method}/energy_in_box"] = float(energy_in_boxes(maps, boxes).mean())
-        for name, reference in (("prev", self._prev[index]), ("first", self._first[index])):
-            pairs = self._match(record, reference) if reference else []
-            if not pairs:
-                continue
-            for method in self.methods:
-                current = torch.stack([record[i]["maps"][method] for i, _ in pairs])
-                before = torch.stack([reference[j]["maps"][method] for _, j in pairs])
-                values[f"{method}/drift_vs_{name}"] = float(map_drift(current, before).mean())
-        self._prev[index] = record
-        if self._first[index] is None:
-            self._first[index] = record
+            maps = torch.stack([det.maps_by_layer[layer][method] for det in detections])
+            tracked = self._tracker.update((index, method), maps, boxes=boxes, classes=classes)
+            values.update({f"{method}/{name}": value for name, value in tracked.items()})
         return values
 
-    def _match(self, current: list[dict], reference: list[dict]) -> list[tuple[int, int]]:
-        """Greedy pairs ``(current, reference)``: same class, IoU >= ``match_iou``, highest
-        current score first (``current`` is in score order), each reference used once."""
-        iou = pairwise_iou(
-            Boxes(torch.stack([r["box"] for r in current])),
-            Boxes(torch.stack([r["box"] for r in reference])),
-        )
-        classes = torch.tensor([r["class_id"] for r in reference])
-        used: set[int] = set()
-        pairs = []
-        for i, record in enumerate(current):
-            overlap = torch.where(
-                classes == record["class_id"], iou[i], torch.full_like(iou[i], -1)
-            )
-            for j in used:
-                overlap[j] = -1
-            best = int(overlap.argmax())
-            if float(overlap[best]) >= self.match_iou:
-                pairs.append((i, best))
-                used.add(best)
-        return pairs
-
     # ------------------------------------------------------------------ pictures
-
-    def _class_text(self, class_id: int) -> str:
-        if self.class_names is not None and 0 <= class_id < len(self.class_names):
-            return self.class_names[class_id]
-        return f"class {class_id}"
-
-    def _label(self, det: Detection) -> str:
-        return f"{self._class_text(det.class_id)} {det.score:.2f}"
 
     def _score_threshold(self) -> float | None:
         model = self._cam.model
@@ -485,37 +427,15 @@ class GradCAMHook(HookBase):
         return float(value) if value is not None else None
 
     def _render(self, index: int, detections: list[Detection], step: int) -> dict[str, np.ndarray]:
-        image = self._pictures[index]
-        if not detections:
-            threshold = self._score_threshold()
-            above = f" above {threshold:g}" if threshold is not None else ""
-            empty = caption(
-                resize_max(image, self.max_image_size), f"iter {step}: no detections{above}"
-            )
-            return {"detections": empty, **{method: empty for method in self.methods}}
-        boxes = torch.stack([det.box for det in detections])
-        labels = [self._label(det) for det in detections]
-        overview = caption(
-            resize_max(draw_boxes(image, boxes, labels), self.max_image_size),
-            f"iter {step}: {len(detections)} detections",
+        return pass_pictures(
+            self._pictures[index],
+            detections,
+            self.layers,
+            self.methods,
+            step=step,
+            threshold=self._score_threshold() if not detections else None,
+            class_names=self.class_names,
+            colormap=self.colormap,
+            alpha=self.alpha,
+            max_size=self.max_image_size,
         )
-        pictures = {"detections": overview}
-        many = len(self.layers) > 1
-        for method in self.methods:
-            tiles = []
-            for rank, det in enumerate(detections):
-                for layer in self.layers:
-                    tile = overlay(
-                        image, det.maps_by_layer[layer][method], self.colormap, self.alpha
-                    )
-                    tile = draw_boxes(tile, det.box[None], [self._label(det)])
-                    tile = resize_max(tile, self.max_image_size)
-                    text = _short(layer) if many else f"#{rank} {self._label(det)}"
-                    tiles.append(caption(tile, text))
-            pictures[method] = grid(tiles, ncols=len(self.layers) if many else len(tiles))
-        return pictures
-
-
-def _short(layer: str) -> str:
-    """``head.cls_subnet.3`` -> ``cls_subnet.3`` for captions."""
-    return ".".join(layer.split(".")[-2:])

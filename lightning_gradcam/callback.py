@@ -16,20 +16,13 @@ import numpy as np
 import torch
 
 from .batch import Samples, default_batch_parser, make_samples, to_samples
-from .core.drift import energy_in_boxes, energy_share, map_drift
 from .core.layers import resolve_layer
 from .core.methods import check_methods
-from .core.render import (
-    caption,
-    colormap_code,
-    draw_boxes,
-    grid,
-    overlay,
-    resize_max,
-    to_uint8_image,
-)
+from .core.render import colormap_code, to_uint8_image
+from .core.tracking import DriftTracker
 from .engine import CAMEngine, CAMResult
 from .lightning_compat import CALLBACK_BASES, sharded_strategy_name
+from .pictures import SamplePictures, sheet
 from .sinks import Sink, sinks_for
 
 __all__ = ["GradCAMCallback"]
@@ -200,8 +193,7 @@ class GradCAMCallback(*CALLBACK_BASES):
         self._layer_name: str | None = layer
         self._trial_done = False
         self._targets: torch.Tensor | None = None
-        self._first: dict[str, torch.Tensor] = {}
-        self._prev: dict[str, torch.Tensor] = {}
+        self._tracker = DriftTracker()  # one key per method: the same samples at each pass
         self._eval_count = 0
         self._cam_count = 0
         self._inputs_logged = False
@@ -443,87 +435,45 @@ class GradCAMCallback(*CALLBACK_BASES):
         step = int(trainer.global_step)
         epoch = int(trainer.current_epoch)
         sink = self._get_sink()
-        base = self._base_images()
+        pictures = self._pictures()
         prefix = f"{self.tag_prefix}/{self._layer_name}"
 
         if not self._inputs_logged:
-            sink.image(f"{prefix}/inputs", self._inputs_picture(base), step)
+            sink.image(f"{prefix}/inputs", pictures.inputs(self.max_image_size), step)
             self._inputs_logged = True
 
+        texts = pictures.score_texts(result.class_ids[:, 0], result.scores[:, 0])
         thumbs: dict[str, list[np.ndarray]] = {}
         logged: dict[str, dict[str, float]] = {}
         for method, method_maps in maps.items():
-            tiles = []
-            for index in range(len(samples)):
-                tile = self._tile(base[index], method_maps[index], index, result)
+            tiles = pictures.tiles(method_maps, texts, self.max_image_size)
+            for index, tile in enumerate(tiles):
                 sink.image(f"{prefix}/{method}/sample_{index:02d}", tile, step)
-                tiles.append(tile)
-            sink.image(f"{prefix}/{method}/grid", grid(tiles, ncols=min(len(tiles), 8)), step)
-            logged[method] = self._scalars(method, method_maps)
+            sink.image(f"{prefix}/{method}/grid", sheet(tiles), step)
+            logged[method] = self._tracker.update(
+                method, method_maps, boxes=samples.boxes, masks=samples.masks
+            )
             for name, value in logged[method].items():
                 sink.scalar(f"{prefix}/{method}/{name}", value, step)
             if self.filmstrip_size is not None:
-                thumbs[method] = [
-                    caption(
-                        resize_max(self._picture(base[i], method_maps[i], i), self.filmstrip_size),
-                        f"ep {epoch}",
-                    )
-                    for i in range(len(samples))
-                ]
+                captions = [f"ep {epoch}"] * len(samples)
+                thumbs[method] = pictures.tiles(method_maps, captions, self.filmstrip_size)
         sink.flush()
-        for method, method_maps in maps.items():
-            self._first.setdefault(method, method_maps)
-            self._prev[method] = method_maps
         self._cam_count += 1
         self.history.append({"epoch": epoch, "step": step, "scalars": logged, "thumbs": thumbs})
 
-    def _scalars(self, method: str, maps: torch.Tensor) -> dict[str, float]:
-        values: dict[str, float] = {}
-        if method in self._prev:
-            values["drift_vs_prev"] = float(map_drift(maps, self._prev[method]).mean())
-        if method in self._first:
-            values["drift_vs_first"] = float(map_drift(maps, self._first[method]).mean())
-        samples = self._samples
-        if samples.masks is not None:
-            values["energy_in_box"] = float(energy_share(maps, samples.masks).mean())
-        elif samples.boxes is not None:
-            values["energy_in_box"] = float(energy_in_boxes(maps, samples.boxes).mean())
-        return values
-
     # ------------------------------------------------------------------ pictures
 
-    def _base_images(self) -> list[np.ndarray]:
-        return [to_uint8_image(img, self.mean, self.std) for img in self._samples.images]
-
-    def _with_box(self, image: np.ndarray, index: int) -> np.ndarray:
-        if self._samples.boxes is not None:
-            return draw_boxes(image, self._samples.boxes[index : index + 1])
-        return image
-
-    def _picture(self, base: np.ndarray, cam: torch.Tensor, index: int) -> np.ndarray:
-        return self._with_box(overlay(base, cam, self.colormap, self.alpha), index)
-
-    def _class_text(self, class_id: int) -> str:
-        if self.class_names is not None and 0 <= class_id < len(self.class_names):
-            return self.class_names[class_id]
-        return f"class {class_id}"
-
-    def _tile(self, base: np.ndarray, cam: torch.Tensor, index: int, result: Any) -> np.ndarray:
-        class_id = int(result.class_ids[index, 0])
-        score = float(result.scores[index, 0])
-        text = f"score {score:.2f}" if class_id < 0 else f"{self._class_text(class_id)} {score:.2f}"
-        picture = resize_max(self._picture(base, cam, index), self.max_image_size)
-        return caption(picture, text)
-
-    def _inputs_picture(self, base: list[np.ndarray]) -> np.ndarray:
-        labels = self._samples.labels
-        tiles = []
-        for index, image in enumerate(base):
-            tile = resize_max(self._with_box(image, index), self.max_image_size)
-            if labels is not None:
-                tile = caption(tile, self._class_text(int(labels[index])))
-            tiles.append(tile)
-        return grid(tiles, ncols=min(len(tiles), 8))
+    def _pictures(self) -> SamplePictures:
+        samples = self._samples
+        return SamplePictures(
+            [to_uint8_image(img, self.mean, self.std) for img in samples.images],
+            samples.boxes,
+            samples.labels,
+            self.class_names,
+            self.colormap,
+            self.alpha,
+        )
 
     def filmstrip(self, method: str | None = None) -> np.ndarray:
         """Rows = samples, columns = the input, then one overlay per CAM epoch (oldest
@@ -535,13 +485,8 @@ class GradCAMCallback(*CALLBACK_BASES):
             raise RuntimeError(
                 "no CAM epoch has run yet (or filmstrip_size=None): train with the callback first"
             )
-        rows = []
-        for index, image in enumerate(self._base_images()):
-            first = resize_max(self._with_box(image, index), self.filmstrip_size)
-            cells = [caption(first, "input")]
-            cells += [entry["thumbs"][method][index] for entry in self.history]
-            rows.extend(cells)
-        return grid(rows, ncols=len(self.history) + 1)
+        passes = [entry["thumbs"][method] for entry in self.history]
+        return self._pictures().film_strip(passes, self.filmstrip_size)
 
     # ------------------------------------------------------------------ checkpoint state
 
@@ -558,8 +503,8 @@ class GradCAMCallback(*CALLBACK_BASES):
             if samples is None
             else dict(zip(("images", "labels", "boxes", "masks"), samples.fields())),
             "targets": self._targets,
-            "first_maps": dict(self._first),
-            "prev_maps": dict(self._prev),
+            # {method: (N, H, W)}: the tracker's first and previous maps
+            **{k: v for k, v in self._tracker.state_dict().items() if k.endswith("_maps")},
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -588,5 +533,6 @@ class GradCAMCallback(*CALLBACK_BASES):
         self._layer_name = state_dict["layer"] or self._layer_name
         self._inputs_logged = bool(state_dict["inputs_logged"])
         self._targets = state_dict["targets"]
-        self._first = dict(state_dict["first_maps"])
-        self._prev = dict(state_dict["prev_maps"])
+        self._tracker.load_state_dict(
+            {"first_maps": state_dict["first_maps"], "prev_maps": state_dict["prev_maps"]}
+        )

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from .command import non_negative_int, report_error, run_command
 from .core.layers import LayerNotFoundError
 from .core.methods import GRADIENT_METHODS, check_methods
-from .core.render import COLORMAPS, caption, grid, heatmap, overlay, to_uint8_image
+from .core.render import COLORMAPS
 from .core.targets import logits_of
 from .engine import CAMEngine, CAMResult
 from .io import ImageInputError, expand_image_paths, output_names, read_image, write_images
@@ -40,6 +40,7 @@ from .networks import (
     materialize,
     prepare_network,
 )
+from .pictures import seed_pictures, seed_sheet
 
 __all__ = ["main", "build_parser", "picture_suffixes", "DEFAULT_METHODS"]
 
@@ -248,30 +249,16 @@ def render_pictures(
 ) -> dict[str, np.ndarray]:
     """``{kind: RGB picture}`` for image 0, target 0 of ``result``; ``view (3, H, W)`` in
     [0, 1] is the network's view of the image, on which overlays are drawn."""
-    base = to_uint8_image(view)
-    pictures: dict[str, np.ndarray] = {}
-    for method in methods:
-        kinds = picture_suffixes(method)
-        if method in GRADIENT_METHODS:
-            cam = result.maps[method][0, 0]
-            pictures[kinds[0]] = heatmap(cam, colormap)
-            pictures[kinds[1]] = overlay(base, cam, colormap)
-        else:
-            pictures[kinds[0]] = to_uint8_image(result.guided[method][0, 0])
-    return pictures
+    maps = {m: result.maps[m][0, 0] for m in methods if m in GRADIENT_METHODS}
+    guided = {m: result.guided[m][0, 0] for m in methods if m not in GRADIENT_METHODS}
+    return seed_pictures(view, maps, guided, picture_suffixes, colormap)
 
 
 def _grid_sheet(
     view: torch.Tensor, pictures: dict[str, np.ndarray], methods: Sequence[str], title: str
 ) -> np.ndarray:
     """The seed's table row: the input, then every picture, each captioned."""
-    cells = [caption(to_uint8_image(view), title)]
-    for method in methods:
-        kinds = picture_suffixes(method)
-        for kind in kinds:
-            what = "heat map" if kind.startswith("heatmap") else "overlay" if len(kinds) > 1 else ""
-            cells.append(caption(pictures[kind], f"{_LABELS[method]} {what}".strip()))
-    return grid(cells)
+    return seed_sheet(view, pictures, methods, picture_suffixes, _LABELS, title)
 
 
 def _explain_one(

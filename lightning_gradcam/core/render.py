@@ -143,10 +143,13 @@ def draw_boxes(
         cv2.rectangle(out, (x0, y0), (x1, y1), color, thickness)
         if labels is not None:
             scale = max(0.3, min(image.shape[:2]) / 600)
+            text = str(labels[index])
+            (_, text_h), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+            # Above the box; for a box at the top edge, just inside it (on the canvas).
             cv2.putText(
                 out,
-                str(labels[index]),
-                (x0 + 2, max(y0 - 3, 10)),
+                text,
+                (x0 + 2, max(y0 - 3, text_h + 2)),
                 cv2.FONT_HERSHEY_SIMPLEX,
                 scale,
                 color,

@@ -12,14 +12,14 @@ import torch
 from detectron2.engine import hooks
 from detectron2.modeling import build_model
 from detectron2.utils.events import TensorboardXWriter
-from hook_helpers import MIN_SIZE, fake_trainer, small_config
+from hook_helpers import MIN_SIZE, fake_trainer, read_events, small_config
 
-from detectron2_hooks import Detection, GradCAMHook, add_gradcam_config
-from detectron2_hooks.hook import _to_rgb
+from detectron2_hooks import GradCAMHook, add_gradcam_config
 from detectron2_hooks.shapes import register_shapes, unregister
 from detectron2_hooks.trainer import insert_before_writers
 from lightning_gradcam.core.drift import energy_in_boxes, map_drift
 from lightning_gradcam.core.layers import LayerNotFoundError
+from lightning_gradcam.pictures import input_picture
 
 
 @pytest.fixture(scope="module")
@@ -115,16 +115,30 @@ def test_model_inputs_are_used_as_given(c4_model):
 def test_dataparallel_wrapper_is_unwrapped(shapes, c4_model):
     hook = GradCAMHook(dataset=shapes[0], num_images=1, cfg=small_config("c4"))
     started(hook, torch.nn.DataParallel(c4_model))
-    assert hook._cam.model is c4_model
+    # the default layer and its name are the detector's own, not "module.roi_heads.res5"
+    assert hook.layers == ("roi_heads.res5",)
+    with hook.trainer.storage:
+        (detections,) = hook.run()
+    assert detections and detections[0].maps["gradcam"].shape[-2:] == (MIN_SIZE, MIN_SIZE)
 
 
-def test_other_processes_do_nothing(shapes, c4_model, monkeypatch):
+def _written(storage, log_dir):
+    """What detectron2's TensorboardXWriter writes from ``storage`` now, read back."""
+    writer = TensorboardXWriter(str(log_dir))
+    with storage:
+        writer.write()
+    writer.close()
+    return read_events(str(log_dir))
+
+
+def test_other_processes_do_nothing(shapes, c4_model, monkeypatch, tmp_path):
     monkeypatch.setattr("detectron2.utils.comm.is_main_process", lambda: False)
     hook = started(GradCAMHook(dataset=shapes[0], period=1, cfg=small_config("c4")), c4_model)
     with hook.trainer.storage as storage:
         hook.after_step()
-    assert not hook.enabled and hook._cam is None and not hook.inputs
-    assert storage._vis_data == [] and not hook.history
+    assert not hook.enabled and not hook.inputs and not hook.layers
+    events = _written(storage, tmp_path)
+    assert events.Tags()["images"] == [] and not hook.history and not hook.latest_images
 
 
 # ---------------------------------------------------------------- when, and no detections
@@ -141,22 +155,23 @@ def test_passes_every_period_and_at_the_last_iteration(shapes, c4_model, monkeyp
     assert calls == [2, 5, 7]
 
 
-def test_no_detections_logs_the_captioned_input(shapes, silent_model):
+def test_no_detections_logs_the_captioned_input(shapes, silent_model, tmp_path):
     cfg = small_config("c4", score_thresh=1.0)
     hook = started(GradCAMHook(dataset=shapes[0], num_images=2, cfg=cfg), silent_model, 6)
     with hook.trainer.storage as storage:
         results = hook.run()
     assert results == [[], []]
     assert silent_model.training
-    tags = [tag for tag, _, _ in storage._vis_data]
-    assert tags == [
+    expected = [
         f"gradcam/image_{i:02d}/{what}"
         for i in range(2)
         for what in ("detections", "gradcam", "gradcam++")
     ]
+    assert list(hook.latest_images) == expected
+    assert sorted(_written(storage, tmp_path).Tags()["images"]) == sorted(expected)
     for index in range(2):
         picture = hook.latest_images[f"gradcam/image_{index:02d}/detections"]
-        source = _to_rgb(hook.inputs[index]["image"], "BGR")
+        source = input_picture(hook.inputs[index]["image"], "BGR")
         height = source.shape[0]
         assert picture.shape[0] > height  # a caption band under the input
         np.testing.assert_array_equal(picture[:height], source)
@@ -173,54 +188,28 @@ def test_no_detections_logs_the_captioned_input(shapes, silent_model):
 # ---------------------------------------------------------------- matching and drift
 
 
-def _det(class_id: int, box, maps: dict[str, torch.Tensor], score: float = 0.9) -> Detection:
-    det = Detection(
-        image_index=0,
-        rank=0,
-        box=torch.tensor(box, dtype=torch.float32),
-        class_id=class_id,
-        score=score,
-        target_score=score,
-        layer="L",
-    )
-    det.maps_by_layer["L"] = maps
-    return det
-
-
-def _blob(cx: float, cy: float) -> torch.Tensor:
-    ys, xs = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
-    return torch.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / 20.0)
-
-
-def test_drift_matches_detections_by_class_and_overlap():
-    hook = GradCAMHook(inputs=[{}], methods=("gradcam",))
-    hook.layers, hook._prev, hook._first = ("L",), [None], [None]
-    first = [
-        _det(0, [0, 0, 16, 16], {"gradcam": _blob(8, 8)}),
-        _det(1, [16, 16, 32, 32], {"gradcam": _blob(24, 24)}),
-    ]
-    values = hook._scalars(0, first)
-    assert "gradcam/drift_vs_prev" not in values  # nothing to compare with yet
-    expected_energy = energy_in_boxes(
-        torch.stack([_blob(8, 8), _blob(24, 24)]), torch.tensor([[0, 0, 16, 16], [16, 16, 32, 32]])
-    ).mean()
-    assert values["gradcam/energy_in_box"] == pytest.approx(float(expected_energy))
-
-    moved = _blob(12, 10)
-    second = [
-        _det(0, [1, 1, 17, 17], {"gradcam": moved}),  # same class, IoU 0.79: matched
-        _det(2, [16, 16, 32, 32], {"gradcam": _blob(0, 0)}),  # same place, other class: not
-    ]
-    values = hook._scalars(0, second)
-    drift = float(map_drift(moved[None], _blob(8, 8)[None])[0])
-    assert drift > 0.05
-    assert values["gradcam/drift_vs_prev"] == pytest.approx(drift)
-    assert values["gradcam/drift_vs_first"] == pytest.approx(drift)
-
-    far = [_det(0, [8, 8, 24, 24], {"gradcam": _blob(16, 16)})]  # IoU 0.22 with the last one
-    values = hook._scalars(0, far)
-    assert "gradcam/drift_vs_prev" not in values and "gradcam/drift_vs_first" not in values
-    assert values["num_detections"] == 1.0
+def test_drift_and_energy_scalars_follow_the_detections_of_each_pass(shapes, c4_model):
+    # Matching by class and overlap is tested on the tracker (tests/engine/test_tracking.py);
+    # here: the hook feeds it each image's detections and writes what it gives.
+    hook = started(GradCAMHook(dataset=shapes[0], num_images=1, cfg=small_config("c4")), c4_model)
+    with hook.trainer.storage:
+        (detections,) = hook.run()
+        assert detections, "the tiny C4 model should detect something at its threshold"
+        first = hook.history[-1]["scalars"]
+        assert "gradcam/image_00/gradcam/drift_vs_prev" not in first  # nothing to compare yet
+        maps = torch.stack([det.maps["gradcam"] for det in detections])
+        boxes = torch.stack([det.box for det in detections])
+        energy = float(energy_in_boxes(maps, boxes).mean())
+        assert first["gradcam/image_00/gradcam/energy_in_box"] == pytest.approx(energy)
+        (again,) = hook.run()  # the same model: the same detections, matched one to one
+    second = hook.history[-1]["scalars"]
+    assert len(again) == len(detections)
+    for method in ("gradcam", "gradcam++"):
+        for name in ("drift_vs_prev", "drift_vs_first"):
+            value = second[f"gradcam/image_00/{method}/{name}"]
+            assert value == pytest.approx(0.0, abs=1e-5)
+    assert float(map_drift(maps, maps).mean()) == pytest.approx(0.0, abs=1e-6)
+    assert second["gradcam/image_00/num_detections"] == float(len(detections))
 
 
 # ---------------------------------------------------------------- config

@@ -97,3 +97,20 @@ def test_boxes_and_resize():
     assert boxed[5, 10].tolist() == [0, 255, 0] and image.max() == 0
     assert resize_max(image, 30).shape == (20, 30, 3)
     assert resize_max(image, 100) is image
+
+
+@pytest.mark.parametrize("size", [60, 600, 1200])
+def test_box_labels_at_the_top_edge_stay_on_the_canvas(size):
+    # Labels go above their box; a box touching the top edge has no room there, so its label
+    # must be drawn inside the picture, whole, as it is for a box further down.
+    image = np.zeros((size, size, 3), np.uint8)
+    side = size // 2
+
+    def label_pixels(y0):
+        box = torch.tensor([[size / 10, y0, size / 10 + side, y0 + side]])
+        with_label = draw_boxes(image, box, labels=["circle 0.93"])
+        return int((with_label != draw_boxes(image, box)).any(axis=2).sum())
+
+    at_top, lower = label_pixels(0.0), label_pixels(size / 3)
+    assert lower > 0
+    assert at_top == pytest.approx(lower, rel=0.1)  # nothing of the label clipped

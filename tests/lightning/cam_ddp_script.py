@@ -35,11 +35,12 @@ def main(out: str) -> None:
         log_every_n_steps=1,
     )
     trainer.fit(TinyPL(), val_dataloaders=val_loader())
+    state = cb.state_dict()  # what the checkpoint would hold
     report = {
         "rank": trainer.global_rank,
-        "cam_count": cb._cam_count,
-        "eval_count": cb._eval_count,
-        "has_samples": cb._samples is not None,
+        "cam_count": state["cam_count"],
+        "eval_count": state["eval_count"],
+        "has_samples": state["samples"] is not None,
         "global_step": trainer.global_step,
     }
     with open(os.path.join(out, f"rank_{trainer.global_rank}.json"), "w") as handle:

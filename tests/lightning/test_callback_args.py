@@ -73,7 +73,8 @@ def test_good_arguments_are_kept():
     )
     assert cb.methods == ("layercam",)
     assert cb.target.tolist() == [0, 2]
-    assert len(cb._samples) == 2  # the first num_samples of the images given
+    # the first num_samples of the images given
+    assert len(cb.state_dict()["samples"]["images"]) == 2
     assert cb.tag_prefix == "cams"
 
 

@@ -65,9 +65,10 @@ def test_pngs_decode_to_the_expected_size(three_epochs):
 def test_images_taken_across_small_batches_and_kept_on_cpu(three_epochs):
     cb, _ = three_epochs
     expected = val_loader(batch_size=4).dataset.data.images[:6]
-    assert cb._samples.images.device.type == "cpu"
-    assert torch.equal(cb._samples.images, expected)
-    assert cb._samples.boxes is not None  # from the dict batches' "boxes"
+    samples = cb.state_dict()["samples"]
+    assert samples["images"].device.type == "cpu"
+    assert torch.equal(samples["images"], expected)
+    assert samples["boxes"] is not None  # from the dict batches' "boxes"
 
 
 def test_drift_and_energy_scalars(three_epochs):
@@ -88,7 +89,8 @@ def test_drift_and_energy_scalars(three_epochs):
 
 def test_captions_fix_the_label_as_target(three_epochs):
     cb, _ = three_epochs
-    assert torch.equal(cb._targets, cb._samples.labels)
+    state = cb.state_dict()
+    assert torch.equal(state["targets"], state["samples"]["labels"])
 
 
 def test_filmstrip_rows_are_samples_columns_epochs(three_epochs):
@@ -156,7 +158,8 @@ def test_validate_and_test_are_skipped_with_one_message(tmp_path):
         trainer.test(module, dataloaders=val_loader())
         trainer.validate(module, dataloaders=val_loader())
     assert sum("GradCAMCallback runs inside" in str(w.message) for w in caught) == 1
-    assert cb._samples is None and cb._cam_count == 0
+    state = cb.state_dict()
+    assert state["samples"] is None and state["cam_count"] == 0 and not cb.history
     assert not (tmp_path / "tb").exists() or not read_events_or_empty(tmp_path / "tb")
 
 
@@ -173,12 +176,13 @@ def test_no_validation_loop_explains_at_training_epoch_end(tmp_path):
     cb = GradCAMCallback(layer=None, methods="gradcam", num_samples=4, target="prediction")
     trainer = make_trainer(pl, tmp_path, [cb], max_epochs=2, limit_val_batches=0)
     trainer.fit(TinyPL())
-    assert cb._layer_name == "net.features"
+    assert cb.state_dict()["layer"] == "net.features"
     images, _ = read_events(tmp_path / "tb")
     prefix = "gradcam/net.features"
     assert steps(images[f"{prefix}/gradcam/sample_03"]) == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
-    assert len(cb._samples) == 4  # from the first training batch
-    assert cb._targets is not None and cb._targets.shape == (4,)
+    state = cb.state_dict()
+    assert len(state["samples"]["images"]) == 4  # from the first training batch
+    assert state["targets"] is not None and state["targets"].shape == (4,)
 
 
 def test_two_callbacks_on_two_layers_coexist(tmp_path):

@@ -29,7 +29,8 @@ def test_weights_bit_identical_with_and_without_the_callback(tmp_path):
     plain, _ = _train(tmp_path / "plain", [], max_epochs=2)
     cb = GradCAMCallback(layer=LAYER, methods=("gradcam", "gradcam++", "guided_gradcam"))
     watched, _ = _train(tmp_path / "watched", [cb], max_epochs=2)
-    assert cb._cam_count == 2  # the callback really ran, twice, between the training epochs
+    # the callback really ran, twice, between the training epochs
+    assert len(cb.history) == 2 and cb.state_dict()["cam_count"] == 2
     a, b = plain.state_dict(), watched.state_dict()
     assert a.keys() == b.keys()
     for name in a:
@@ -47,8 +48,9 @@ def test_resume_from_checkpoint_continues_the_drift_series(tmp_path):
     trainer2 = make_trainer(pl, tmp_path, [cb2], max_epochs=4, version=1)
     trainer2.fit(TinyPL(), val_dataloaders=val_loader(), ckpt_path=str(ckpt))
 
-    assert torch.equal(cb2._samples.images, cb1._samples.images)
-    assert torch.equal(cb2._first["gradcam"], cb1._first["gradcam"])
+    saved, resumed_state = cb1.state_dict(), cb2.state_dict()
+    assert torch.equal(resumed_state["samples"]["images"], saved["samples"]["images"])
+    assert torch.equal(resumed_state["first_maps"]["gradcam"], saved["first_maps"]["gradcam"])
     images, scalars = read_events(tmp_path / "tb" / "version_1")
     resumed = [STEPS_PER_EPOCH * 3, STEPS_PER_EPOCH * 4]
     assert steps(images[f"{PREFIX}/gradcam/sample_03"]) == resumed
@@ -65,14 +67,15 @@ def test_frozen_backbone(tmp_path):
     module, _ = _train(tmp_path, [cb], max_epochs=1, freeze=True)
     assert not any(p.requires_grad for p in module.net.features.parameters())
     assert all(p.grad is None for p in module.net.features.parameters())
+    latest = cb.state_dict()["prev_maps"]
     for method in ("gradcam", "layercam"):
-        assert cb._prev[method].amax(dim=(1, 2)).gt(0).any(), f"{method} maps are all zero"
+        assert latest[method].amax(dim=(1, 2)).gt(0).any(), f"{method} maps are all zero"
 
 
 def test_bf16_mixed_precision(tmp_path):
     cb = GradCAMCallback(layer=LAYER, methods="gradcam++", num_samples=4)
     _train(tmp_path, [cb], max_epochs=2, precision="bf16-mixed")
-    maps = cb._prev["gradcam++"]
+    maps = cb.state_dict()["prev_maps"]["gradcam++"]
     assert maps.dtype == torch.float32 and torch.isfinite(maps).all()
     assert maps.amax(dim=(1, 2)).gt(0).all()
     images, scalars = read_events(tmp_path / "tb")
@@ -85,8 +88,8 @@ def test_compiled_submodule(tmp_path):
     cb = GradCAMCallback(layer=LAYER, methods="gradcam", num_samples=4)
     module, _ = _train(tmp_path, [cb], max_epochs=1, compile_net=True)
     assert hasattr(module.net, "_orig_mod")
-    assert cb._cam_count == 1
-    assert cb._prev["gradcam"].amax(dim=(1, 2)).gt(0).any()
+    assert len(cb.history) == 1
+    assert cb.state_dict()["prev_maps"]["gradcam"].amax(dim=(1, 2)).gt(0).any()
 
 
 def test_prediction_target_is_fixed_at_the_first_cam_epoch(tmp_path, monkeypatch):
@@ -119,7 +122,7 @@ def test_callable_and_fixed_class_targets(tmp_path):
     )
     by_id = GradCAMCallback(layer=LAYER, methods="gradcam", num_samples=2, target=2)
     _train(tmp_path, [by_fn, by_id], max_epochs=1)
-    assert by_id._targets.tolist() == [2, 2]
-    assert by_fn._targets is None  # a callable is the target itself
+    assert by_id.state_dict()["targets"].tolist() == [2, 2]
+    assert by_fn.state_dict()["targets"] is None  # a callable is the target itself
     images, _ = read_events(tmp_path / "tb")
     assert f"fn/{LAYER}/gradcam/sample_01" in images
