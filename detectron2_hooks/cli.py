@@ -42,7 +42,7 @@ from detectron2.config import CfgNode, get_cfg
 
 from lightning_gradcam.command import non_negative_int, report_error, run_command
 from lightning_gradcam.core.layers import LayerNotFoundError, resolve_layer
-from lightning_gradcam.core.methods import GRADIENT_METHODS, check_methods
+from lightning_gradcam.core.methods import check_methods, get_method, method_names
 from lightning_gradcam.core.render import COLORMAPS, caption, draw_boxes, grid, overlay, resize_max
 from lightning_gradcam.io import (
     ImageInputError,
@@ -84,13 +84,6 @@ DEFAULT_METHODS = ("gradcam", "gradcam++")
 #: Longer side, in pixels, of each cell of an ``all-cls-subnet`` strip.
 STRIP_CELL = 320
 
-_LABELS = {
-    "gradcam": "Grad-CAM",
-    "gradcam++": "Grad-CAM++",
-    "xgradcam": "XGrad-CAM",
-    "layercam": "LayerCAM",
-    "hirescam": "HiResCAM",
-}
 _USER_ERRORS = (WeightsError, LayerNotFoundError, ImageInputError, ValueError)
 
 
@@ -151,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=list(DEFAULT_METHODS),
         metavar="METHOD",
         help=f"CAM methods (default: {' '.join(DEFAULT_METHODS)}; also "
-        f"{', '.join(m for m in GRADIENT_METHODS if m not in DEFAULT_METHODS)})",
+        f"{', '.join(m for m in method_names(detectors=True) if m not in DEFAULT_METHODS)})",
     )
     parser.add_argument(
         "--confidence-threshold",
@@ -404,12 +397,14 @@ def render_detection(
         for method in methods:
             cell = _cell(image, det, layer, method, colormap)
             where = f" @ {layer}" if len(single) > 1 else ""  # one layer: printed, not drawn
-            pictures[(layer, method)] = caption(cell, f"{title} | {_LABELS[method]}{where}")
+            pictures[(layer, method)] = caption(
+                cell, f"{title} | {get_method(method).label}{where}"
+            )
     if strip:
         cells = [
             caption(
                 resize_max(_cell(image, det, layer, method, colormap), STRIP_CELL),
-                f"{_LABELS[method]} {layer.removeprefix('head.')}",
+                f"{get_method(method).label} {layer.removeprefix('head.')}",
             )
             for method in methods
             for layer in strip
@@ -458,15 +453,11 @@ def _build(cfg: CfgNode, config_file: str) -> torch.nn.Module:
 
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
-        methods = check_methods([m for value in args.methods for m in value.split(",") if m])
+        methods = check_methods(
+            [m for value in args.methods for m in value.split(",") if m], detectors=True
+        )
     except ValueError as exc:
         parser.error(f"argument --methods: {exc}")
-    guided = [m for m in methods if m not in GRADIENT_METHODS]
-    if guided:
-        parser.error(
-            f"argument --methods: {', '.join(guided)} not available for detectors; choose from "
-            f"{', '.join(GRADIENT_METHODS)}"
-        )
     output_dir: Path = args.output_dir
     if output_dir.exists() and not output_dir.is_dir():
         return _error(f"--output-dir {output_dir} exists and is not a folder")

@@ -61,9 +61,10 @@ from torch import nn
 
 from lightning_gradcam.core.drift import energy_in_boxes, map_drift
 from lightning_gradcam.core.layers import named_layers, unwrap_model
-from lightning_gradcam.core.methods import GUIDED_METHODS, check_methods
+from lightning_gradcam.core.methods import check_methods
 from lightning_gradcam.core.render import caption, draw_boxes, grid, overlay, resize_max, to_chw
 
+from .config import config_methods
 from .explain import Detection, DetectionCAM
 
 __all__ = ["GradCAMHook", "parse_layers"]
@@ -158,7 +159,7 @@ class GradCAMHook(HookBase):
             image-level and RetinaNet head layers channel-averaged Grad-CAM lights every
             similar region; add ``"hirescam"`` for a map specific to the detection.
         methods: CAM methods (``gradcam``, ``gradcam++``, ``xgradcam``, ``layercam``,
-            ``hirescam``).
+            ``hirescam``, or one added with ``lightning_gradcam.register_method``).
         period: iterations between passes; 0 = only at the last iteration.
         max_detections: top detections explained per image.
         cfg: the config for the test-time mapper (default: ``trainer.cfg`` of a
@@ -212,13 +213,7 @@ class GradCAMHook(HookBase):
             raise ValueError(f"match_iou must be in (0, 1], got {match_iou}")
         if not isinstance(tag_prefix, str) or not tag_prefix.strip("/ "):
             raise ValueError(f"tag_prefix must be a non-empty string, got {tag_prefix!r}")
-        self.methods = check_methods(methods)
-        guided = [m for m in self.methods if m in GUIDED_METHODS]
-        if guided:
-            raise ValueError(
-                f"{', '.join(guided)} need guided backpropagation, which DetectionCAM does not "
-                "run; choose from gradcam, gradcam++, xgradcam, layercam, hirescam"
-            )
+        self.methods = check_methods(methods, detectors=True)
         self._source_inputs = list(inputs) if inputs is not None else None
         self.dataset = dataset
         self.num_images = num_images
@@ -274,7 +269,7 @@ class GradCAMHook(HookBase):
             dataset=dataset,
             num_images=int(node.NUM_IMAGES),
             layer=node.LAYER or None,
-            methods=tuple(node.METHODS),
+            methods=config_methods(cfg),
             period=int(node.PERIOD),
             max_detections=int(node.MAX_DETECTIONS),
             cfg=cfg,

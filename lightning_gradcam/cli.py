@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from .command import non_negative_int, report_error, run_command
 from .core.layers import LayerNotFoundError
-from .core.methods import GRADIENT_METHODS, check_methods
+from .core.methods import check_methods, get_method, method_names
 from .core.render import COLORMAPS, caption, grid, heatmap, overlay, to_uint8_image
 from .core.targets import logits_of
 from .engine import CAMEngine, CAMResult
@@ -48,35 +48,18 @@ PROG = "lightning-gradcam"
 #: The seed's pictures: Grad-CAM and Grad-CAM++, guided backpropagation and guided Grad-CAM(++).
 DEFAULT_METHODS = ("gradcam", "gradcam++", "guided_backprop", "guided_gradcam", "guided_gradcam++")
 
-_LABELS = {
-    "gradcam": "Grad-CAM",
-    "gradcam++": "Grad-CAM++",
-    "xgradcam": "XGrad-CAM",
-    "layercam": "LayerCAM",
-    "hirescam": "HiResCAM",
-    "guided_backprop": "guided backprop",
-    "guided_gradcam": "guided Grad-CAM",
-    "guided_gradcam++": "guided Grad-CAM++",
-}
-# The seed's file names; other gradient methods get `heatmap-<method>` and `cam-<method>`.
-_SEED_SUFFIXES = {"gradcam": "", "gradcam++": "++"}
-_GUIDED_SUFFIXES = {
-    "guided_backprop": "gb",
-    "guided_gradcam": "cam_gb",
-    "guided_gradcam++": "cam++_gb",
-}
-
 _USER_ERRORS = (NetworkError, WeightsError, LayerNotFoundError, ImageInputError, ValueError)
 
 
 def picture_suffixes(method: str) -> tuple[str, ...]:
     """The ``{kind}`` parts of the file names a method writes: ``("heatmap", "cam")`` for
     Grad-CAM, ``("heatmap++", "cam++")`` for Grad-CAM++, ``("gb",)`` for guided
-    backpropagation, ``("cam_gb",)`` / ``("cam++_gb",)`` for guided Grad-CAM / ++."""
-    if method in _GUIDED_SUFFIXES:
-        return (_GUIDED_SUFFIXES[method],)
-    tail = _SEED_SUFFIXES.get(method, f"-{method}")
-    return (f"heatmap{tail}", f"cam{tail}")
+    backpropagation, ``("cam_gb",)`` / ``("cam++_gb",)`` for guided Grad-CAM / ++, and
+    ``("heatmap-{method}", "cam-{method}")`` for the others (``CAMMethod.suffix``)."""
+    entry = get_method(method)
+    if entry.guided:
+        return (entry.suffix,)
+    return (f"heatmap{entry.suffix}", f"cam{entry.suffix}")
 
 
 def _split(values: Sequence[str] | None) -> list[str]:
@@ -140,8 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=list(DEFAULT_METHODS),
         metavar="METHOD",
-        help=f"CAM methods (default: {' '.join(DEFAULT_METHODS)}; also xgradcam, layercam, "
-        "hirescam)",
+        help=f"CAM methods (default: {' '.join(DEFAULT_METHODS)}; also "
+        f"{', '.join(m for m in method_names() if m not in DEFAULT_METHODS)})",
     )
     parser.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:1")
     parser.add_argument(
@@ -252,7 +235,7 @@ def render_pictures(
     pictures: dict[str, np.ndarray] = {}
     for method in methods:
         kinds = picture_suffixes(method)
-        if method in GRADIENT_METHODS:
+        if not get_method(method).guided:
             cam = result.maps[method][0, 0]
             pictures[kinds[0]] = heatmap(cam, colormap)
             pictures[kinds[1]] = overlay(base, cam, colormap)
@@ -270,7 +253,7 @@ def _grid_sheet(
         kinds = picture_suffixes(method)
         for kind in kinds:
             what = "heat map" if kind.startswith("heatmap") else "overlay" if len(kinds) > 1 else ""
-            cells.append(caption(pictures[kind], f"{_LABELS[method]} {what}".strip()))
+            cells.append(caption(pictures[kind], f"{get_method(method).label} {what}".strip()))
     return grid(cells)
 
 
