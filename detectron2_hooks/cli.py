@@ -40,24 +40,27 @@ import numpy as np
 import torch
 from detectron2.config import CfgNode, get_cfg
 
-from lightning_gradcam.command import non_negative_int, report_error, run_command
-from lightning_gradcam.core.layers import LayerNotFoundError, resolve_layer
-from lightning_gradcam.core.methods import check_methods, get_method, method_names
-from lightning_gradcam.core.render import COLORMAPS, caption, draw_boxes, grid, overlay, resize_max
-from lightning_gradcam.io import (
+from lightning_gradcam.core.checkpoints import RANDOM_WEIGHTS, WeightsError
+from lightning_gradcam.core.command_line import (
+    first_line,
+    non_negative_int,
+    report_error,
+    run_command,
+)
+from lightning_gradcam.core.images_io import (
     ImageInputError,
     expand_image_paths,
     output_names,
     read_image,
     write_images,
 )
-from lightning_gradcam.networks import first_line
+from lightning_gradcam.core.layers import LayerNotFoundError, resolve_layer
+from lightning_gradcam.core.methods import check_methods, get_method, method_names
+from lightning_gradcam.core.render import COLORMAPS, caption, draw_boxes, grid, overlay, resize_max
 
 from .config import add_gradcam_config, default_layer, to_cam_config
 from .explain import Detection, DetectionCAM
 from .weights import (
-    RANDOM_WEIGHTS,
-    WeightsError,
     load_detector_weights,
     quiet_loggers,
     resolve_weights,

@@ -19,24 +19,28 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .command import non_negative_int, report_error, run_command
+from .core.checkpoints import RANDOM_WEIGHTS, WeightsError
+from .core.command_line import first_line, non_negative_int, report_error, run_command
+from .core.images_io import (
+    ImageInputError,
+    expand_image_paths,
+    output_names,
+    read_image,
+    write_images,
+)
 from .core.layers import LayerNotFoundError
 from .core.methods import check_methods, get_method, method_names
 from .core.render import COLORMAPS, caption, grid, heatmap, overlay, to_uint8_image
 from .core.targets import logits_of
 from .engine import CAMEngine, CAMResult
-from .io import ImageInputError, expand_image_paths, output_names, read_image, write_images
 from .io import sample_image as make_sample_image
 from .networks import (
-    RANDOM_WEIGHTS,
     SEED_NETWORKS,
     DownloadError,
     NetworkError,
     NetworkSpec,
-    WeightsError,
     available_networks,
     check_network_name,
-    first_line,
     materialize,
     prepare_network,
 )

@@ -379,7 +379,7 @@ def test_weights_of_another_detector(files, out_dir, capsys):
 def test_uncached_url(files, tmp_path, out_dir, capsys, monkeypatch):
     monkeypatch.setenv("FVCORE_CACHE", str(tmp_path / "cache"))
 
-    def offline(url, path):
+    def offline(url, path, timeout):
         raise OSError("network unreachable")
 
     monkeypatch.setattr(weights_module, "_download", offline)
