@@ -15,9 +15,10 @@ Files per image, in ``--output-dir`` (``{det}`` = ``det00``, ``det01``, ... by d
 - ``{image}-{det}-{class}-{method}.png``: the map of one detection as an overlay with its box,
   captioned with class, score and method (``gradcam``, ``gradcam++`` by default); with
   several layers ``{image}-{det}-{class}-{layer}-{method}.png``;
-- ``--layer-name all-cls-subnet`` (RetinaNet): ``{image}-{det}-{class}-cls_subnet-strip.png``,
+- ``--layer-name 'head.cls_subnet.*'`` (RetinaNet): ``{image}-{det}-{class}-cls_subnet-strip.png``,
   one strip per detection, a column per classification-subnet layer (``head.cls_subnet.0``
-  to ``.7``) and a row per method, at the detection's feature level.
+  to ``.7``) and a row per method, at the detection's feature level. Any glob over layer
+  names (``*`` within one dotted component) makes such a strip.
 
 Everything that can be checked is checked before the first file is written; a bad argument or
 input ends the command with one line ``detectron2-gradcam: error: ...`` on stderr and exit
@@ -54,7 +55,11 @@ from lightning_gradcam.core.images_io import (
     read_image,
     write_images,
 )
-from lightning_gradcam.core.layers import LayerNotFoundError, resolve_layer
+from lightning_gradcam.core.layers import (
+    LayerNotFoundError,
+    expand_layer_names,
+    is_layer_pattern,
+)
 from lightning_gradcam.core.methods import check_methods, get_method, method_names
 from lightning_gradcam.core.render import COLORMAPS, caption, draw_boxes, grid, overlay, resize_max
 
@@ -73,18 +78,15 @@ __all__ = [
     "expand_layers",
     "class_names",
     "picture_names",
-    "ALL_CLS_SUBNET",
     "DEFAULT_METHODS",
     "STRIP_CELL",
 ]
 
 PROG = "detectron2-gradcam"
 
-#: ``--layer-name`` value for every layer of RetinaNet's classification subnet (eight).
-ALL_CLS_SUBNET = "all-cls-subnet"
 #: The seed's two maps.
 DEFAULT_METHODS = ("gradcam", "gradcam++")
-#: Longer side, in pixels, of each cell of an ``all-cls-subnet`` strip.
+#: Longer side, in pixels, of each cell of a strip (``--layer-name 'head.cls_subnet.*'``).
 STRIP_CELL = 320
 
 _USER_ERRORS = (WeightsError, LayerNotFoundError, ImageInputError, ValueError)
@@ -102,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Explain every detection of a detectron2 Faster R-CNN (C4 or FPN) or RetinaNet with "
             "Grad-CAM and Grad-CAM++. Writes {image}-detections.png and, per detection, "
             "{image}-det00-{class}-{method}.png (and {image}-det00-{class}-cls_subnet-strip.png "
-            "with --layer-name all-cls-subnet)."
+            "with --layer-name 'head.cls_subnet.*')."
         ),
         epilog=(
             "example: detectron2-gradcam --config-file COCO-Detection/faster_rcnn_R_50_C4_1x.yaml "
@@ -130,9 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LAYER",
         help="dotted module name to explain; repeat for several (default: cfg.GRADCAM.LAYER, "
         "else roi_heads.res5 for C4, roi_heads.box_pooler for FPN, head.cls_subnet.7 for "
-        f"RetinaNet). '{ALL_CLS_SUBNET}': RetinaNet's eight classification-subnet layers, one "
-        "strip per detection. At image-level layers (backbone.*) Grad-CAM is not specific to "
-        "a detection: add --methods hirescam",
+        "RetinaNet). A glob such as 'head.cls_subnet.*' (RetinaNet's eight classification-"
+        "subnet layers) gives one strip per detection. At image-level layers (backbone.*) "
+        "Grad-CAM is not specific to a detection: add --methods hirescam",
     )
     parser.add_argument(
         "--max-detections",
@@ -316,29 +318,19 @@ def class_names(cfg: CfgNode) -> list[str]:
 
 
 def expand_layers(model: torch.nn.Module, names: Sequence[str]) -> tuple[list[str], list[str]]:
-    """``--layer-name`` values to ``(single, strip)`` layer lists: ``all-cls-subnet`` becomes
-    the strip layers ``head.cls_subnet.0`` ... (every module of RetinaNet's classification
-    subnet); other names are checked with ``resolve_layer``.
+    """``--layer-name`` values to ``(single, strip)`` layer lists: a glob such as
+    ``head.cls_subnet.*`` gives strip layers (``head.cls_subnet.0`` ... ``.7``, expanded by
+    ``core.layers.expand_layer_names``, as the hook does), one strip per detection; other
+    names are single layers.
 
     Raises:
-        LayerNotFoundError: an unknown name (closest names in the message); ValueError:
-            ``all-cls-subnet`` on a detector that has no ``head.cls_subnet``.
+        LayerNotFoundError: an unknown name, or a glob that matches no layer (closest names
+            in the message).
     """
     single: list[str] = []
     strip: list[str] = []
     for name in names:
-        if name == ALL_CLS_SUBNET:
-            subnet = getattr(getattr(model, "head", None), "cls_subnet", None)
-            if subnet is None:
-                raise ValueError(
-                    f"--layer-name {ALL_CLS_SUBNET} is for RetinaNet (head.cls_subnet.N); this "
-                    "config builds a Faster R-CNN: use roi_heads.res5 (C4), roi_heads.box_pooler "
-                    "(FPN) or a backbone stage"
-                )
-            strip.extend(f"head.cls_subnet.{i}" for i in range(len(subnet)))
-        else:
-            resolve_layer(model, name)
-            single.append(name)
+        (strip if is_layer_pattern(name) else single).extend(expand_layer_names(model, [name]))
     return list(dict.fromkeys(single)), list(dict.fromkeys(strip))
 
 
@@ -366,7 +358,8 @@ def picture_names(
         for method in methods:
             names[(layer, method)] = f"{base}{middle}-{method}.png"
     if strip:
-        names["strip"] = f"{base}-cls_subnet-strip.png"
+        parent = ".".join(os.path.commonprefix([layer.split(".") for layer in strip]))
+        names["strip"] = f"{base}-{_file_part(parent.removeprefix('head.')) or 'layers'}-strip.png"
     return names
 
 

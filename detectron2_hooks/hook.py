@@ -43,11 +43,9 @@ Getting everything written, whatever the order of the hooks:
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
-import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -57,12 +55,12 @@ from detectron2.engine import HookBase, hooks
 from detectron2.structures import Boxes, pairwise_iou
 from detectron2.utils import comm
 from detectron2.utils.events import JSONWriter, TensorboardXWriter
-from torch import nn
 
 from lightning_gradcam.core.drift import energy_in_boxes, map_drift
-from lightning_gradcam.core.layers import named_layers, unwrap_model
+from lightning_gradcam.core.layers import expand_layer_names, unwrap_model
 from lightning_gradcam.core.methods import check_methods
 from lightning_gradcam.core.render import caption, draw_boxes, grid, overlay, resize_max, to_chw
+from lightning_gradcam.core.state import preserve_rng
 
 from .config import config_methods
 from .explain import Detection, DetectionCAM
@@ -75,9 +73,8 @@ logger = logging.getLogger(__name__)
 def parse_layers(layer: str | Sequence[str] | None) -> tuple[str, ...] | None:
     """``None``/``""`` -> None (the detector's default); ``"a,b"`` or ``["a", "b"]`` -> names.
 
-    A name ending in ``.*`` stands for every direct child of that module, in order
-    (``"head.cls_subnet.*"``: RetinaNet's eight classification-subnet layers); it is expanded
-    against the model in ``before_train``.
+    A glob such as ``"head.cls_subnet.*"`` (RetinaNet's eight classification-subnet layers)
+    is expanded against the model in ``before_train`` by ``core.layers.expand_layer_names``.
     """
     if layer is None:
         return None
@@ -87,44 +84,6 @@ def parse_layers(layer: str | Sequence[str] | None) -> tuple[str, ...] | None:
         names = [str(part).strip() for part in layer]
     names = [name for name in names if name]
     return tuple(names) or None
-
-
-def _expand_layers(model: nn.Module, names: tuple[str, ...]) -> tuple[str, ...]:
-    layers = named_layers(model)
-    out: list[str] = []
-    for name in names:
-        if not name.endswith(".*"):
-            out.append(name)
-            continue
-        parent = name[:-2]
-        children = [
-            n for n in layers if n.startswith(parent + ".") and "." not in n[len(parent) + 1 :]
-        ]
-        if not children:
-            # Let DetectionCAM's resolve_layer report the bad parent with close matches.
-            out.append(parent if parent not in layers else name)
-            continue
-        out.extend(children)
-    return tuple(out)
-
-
-@contextlib.contextmanager
-def _preserve_rng() -> Iterator[None]:
-    """Restore torch (CPU, CUDA), NumPy and Python RNG states on exit: detectron2's training
-    augmentations draw from NumPy's global stream, and the test-time mapper's
-    ``ResizeShortestEdge`` calls ``np.random.choice`` even with a single size."""
-    torch_state = torch.get_rng_state()
-    cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    try:
-        yield
-    finally:
-        torch.set_rng_state(torch_state)
-        if cuda_state is not None:
-            torch.cuda.set_rng_state_all(cuda_state)
-        np.random.set_state(np_state)
-        random.setstate(py_state)
 
 
 def _to_rgb(image: torch.Tensor, input_format: str) -> np.ndarray:
@@ -283,11 +242,11 @@ class GradCAMHook(HookBase):
             return
         self._move_before_writers()
         model = unwrap_model(self.trainer.model)
-        layers = _expand_layers(model, self.layer) if self.layer is not None else None
+        layers = expand_layer_names(model, self.layer) if self.layer is not None else None
         # Builds and checks the layers now: a wrong name fails here, with close matches.
         self._cam = DetectionCAM(model, layer=layers, methods=self.methods)
         self.layers = self._cam.layers
-        with _preserve_rng():
+        with preserve_rng():
             self.inputs = self._take_inputs()
         if self.class_names is None and self.dataset is not None:
             names = MetadataCatalog.get(self.dataset).get("thing_classes", None)
@@ -389,7 +348,7 @@ class GradCAMHook(HookBase):
         ``storage.iter``. Returns the detections (one list per image)."""
         storage = self.trainer.storage
         step = int(storage.iter)
-        with _preserve_rng():
+        with preserve_rng():
             results = self._cam.explain(self.inputs, max_detections=self.max_detections)
         scalars: dict[str, float] = {}
         for index, detections in enumerate(results):

@@ -117,7 +117,7 @@ CASES = {
         False,
     ),
     "retinanet": (
-        ("--layer-name", "all-cls-subnet", "--layer-name", "head.cls_subnet.7"),
+        ("--layer-name", "head.cls_subnet.*", "--layer-name", "head.cls_subnet.7"),
         ("gradcam", "gradcam++"),
         ("head.cls_subnet.7",),
         True,
@@ -341,12 +341,12 @@ def test_layer_off_the_classification_path(files, out_dir, capsys):
     )
 
 
-def test_all_cls_subnet_needs_retinanet(files, out_dir, capsys):
+def test_cls_subnet_glob_needs_retinanet(files, out_dir, capsys):
     _assert_refused(
         capsys,
         out_dir,
-        _args(files, "fpn", None, None, "--layer-name", "all-cls-subnet"),
-        "all-cls-subnet is for RetinaNet",
+        _args(files, "fpn", None, None, "--layer-name", "head.cls_subnet.*"),
+        "GeneralizedRCNN has no layer named 'head.cls_subnet'",
     )
 
 
