@@ -5,25 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .core.images_io import (
-    IMAGE_EXTENSIONS,
-    ImageInputError,
-    expand_image_paths,
-    output_names,
-    read_image,
-    write_images,
-)
+from .core import images_io
+from .core.images_io import *  # noqa: F403  (re-exported: the command's file functions)
 from .synthetic import draw_scene
 
-__all__ = [
-    "IMAGE_EXTENSIONS",
-    "ImageInputError",
-    "expand_image_paths",
-    "read_image",
-    "output_names",
-    "write_images",
-    "sample_image",
-]
+__all__ = [*images_io.__all__, "sample_image"]
 
 
 def sample_image(size: int = 256, seed: int = 0) -> np.ndarray:

@@ -4,7 +4,6 @@ checked through what a user sees; and the registry's own checks and docs table."
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from pathlib import Path
@@ -204,12 +203,10 @@ def test_detection_cam_maps_of_the_new_method(registered):
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
-    from detectron2_hooks.shapes import register_shapes, unregister
+    from hook_helpers import shapes_dataset
 
-    name = f"register_method_shapes_{os.getpid()}"
-    dicts = register_shapes(name, str(tmp_path_factory.mktemp("shapes")), count=2, size=128)
-    yield name, dicts
-    unregister(name)
+    with shapes_dataset("register_method", str(tmp_path_factory.mktemp("shapes")), 2) as data:
+        yield data
 
 
 def test_gradcam_hook_logs_the_new_method(registered, shapes, tmp_path):
