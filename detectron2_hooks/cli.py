@@ -15,9 +15,10 @@ Files per image, in ``--output-dir`` (``{det}`` = ``det00``, ``det01``, ... by d
 - ``{image}-{det}-{class}-{method}.png``: the map of one detection as an overlay with its box,
   captioned with class, score and method (``gradcam``, ``gradcam++`` by default); with
   several layers ``{image}-{det}-{class}-{layer}-{method}.png``;
-- ``--layer-name all-cls-subnet`` (RetinaNet): ``{image}-{det}-{class}-cls_subnet-strip.png``,
+- ``--layer-name 'head.cls_subnet.*'`` (RetinaNet): ``{image}-{det}-{class}-cls_subnet-strip.png``,
   one strip per detection, a column per classification-subnet layer (``head.cls_subnet.0``
-  to ``.7``) and a row per method, at the detection's feature level.
+  to ``.7``) and a row per method, at the detection's feature level. Any glob over layer
+  names (``*`` within one dotted component) makes such a strip.
 
 Everything that can be checked is checked before the first file is written; a bad argument or
 input ends the command with one line ``detectron2-gradcam: error: ...`` on stderr and exit
@@ -40,25 +41,32 @@ import numpy as np
 import torch
 from detectron2.config import CfgNode, get_cfg
 
-from lightning_gradcam.command import non_negative_int, report_error, run_command
-from lightning_gradcam.core.layers import LayerNotFoundError, resolve_layer
-from lightning_gradcam.core.methods import GRADIENT_METHODS, check_methods
-from lightning_gradcam.core.render import COLORMAPS
-from lightning_gradcam.io import (
+from lightning_gradcam.core.checkpoints import RANDOM_WEIGHTS, WeightsError
+from lightning_gradcam.core.command_line import (
+    first_line,
+    non_negative_int,
+    report_error,
+    run_command,
+)
+from lightning_gradcam.core.images_io import (
     ImageInputError,
     expand_image_paths,
     output_names,
     read_image,
     write_images,
 )
-from lightning_gradcam.networks import first_line
+from lightning_gradcam.core.layers import (
+    LayerNotFoundError,
+    expand_layer_names,
+    is_layer_pattern,
+)
+from lightning_gradcam.core.methods import check_methods, get_method, method_names
+from lightning_gradcam.core.render import COLORMAPS
 from lightning_gradcam.pictures import detection_label, detection_pictures, detections_picture
 
 from .config import add_gradcam_config, default_layer, to_cam_config
 from .explain import Detection, DetectionCAM
 from .weights import (
-    RANDOM_WEIGHTS,
-    WeightsError,
     load_detector_weights,
     quiet_loggers,
     resolve_weights,
@@ -71,27 +79,17 @@ __all__ = [
     "expand_layers",
     "class_names",
     "picture_names",
-    "ALL_CLS_SUBNET",
     "DEFAULT_METHODS",
     "STRIP_CELL",
 ]
 
 PROG = "detectron2-gradcam"
 
-#: ``--layer-name`` value for every layer of RetinaNet's classification subnet (eight).
-ALL_CLS_SUBNET = "all-cls-subnet"
 #: The seed's two maps.
 DEFAULT_METHODS = ("gradcam", "gradcam++")
-#: Longer side, in pixels, of each cell of an ``all-cls-subnet`` strip.
+#: Longer side, in pixels, of each cell of a strip (``--layer-name 'head.cls_subnet.*'``).
 STRIP_CELL = 320
 
-_LABELS = {
-    "gradcam": "Grad-CAM",
-    "gradcam++": "Grad-CAM++",
-    "xgradcam": "XGrad-CAM",
-    "layercam": "LayerCAM",
-    "hirescam": "HiResCAM",
-}
 _USER_ERRORS = (WeightsError, LayerNotFoundError, ImageInputError, ValueError)
 
 
@@ -107,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Explain every detection of a detectron2 Faster R-CNN (C4 or FPN) or RetinaNet with "
             "Grad-CAM and Grad-CAM++. Writes {image}-detections.png and, per detection, "
             "{image}-det00-{class}-{method}.png (and {image}-det00-{class}-cls_subnet-strip.png "
-            "with --layer-name all-cls-subnet)."
+            "with --layer-name 'head.cls_subnet.*')."
         ),
         epilog=(
             "example: detectron2-gradcam --config-file COCO-Detection/faster_rcnn_R_50_C4_1x.yaml "
@@ -135,9 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LAYER",
         help="dotted module name to explain; repeat for several (default: cfg.GRADCAM.LAYER, "
         "else roi_heads.res5 for C4, roi_heads.box_pooler for FPN, head.cls_subnet.7 for "
-        f"RetinaNet). '{ALL_CLS_SUBNET}': RetinaNet's eight classification-subnet layers, one "
-        "strip per detection. At image-level layers (backbone.*) Grad-CAM is not specific to "
-        "a detection: add --methods hirescam",
+        "RetinaNet). A glob such as 'head.cls_subnet.*' (RetinaNet's eight classification-"
+        "subnet layers) gives one strip per detection. At image-level layers (backbone.*) "
+        "Grad-CAM is not specific to a detection: add --methods hirescam",
     )
     parser.add_argument(
         "--max-detections",
@@ -152,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=list(DEFAULT_METHODS),
         metavar="METHOD",
         help=f"CAM methods (default: {' '.join(DEFAULT_METHODS)}; also "
-        f"{', '.join(m for m in GRADIENT_METHODS if m not in DEFAULT_METHODS)})",
+        f"{', '.join(m for m in method_names(detectors=True) if m not in DEFAULT_METHODS)})",
     )
     parser.add_argument(
         "--confidence-threshold",
@@ -321,29 +319,19 @@ def class_names(cfg: CfgNode) -> list[str]:
 
 
 def expand_layers(model: torch.nn.Module, names: Sequence[str]) -> tuple[list[str], list[str]]:
-    """``--layer-name`` values to ``(single, strip)`` layer lists: ``all-cls-subnet`` becomes
-    the strip layers ``head.cls_subnet.0`` ... (every module of RetinaNet's classification
-    subnet); other names are checked with ``resolve_layer``.
+    """``--layer-name`` values to ``(single, strip)`` layer lists: a glob such as
+    ``head.cls_subnet.*`` gives strip layers (``head.cls_subnet.0`` ... ``.7``, expanded by
+    ``core.layers.expand_layer_names``, as the hook does), one strip per detection; other
+    names are single layers.
 
     Raises:
-        LayerNotFoundError: an unknown name (closest names in the message); ValueError:
-            ``all-cls-subnet`` on a detector that has no ``head.cls_subnet``.
+        LayerNotFoundError: an unknown name, or a glob that matches no layer (closest names
+            in the message).
     """
     single: list[str] = []
     strip: list[str] = []
     for name in names:
-        if name == ALL_CLS_SUBNET:
-            subnet = getattr(getattr(model, "head", None), "cls_subnet", None)
-            if subnet is None:
-                raise ValueError(
-                    f"--layer-name {ALL_CLS_SUBNET} is for RetinaNet (head.cls_subnet.N); this "
-                    "config builds a Faster R-CNN: use roi_heads.res5 (C4), roi_heads.box_pooler "
-                    "(FPN) or a backbone stage"
-                )
-            strip.extend(f"head.cls_subnet.{i}" for i in range(len(subnet)))
-        else:
-            resolve_layer(model, name)
-            single.append(name)
+        (strip if is_layer_pattern(name) else single).extend(expand_layer_names(model, [name]))
     return list(dict.fromkeys(single)), list(dict.fromkeys(strip))
 
 
@@ -371,7 +359,8 @@ def picture_names(
         for method in methods:
             names[(layer, method)] = f"{base}{middle}-{method}.png"
     if strip:
-        names["strip"] = f"{base}-cls_subnet-strip.png"
+        parent = ".".join(os.path.commonprefix([layer.split(".") for layer in strip]))
+        names["strip"] = f"{base}-{_file_part(parent.removeprefix('head.')) or 'layers'}-strip.png"
     return names
 
 
@@ -393,7 +382,15 @@ def render_detection(
     ``lightning_gradcam.pictures.detection_pictures``), strip cells ``STRIP_CELL`` px."""
     title = _label(det, index, names)
     return detection_pictures(
-        image, det, title, single, strip, methods, _LABELS, colormap, STRIP_CELL
+        image,
+        det,
+        title,
+        single,
+        strip,
+        methods,
+        {m: get_method(m).label for m in methods},
+        colormap,
+        STRIP_CELL,
     )
 
 
@@ -435,15 +432,11 @@ def _build(cfg: CfgNode, config_file: str) -> torch.nn.Module:
 
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
-        methods = check_methods([m for value in args.methods for m in value.split(",") if m])
+        methods = check_methods(
+            [m for value in args.methods for m in value.split(",") if m], detectors=True
+        )
     except ValueError as exc:
         parser.error(f"argument --methods: {exc}")
-    guided = [m for m in methods if m not in GRADIENT_METHODS]
-    if guided:
-        parser.error(
-            f"argument --methods: {', '.join(guided)} not available for detectors; choose from "
-            f"{', '.join(GRADIENT_METHODS)}"
-        )
     output_dir: Path = args.output_dir
     if output_dir.exists() and not output_dir.is_dir():
         return _error(f"--output-dir {output_dir} exists and is not a folder")

@@ -11,10 +11,19 @@ A user keeps their model-zoo YAML::
 from __future__ import annotations
 
 from detectron2.config import CfgNode
+from torch import nn
+
+from lightning_gradcam.core.methods import check_methods
 
 from .adapters import CAM_META_ARCHS, CAM_ROI_HEADS
 
-__all__ = ["add_gradcam_config", "to_cam_config", "default_layer"]
+__all__ = [
+    "add_gradcam_config",
+    "to_cam_config",
+    "default_layer",
+    "model_default_layer",
+    "config_methods",
+]
 
 #: The conventional layer per detector: the per-ROI block for Faster R-CNN (a detection's own
 #: map), the last classification-subnet conv for RetinaNet.
@@ -33,8 +42,9 @@ def add_gradcam_config(cfg: CfgNode) -> CfgNode:
         LAYER (str): dotted module name to explain; ``""`` = the detector's default
             (``roi_heads.res5`` C4, ``roi_heads.box_pooler`` FPN, ``head.cls_subnet.7``
             RetinaNet).
-        METHODS (list[str]): CAM methods, any of the engine's (``gradcam``, ``gradcam++``,
-            ``xgradcam``, ``layercam``, ``hirescam``).
+        METHODS (list[str]): CAM methods that detectors accept (``gradcam``, ``gradcam++``,
+            ``xgradcam``, ``layercam``, ``hirescam``, or one added with
+            ``lightning_gradcam.register_method``); checked by ``config_methods``.
         PERIOD (int): iterations between two CAM passes during training.
         NUM_IMAGES (int): images explained per pass.
         MAX_DETECTIONS (int): top detections explained per image.
@@ -110,3 +120,24 @@ def default_layer(cfg: CfgNode) -> str:
         return _DEFAULT_LAYERS[name]
     except KeyError:
         raise ValueError(f"no default CAM layer for {name!r}; set cfg.GRADCAM.LAYER") from None
+
+
+def model_default_layer(model: nn.Module) -> str:
+    """The conventional layer of a detector built with the CAM adapters (same table as
+    :func:`default_layer`, looked up by the class of the model or of its ROI heads)."""
+    for part in (model, getattr(model, "roi_heads", None)):
+        for cls in type(part).__mro__:
+            if cls.__name__ in _DEFAULT_LAYERS:
+                return _DEFAULT_LAYERS[cls.__name__]
+    raise ValueError(f"no default CAM layer for {type(model).__name__}; name a layer")
+
+
+def config_methods(cfg: CfgNode) -> tuple[str, ...]:
+    """``cfg.GRADCAM.METHODS`` checked against the method registry (what detectors accept)."""
+    methods = cfg.GRADCAM.METHODS
+    if isinstance(methods, str):
+        methods = [m for m in methods.split(",") if m.strip()]
+    try:
+        return check_methods(tuple(m.strip() for m in methods), detectors=True)
+    except ValueError as exc:
+        raise ValueError(f"cfg.GRADCAM.METHODS: {exc}") from None

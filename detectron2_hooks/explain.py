@@ -47,8 +47,6 @@ from lightning_gradcam.core.capture import ActivationCapture
 from lightning_gradcam.core.gradients import batched_gradients
 from lightning_gradcam.core.layers import resolve_layer, unwrap_model
 from lightning_gradcam.core.methods import (
-    GRADIENT_METHODS,
-    GUIDED_METHODS,
     check_methods,
     compute_cam,
     normalize_maps,
@@ -57,10 +55,9 @@ from lightning_gradcam.core.methods import (
 from lightning_gradcam.core.state import cam_mode, preserve_model_state
 
 from .adapters import is_cam_model
+from .config import model_default_layer
 
-__all__ = ["DetectionCAM", "Detection", "LAYER_KINDS"]
-
-LAYER_KINDS = ("roi", "head", "image")
+__all__ = ["DetectionCAM", "Detection"]
 
 # Elements per chunk of per-detection feature copies in the pooler re-run (256 MB float32).
 _COPY_BUDGET = 1 << 26
@@ -235,7 +232,9 @@ class DetectionCAM:
         layer: a dotted module name or a sequence of them (``None``: ``roi_heads.res5`` C4,
             ``roi_heads.box_pooler`` FPN, ``head.cls_subnet.7`` RetinaNet). With several
             layers, ``det.maps_by_layer[layer][method]``; ``det.maps`` is the first layer's.
-        methods: any of ``gradcam``, ``gradcam++``, ``xgradcam``, ``layercam``, ``hirescam``.
+        methods: any of ``gradcam``, ``gradcam++``, ``xgradcam``, ``layercam``, ``hirescam``
+            or a name added with ``lightning_gradcam.register_method`` (guided methods need a
+            backward pass to the input, which DetectionCAM does not run).
             At image-level and RetinaNet head layers use ``hirescam`` for a map specific to the
             detection (see the module docstring).
 
@@ -267,13 +266,9 @@ class DetectionCAM:
         if not self.layers:
             raise ValueError("layer is an empty sequence; name at least one layer")
         self.modules = {name: resolve_layer(self.model, name) for name in self.layers}
-        self.methods = check_methods(tuple(methods) if not isinstance(methods, str) else methods)
-        guided = [m for m in self.methods if m in GUIDED_METHODS]
-        if guided:
-            raise ValueError(
-                f"{', '.join(guided)} need guided backpropagation to the input, which "
-                f"DetectionCAM does not run; choose from {', '.join(GRADIENT_METHODS)}"
-            )
+        self.methods = check_methods(
+            tuple(methods) if not isinstance(methods, str) else methods, detectors=True
+        )
         if self.is_retinanet:
             self._gate = self.model.head
         else:
@@ -282,9 +277,7 @@ class DetectionCAM:
         self._kind_root = self.model.head if self.is_retinanet else self.model.roi_heads
 
     def _default_layer(self) -> str:
-        if self.is_retinanet:
-            return "head.cls_subnet.7"
-        return "roi_heads.res5" if hasattr(self.model.roi_heads, "res5") else "roi_heads.box_pooler"
+        return model_default_layer(self.model)
 
     # ------------------------------------------------------------------ forward
 

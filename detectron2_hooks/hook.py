@@ -43,11 +43,9 @@ Getting everything written, whatever the order of the hooks:
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
-import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -56,14 +54,15 @@ from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
 from detectron2.engine import HookBase, hooks
 from detectron2.utils import comm
 from detectron2.utils.events import JSONWriter, TensorboardXWriter
-from torch import nn
 
-from lightning_gradcam.core.layers import named_layers, unwrap_model
-from lightning_gradcam.core.methods import GUIDED_METHODS, check_methods
+from lightning_gradcam.core.layers import expand_layer_names, unwrap_model
+from lightning_gradcam.core.methods import check_methods
 from lightning_gradcam.core.render import to_chw
+from lightning_gradcam.core.state import preserve_rng
 from lightning_gradcam.core.tracking import DriftTracker
 from lightning_gradcam.pictures import input_picture, pass_pictures
 
+from .config import config_methods
 from .explain import Detection, DetectionCAM
 
 __all__ = ["GradCAMHook", "parse_layers"]
@@ -74,9 +73,8 @@ logger = logging.getLogger(__name__)
 def parse_layers(layer: str | Sequence[str] | None) -> tuple[str, ...] | None:
     """``None``/``""`` -> None (the detector's default); ``"a,b"`` or ``["a", "b"]`` -> names.
 
-    A name ending in ``.*`` stands for every direct child of that module, in order
-    (``"head.cls_subnet.*"``: RetinaNet's eight classification-subnet layers); it is expanded
-    against the model in ``before_train``.
+    A glob such as ``"head.cls_subnet.*"`` (RetinaNet's eight classification-subnet layers)
+    is expanded against the model in ``before_train`` by ``core.layers.expand_layer_names``.
     """
     if layer is None:
         return None
@@ -86,44 +84,6 @@ def parse_layers(layer: str | Sequence[str] | None) -> tuple[str, ...] | None:
         names = [str(part).strip() for part in layer]
     names = [name for name in names if name]
     return tuple(names) or None
-
-
-def _expand_layers(model: nn.Module, names: tuple[str, ...]) -> tuple[str, ...]:
-    layers = named_layers(model)
-    out: list[str] = []
-    for name in names:
-        if not name.endswith(".*"):
-            out.append(name)
-            continue
-        parent = name[:-2]
-        children = [
-            n for n in layers if n.startswith(parent + ".") and "." not in n[len(parent) + 1 :]
-        ]
-        if not children:
-            # Let DetectionCAM's resolve_layer report the bad parent with close matches.
-            out.append(parent if parent not in layers else name)
-            continue
-        out.extend(children)
-    return tuple(out)
-
-
-@contextlib.contextmanager
-def _preserve_rng() -> Iterator[None]:
-    """Restore torch (CPU, CUDA), NumPy and Python RNG states on exit: detectron2's training
-    augmentations draw from NumPy's global stream, and the test-time mapper's
-    ``ResizeShortestEdge`` calls ``np.random.choice`` even with a single size."""
-    torch_state = torch.get_rng_state()
-    cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    try:
-        yield
-    finally:
-        torch.set_rng_state(torch_state)
-        if cuda_state is not None:
-            torch.cuda.set_rng_state_all(cuda_state)
-        np.random.set_state(np_state)
-        random.setstate(py_state)
 
 
 class GradCAMHook(HookBase):
@@ -148,7 +108,7 @@ class GradCAMHook(HookBase):
             image-level and RetinaNet head layers channel-averaged Grad-CAM lights every
             similar region; add ``"hirescam"`` for a map specific to the detection.
         methods: CAM methods (``gradcam``, ``gradcam++``, ``xgradcam``, ``layercam``,
-            ``hirescam``).
+            ``hirescam``, or one added with ``lightning_gradcam.register_method``).
         period: iterations between passes; 0 = only at the last iteration.
         max_detections: top detections explained per image.
         cfg: the config for the test-time mapper (default: ``trainer.cfg`` of a
@@ -202,13 +162,7 @@ class GradCAMHook(HookBase):
             raise ValueError(f"match_iou must be in (0, 1], got {match_iou}")
         if not isinstance(tag_prefix, str) or not tag_prefix.strip("/ "):
             raise ValueError(f"tag_prefix must be a non-empty string, got {tag_prefix!r}")
-        self.methods = check_methods(methods)
-        guided = [m for m in self.methods if m in GUIDED_METHODS]
-        if guided:
-            raise ValueError(
-                f"{', '.join(guided)} need guided backpropagation, which DetectionCAM does not "
-                "run; choose from gradcam, gradcam++, xgradcam, layercam, hirescam"
-            )
+        self.methods = check_methods(methods, detectors=True)
         self._source_inputs = list(inputs) if inputs is not None else None
         self.dataset = dataset
         self.num_images = num_images
@@ -264,7 +218,7 @@ class GradCAMHook(HookBase):
             dataset=dataset,
             num_images=int(node.NUM_IMAGES),
             layer=node.LAYER or None,
-            methods=tuple(node.METHODS),
+            methods=config_methods(cfg),
             period=int(node.PERIOD),
             max_detections=int(node.MAX_DETECTIONS),
             cfg=cfg,
@@ -278,11 +232,11 @@ class GradCAMHook(HookBase):
             return
         self._move_before_writers()
         model = unwrap_model(self.trainer.model)
-        layers = _expand_layers(model, self.layer) if self.layer is not None else None
+        layers = expand_layer_names(model, self.layer) if self.layer is not None else None
         # Builds and checks the layers now: a wrong name fails here, with close matches.
         self._cam = DetectionCAM(model, layer=layers, methods=self.methods)
         self.layers = self._cam.layers
-        with _preserve_rng():
+        with preserve_rng():
             self.inputs = self._take_inputs()
         if self.class_names is None and self.dataset is not None:
             names = MetadataCatalog.get(self.dataset).get("thing_classes", None)
@@ -383,7 +337,7 @@ class GradCAMHook(HookBase):
         ``storage.iter``. Returns the detections (one list per image)."""
         storage = self.trainer.storage
         step = int(storage.iter)
-        with _preserve_rng():
+        with preserve_rng():
             results = self._cam.explain(self.inputs, max_detections=self.max_detections)
         scalars: dict[str, float] = {}
         for index, detections in enumerate(results):

@@ -8,7 +8,7 @@ Policy, by file ending:
   ``numpy...scalar``, ``_codecs.encode``, ``collections.OrderedDict``); any other global (say
   ``os.system`` in a ``__reduce__``) is refused before it is called.
 - anything else (``.pth``, ``.pt``, what ``DetectionCheckpointer.save`` writes):
-  ``torch.load(weights_only=True)`` through ``lightning_gradcam.networks.load_state_dict_file``.
+  ``torch.load(weights_only=True)`` through ``lightning_gradcam.core.checkpoints.load_state_dict_file``.
 
 URLs (``detectron2://...``, ``https://...``) are looked up in the iopath cache
 (``$FVCORE_CACHE`` or ``~/.torch/iopath_cache``, where detectron2 itself keeps them) and
@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import socket
 from collections.abc import Mapping
 from contextlib import contextmanager
 from urllib.parse import urlparse
@@ -34,7 +33,13 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
-from lightning_gradcam.networks import WeightsError, first_line, load_state_dict_file
+from lightning_gradcam.core.checkpoints import (
+    RANDOM_WEIGHTS,
+    WeightsError,
+    download_file,
+    load_state_dict_file,
+)
+from lightning_gradcam.core.command_line import first_line
 
 __all__ = [
     "WeightsError",
@@ -47,9 +52,6 @@ __all__ = [
     "load_detector_weights",
     "quiet_loggers",
 ]
-
-#: ``MODEL.WEIGHTS`` value that asks for random initialisation (as ``lightning-gradcam``).
-RANDOM_WEIGHTS = "random"
 
 _URL_PREFIXES = ("detectron2://", "http://", "https://")
 _D2_URL_ROOT = "https://dl.fbaipublicfiles.com/detectron2/"
@@ -108,30 +110,21 @@ def resolve_weights(weights: str, download_timeout: float = 20.0) -> str:
     cached = url_cache_path(weights)
     if os.path.isfile(cached):
         return cached
-    previous = socket.getdefaulttimeout()
-    partial = cached + ".part"
     try:
-        socket.setdefaulttimeout(download_timeout)
-        os.makedirs(os.path.dirname(cached), exist_ok=True)
-        _download(weights, partial)
-        os.replace(partial, cached)
+        _download(weights, cached, download_timeout)
     except Exception as exc:  # any download failure means "cannot download"
         raise WeightsError(
             f"cannot download MODEL.WEIGHTS {weights} ({first_line(exc)}) and it is not in the "
             f"cache ({cached}); {hint}"
         ) from None
-    finally:
-        socket.setdefaulttimeout(previous)
-        if os.path.exists(partial):
-            os.unlink(partial)
     return cached
 
 
-def _download(url: str, path: str) -> None:
+def _download(url: str, path: str, timeout: float) -> None:
     """Fetch ``url`` (``detectron2://`` resolved) to ``path``, without a progress bar."""
     if url.startswith("detectron2://"):
         url = _D2_URL_ROOT + url[len("detectron2://") :]
-    torch.hub.download_url_to_file(url, path, progress=False)
+    download_file(url, path, timeout=timeout, progress=False)
 
 
 class _ArrayUnpickler(pickle.Unpickler):

@@ -52,7 +52,7 @@ def main() -> None:
     write_images({scene: sample_image(224, seed=7)})
 
     outputs = {}
-    for kind, layers in (("c4", []), ("retinanet", ["--layer-name", "all-cls-subnet"])):
+    for kind, layers in (("c4", []), ("retinanet", ["--layer-name", "head.cls_subnet.*"])):
         yaml_path, weights = write_detector(kind, work)
         out = work / f"out_{kind}"
         shutil.rmtree(out, ignore_errors=True)

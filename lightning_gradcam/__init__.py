@@ -1,10 +1,20 @@
 """lightning-gradcam: Grad-CAM and Grad-CAM++ as a training-time instrument."""
 
 from .core.layers import LayerNotFoundError
+from .core.methods import CAMMethod, register_method, unregister_method
 from .core.targets import TopK
 from .engine import CAMEngine, CAMResult
 
-__all__ = ["CAMEngine", "CAMResult", "GradCAMCallback", "LayerNotFoundError", "TopK"]
+__all__ = [
+    "CAMEngine",
+    "CAMMethod",
+    "CAMResult",
+    "GradCAMCallback",
+    "LayerNotFoundError",
+    "TopK",
+    "register_method",
+    "unregister_method",
+]
 __version__ = "0.1.0"
 
 

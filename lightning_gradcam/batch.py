@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Samples", "default_batch_parser", "BatchParser"]
+__all__ = ["Samples", "default_batch_parser"]
 
 IMAGE_KEYS = ("image", "images", "img", "x", "input", "inputs", "pixel_values")
 LABEL_KEYS = ("label", "labels", "y", "target", "targets")
@@ -45,11 +45,6 @@ class Samples:
             return torch.cat(values)
 
         return Samples(*(cat([p.fields()[i] for p in parts]) for i in range(4)))
-
-
-#: A callable mapping a batch to images, ``(images, labels)``, or a ``Samples``/dict holding
-#: ``images`` and optionally ``labels``, ``boxes``, ``masks``.
-BatchParser = Callable[[object], object]
 
 
 def _first_key(batch: Mapping, keys: Sequence[str]):

@@ -79,7 +79,8 @@ class GradCAMCallback(*CALLBACK_BASES):
             A wrong name fails at ``on_fit_start``, before any training step, listing
             close matches.
         methods: one or more of ``gradcam``, ``gradcam++``, ``xgradcam``, ``layercam``,
-            ``hirescam``, ``guided_backprop``, ``guided_gradcam``, ``guided_gradcam++``.
+            ``hirescam``, ``guided_backprop``, ``guided_gradcam``, ``guided_gradcam++``, or a
+            name added with ``lightning_gradcam.register_method``.
         num_samples: how many images to explain (the first ones of the first validation
             batches of the first validation dataloader, or of ``images``).
         every_n_epochs: explain after every n-th validation run inside ``fit`` (after every

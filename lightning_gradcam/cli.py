@@ -19,24 +19,28 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .command import non_negative_int, report_error, run_command
+from .core.checkpoints import RANDOM_WEIGHTS, WeightsError
+from .core.command_line import first_line, non_negative_int, report_error, run_command
+from .core.images_io import (
+    ImageInputError,
+    expand_image_paths,
+    output_names,
+    read_image,
+    write_images,
+)
 from .core.layers import LayerNotFoundError
-from .core.methods import GRADIENT_METHODS, check_methods
+from .core.methods import check_methods, get_method, method_names
 from .core.render import COLORMAPS
 from .core.targets import logits_of
 from .engine import CAMEngine, CAMResult
-from .io import ImageInputError, expand_image_paths, output_names, read_image, write_images
 from .io import sample_image as make_sample_image
 from .networks import (
-    RANDOM_WEIGHTS,
     SEED_NETWORKS,
     DownloadError,
     NetworkError,
     NetworkSpec,
-    WeightsError,
     available_networks,
     check_network_name,
-    first_line,
     materialize,
     prepare_network,
 )
@@ -49,35 +53,18 @@ PROG = "lightning-gradcam"
 #: The seed's pictures: Grad-CAM and Grad-CAM++, guided backpropagation and guided Grad-CAM(++).
 DEFAULT_METHODS = ("gradcam", "gradcam++", "guided_backprop", "guided_gradcam", "guided_gradcam++")
 
-_LABELS = {
-    "gradcam": "Grad-CAM",
-    "gradcam++": "Grad-CAM++",
-    "xgradcam": "XGrad-CAM",
-    "layercam": "LayerCAM",
-    "hirescam": "HiResCAM",
-    "guided_backprop": "guided backprop",
-    "guided_gradcam": "guided Grad-CAM",
-    "guided_gradcam++": "guided Grad-CAM++",
-}
-# The seed's file names; other gradient methods get `heatmap-<method>` and `cam-<method>`.
-_SEED_SUFFIXES = {"gradcam": "", "gradcam++": "++"}
-_GUIDED_SUFFIXES = {
-    "guided_backprop": "gb",
-    "guided_gradcam": "cam_gb",
-    "guided_gradcam++": "cam++_gb",
-}
-
 _USER_ERRORS = (NetworkError, WeightsError, LayerNotFoundError, ImageInputError, ValueError)
 
 
 def picture_suffixes(method: str) -> tuple[str, ...]:
     """The ``{kind}`` parts of the file names a method writes: ``("heatmap", "cam")`` for
     Grad-CAM, ``("heatmap++", "cam++")`` for Grad-CAM++, ``("gb",)`` for guided
-    backpropagation, ``("cam_gb",)`` / ``("cam++_gb",)`` for guided Grad-CAM / ++."""
-    if method in _GUIDED_SUFFIXES:
-        return (_GUIDED_SUFFIXES[method],)
-    tail = _SEED_SUFFIXES.get(method, f"-{method}")
-    return (f"heatmap{tail}", f"cam{tail}")
+    backpropagation, ``("cam_gb",)`` / ``("cam++_gb",)`` for guided Grad-CAM / ++, and
+    ``("heatmap-{method}", "cam-{method}")`` for the others (``CAMMethod.suffix``)."""
+    entry = get_method(method)
+    if entry.guided:
+        return (entry.suffix,)
+    return (f"heatmap{entry.suffix}", f"cam{entry.suffix}")
 
 
 def _split(values: Sequence[str] | None) -> list[str]:
@@ -141,8 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=list(DEFAULT_METHODS),
         metavar="METHOD",
-        help=f"CAM methods (default: {' '.join(DEFAULT_METHODS)}; also xgradcam, layercam, "
-        "hirescam)",
+        help=f"CAM methods (default: {' '.join(DEFAULT_METHODS)}; also "
+        f"{', '.join(m for m in method_names() if m not in DEFAULT_METHODS)})",
     )
     parser.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:1")
     parser.add_argument(
@@ -249,8 +236,8 @@ def render_pictures(
 ) -> dict[str, np.ndarray]:
     """``{kind: RGB picture}`` for image 0, target 0 of ``result``; ``view (3, H, W)`` in
     [0, 1] is the network's view of the image, on which overlays are drawn."""
-    maps = {m: result.maps[m][0, 0] for m in methods if m in GRADIENT_METHODS}
-    guided = {m: result.guided[m][0, 0] for m in methods if m not in GRADIENT_METHODS}
+    maps = {m: result.maps[m][0, 0] for m in methods if not get_method(m).guided}
+    guided = {m: result.guided[m][0, 0] for m in methods if get_method(m).guided}
     return seed_pictures(view, maps, guided, picture_suffixes, colormap)
 
 
@@ -258,7 +245,9 @@ def _grid_sheet(
     view: torch.Tensor, pictures: dict[str, np.ndarray], methods: Sequence[str], title: str
 ) -> np.ndarray:
     """The seed's table row: the input, then every picture, each captioned."""
-    return seed_sheet(view, pictures, methods, picture_suffixes, _LABELS, title)
+    return seed_sheet(
+        view, pictures, methods, picture_suffixes, {m: get_method(m).label for m in methods}, title
+    )
 
 
 def _explain_one(

@@ -13,9 +13,9 @@ from .core.gradients import row_gradients
 from .core.guided import guided_relus, normalize_gradient_image
 from .core.layers import find_last_4d_layer, resolve_layer, unwrap_model
 from .core.methods import (
-    GRADIENT_METHODS,
     check_methods,
     compute_cam,
+    get_method,
     normalize_maps,
     upsample_maps,
 )
@@ -73,7 +73,7 @@ class CAMEngine:
         methods: any of ``gradcam``, ``gradcam++``, ``xgradcam``, ``layercam``, ``hirescam``
             (all from the same forward and backward) and ``guided_backprop``,
             ``guided_gradcam``, ``guided_gradcam++`` (one more forward and backward, to the
-            input).
+            input), or a name added with ``lightning_gradcam.register_method``.
 
     The model is left exactly as found: train/eval flags, ``requires_grad``, ``.grad``, RNG
     state, BatchNorm statistics; no hook survives a call.
@@ -112,11 +112,11 @@ class CAMEngine:
         if not images.is_floating_point():
             raise TypeError(f"images must be floating point, got {images.dtype}")
         network = unwrap_model(self.model)
-        gradient_methods = [m for m in self.methods if m in GRADIENT_METHODS]
-        guided_methods = [m for m in self.methods if m not in GRADIENT_METHODS]
+        gradient_methods = [m for m in self.methods if not get_method(m).guided]
+        guided_methods = [m for m in self.methods if get_method(m).guided]
         for method in guided_methods:  # guided Grad-CAM(++) multiplies by its plain map
-            base = method.removeprefix("guided_")
-            if base in GRADIENT_METHODS and base not in gradient_methods:
+            base = get_method(method).base
+            if base is not None and base not in gradient_methods:
                 gradient_methods.append(base)
 
         with preserve_model_state(network), cam_mode():
@@ -215,9 +215,9 @@ class CAMEngine:
         gradient = torch.stack(grads, dim=1).float()  # (B, K, C, H, W)
         result = {}
         for method in guided_methods:
-            if method == "guided_backprop":
+            base = get_method(method).base
+            if base is None:  # guided backpropagation alone
                 result[method] = normalize_gradient_image(gradient)
             else:
-                cam = maps[method.removeprefix("guided_")][:, :, None]
-                result[method] = normalize_gradient_image(gradient * cam)
+                result[method] = normalize_gradient_image(gradient * maps[base][:, :, None])
         return result

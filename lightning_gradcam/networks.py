@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import difflib
 import os
-import pickle
 import re
-import socket
-import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +31,8 @@ import torchvision
 import torchvision.transforms.functional as TF
 from torch import nn
 
+from .core.checkpoints import RANDOM_WEIGHTS, WeightsError, download_file, load_state_dict_file
+from .core.command_line import first_line
 from .core.layers import resolve_layer
 
 __all__ = [
@@ -67,9 +66,6 @@ SEED_NETWORKS: tuple[str, ...] = (
     "shufflenet_v2_x1_0",
 )
 
-#: The ``weight_path`` that asks for random initialisation.
-RANDOM_WEIGHTS = "random"
-
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -85,10 +81,6 @@ _LEGACY_DENSENET_KEY = re.compile(
 
 class NetworkError(ValueError):
     """An unknown network name."""
-
-
-class WeightsError(ValueError):
-    """Weights that cannot be read, are unsafe, or do not fit the network."""
 
 
 class DownloadError(WeightsError):
@@ -155,12 +147,6 @@ class NetworkSpec:
         if self.categories is not None and 0 <= class_id < len(self.categories):
             return f"{class_id} {self.categories[class_id]}"
         return str(class_id)
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (its type name if it has none)."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def available_networks() -> list[str]:
@@ -246,54 +232,9 @@ def rename_legacy_keys(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torc
     return renamed
 
 
-def _unwrap_checkpoint(obj: object, path: str) -> dict[str, torch.Tensor]:
-    for _ in range(2):  # {"state_dict": {...}} or {"model": {...}}, as training scripts save
-        if isinstance(obj, Mapping):
-            inner = next((obj[k] for k in ("state_dict", "model") if k in obj), None)
-            if isinstance(inner, Mapping):
-                obj = inner
-    if not isinstance(obj, Mapping) or not obj:
-        raise WeightsError(
-            f"{path} holds a {type(obj).__name__}, not a state dict; save the weights with "
-            "torch.save(model.state_dict(), path)"
-        )
-    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    if not tensors:
-        raise WeightsError(f"{path} holds no tensors; save torch.save(model.state_dict(), path)")
-    if all(k.startswith("module.") for k in tensors):  # saved from DataParallel / DDP
-        tensors = {k[len("module.") :]: v for k, v in tensors.items()}
-    return rename_legacy_keys(tensors)
-
-
-def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a state dict with ``torch.load(weights_only=True)`` on the CPU.
-
-    New-format (zip) files are memory-mapped, so a large file costs no memory until used.
-
-    Raises:
-        WeightsError: the file is missing, unreadable, not a state dict, or holds pickled
-            objects other than tensors (which ``weights_only`` refuses to run).
-    """
-    path = str(path)
-    if not os.path.isfile(path):
-        what = "a folder" if os.path.isdir(path) else "no such file"
-        raise WeightsError(f"cannot read weights {path}: {what}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except pickle.UnpicklingError as exc:
-        refused = re.search(r"GLOBAL ([\w.]+)|Unsupported class|call reduce", str(exc))
-        if refused:
-            what = f" ({refused.group(1)})" if refused.group(1) else ""
-            raise WeightsError(
-                f"refusing to load {path}: it holds a pickled Python object{what} that could "
-                "run code when loaded; only state dicts of tensors are read "
-                "(torch.load weights_only=True): re-save the weights with "
-                "torch.save(model.state_dict(), path), from a source you trust"
-            ) from None
-        raise WeightsError(f"cannot read weights {path}: not a PyTorch state-dict file") from None
-    except Exception as exc:  # whatever a corrupt or foreign file makes the loader raise
-        raise WeightsError(f"cannot read weights {path}: {first_line(exc)}") from None
-    return _unwrap_checkpoint(obj, path)
+def _load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """``load_state_dict_file`` with the old densenet zoo keys renamed."""
+    return rename_legacy_keys(load_state_dict_file(path))
 
 
 def pretrained_cache_path(name: str) -> Path:
@@ -315,18 +256,13 @@ def fetch_pretrained(name: str, timeout: float = 20.0) -> Path:
         return path
     url = _weights_enum(name).url
     match = torch.hub.HASH_REGEX.search(path.name)
-    previous = socket.getdefaulttimeout()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        socket.setdefaulttimeout(timeout)
-        torch.hub.download_url_to_file(url, str(path), match.group(1) if match else None)
+        download_file(url, path, timeout, hash_prefix=match.group(1) if match else None)
     except Exception as exc:  # any download failure means "cannot download"
         raise DownloadError(
             f"cannot download the pretrained {name} weights from {url} ({first_line(exc)}); "
             f"the cache file {path} does not exist"
         ) from None
-    finally:
-        socket.setdefaulttimeout(previous)
     return path
 
 
@@ -473,11 +409,11 @@ def prepare_network(
     check_network_name(name)
     if weight_path is None:
         path = fetch_pretrained(name, download_timeout)
-        state_dict, source = load_state_dict_file(path), f"torchvision pretrained ({path})"
+        state_dict, source = _load_state_dict(path), f"torchvision pretrained ({path})"
     elif str(weight_path) == RANDOM_WEIGHTS:
         state_dict, source = None, "random initialisation"
     else:
-        state_dict, source = load_state_dict_file(weight_path), str(weight_path)
+        state_dict, source = _load_state_dict(weight_path), str(weight_path)
     meta, kwargs = _meta_model(name, state_dict, source)
     if layer is None:
         layer = default_layer(name, meta)

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-__all__ = ["SHAPE_NAMES", "ShapesBatch", "make_shapes", "draw_scene", "ShapesDataset"]
+__all__ = ["SHAPE_NAMES", "ShapesBatch", "make_shapes", "draw_scene"]
 
 SHAPE_NAMES: tuple[str, ...] = ("circle", "square", "triangle")
 
@@ -110,16 +109,3 @@ def make_shapes(
         labels=torch.tensor(labels, dtype=torch.long),
         boxes=torch.tensor(boxes, dtype=torch.float32),
     )
-
-
-class ShapesDataset(Dataset):
-    """``make_shapes`` as a map-style dataset of ``(image, label)`` pairs."""
-
-    def __init__(self, num_images: int, size: int = 64, seed: int = 0):
-        self.data = make_shapes(num_images, size=size, seed=seed)
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.data.images[index], self.data.labels[index]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -15,6 +16,8 @@ __all__ = [
     "resolve_layer",
     "full_layer_name",
     "DEFAULT_LAYER_HINT",
+    "is_layer_pattern",
+    "expand_layer_names",
     "find_last_4d_layer",
 ]
 
@@ -126,6 +129,48 @@ def full_layer_name(model: nn.Module, name: str, hint: str | None = DEFAULT_LAYE
     (``"layer4"`` -> ``"net.layer4"``; wrapper segments dropped), so that tags do not
     depend on how the user spelled the layer. Raises as ``resolve_layer`` does."""
     return _lookup(model, name, hint)[0]
+
+
+def is_layer_pattern(name: str) -> bool:
+    """Whether ``name`` is a glob over layer names (holds ``*`` or ``?``)."""
+    return "*" in name or "?" in name
+
+
+def _pattern_regex(pattern: str) -> re.Pattern:
+    # One glob character never crosses a dot: `head.cls_subnet.*` = the direct children.
+    parts = ("[^.]*" if c == "*" else "[^.]" if c == "?" else re.escape(c) for c in pattern)
+    return re.compile("".join(parts))
+
+
+def expand_layer_names(model: nn.Module, names: Sequence[str]) -> tuple[str, ...]:
+    """Layer names with globs expanded, in module order: ``*`` matches any part of one
+    dotted component, ``?`` one character (``"head.cls_subnet.*"``: every direct child of
+    RetinaNet's classification subnet, ``head.cls_subnet.0`` ... ``.7``). Plain names are
+    checked with :func:`resolve_layer` and kept as given; duplicates are dropped.
+
+    Raises:
+        LayerNotFoundError: a plain name or the fixed part of a pattern that names no layer
+            (closest names in the message), or a pattern that matches nothing.
+    """
+    layers = named_layers(model)
+    out: list[str] = []
+    for name in names:
+        if not is_layer_pattern(name):
+            resolve_layer(model, name)
+            out.append(name)
+            continue
+        regex = _pattern_regex(_plain_name(name))
+        matched = [layer for layer in layers if regex.fullmatch(layer)]
+        if not matched:
+            fixed = name.split("*")[0].split("?")[0].rsplit(".", 1)[0]
+            if fixed and fixed != name:
+                resolve_layer(model, fixed)  # a wrong parent: report it with close matches
+            raise LayerNotFoundError(
+                f"no layer of {type(unwrap_model(model)).__name__} matches {name!r}"
+                + (f" (the children of {fixed!r} are not named so)" if fixed else "")
+            )
+        out.extend(matched)
+    return tuple(dict.fromkeys(out))
 
 
 # Layers that only pool, drop or pass features on: explaining them adds nothing over the

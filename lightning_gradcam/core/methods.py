@@ -1,21 +1,31 @@
 """CAM weightings: each a pure function of (activation A, gradient G) at one layer.
 
 Shapes: ``A`` and ``G`` are ``(N, C, h, w)``; every method returns ``(N, h, w)`` before the
-final ReLU. ``compute_cam`` applies the ReLU and works in float32. Adding a method is one
-function here and one entry in ``GRADIENT_METHODS``.
+final ReLU. ``compute_cam`` applies the ReLU and works in float32.
+
+The registry (``CAMMethod`` per name) is the one list of methods: the engine, the callback,
+DetectionCAM, the detectron2 hook and config, both command lines, captions, error messages
+and ``docs/methods.md`` read it. Adding a method is one function and one
+``register_method(name, weighting, label)`` call.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "GRADIENT_METHODS",
-    "GUIDED_METHODS",
-    "ALL_METHODS",
+    "CAMMethod",
+    "BUILTIN_METHODS",
+    "register_method",
+    "unregister_method",
+    "get_method",
+    "method_names",
+    "methods_table",
     "compute_cam",
     "normalize_maps",
     "upsample_maps",
@@ -87,43 +97,204 @@ def hirescam(activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
     return (gradient * activation).sum(dim=1)
 
 
-GRADIENT_METHODS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "gradcam": gradcam,
-    "gradcam++": gradcam_plus_plus,
-    "xgradcam": xgradcam,
-    "layercam": layercam,
-    "hirescam": hirescam,
-}
-#: Methods that need guided backpropagation to the input (see ``guided.py``).
-GUIDED_METHODS: tuple[str, ...] = ("guided_backprop", "guided_gradcam", "guided_gradcam++")
-ALL_METHODS: tuple[str, ...] = (*GRADIENT_METHODS, *GUIDED_METHODS)
+Weighting = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+.-]*")
 
 
-def check_methods(methods: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
-    """Validate method names; return them as a de-duplicated tuple, order kept."""
+@dataclass(frozen=True)
+class CAMMethod:
+    """One entry of the method registry.
+
+    Attributes:
+        name: what users pass in ``methods=`` and ``--methods``; also the TensorBoard tag part
+            and the detection command's file-name part.
+        weighting: ``(A, G) -> (N, h, w)`` before the final ReLU; None for guided methods.
+        label: the human name in captions and legends (``"Grad-CAM++"``).
+        suffix: the classification command's file-name part: gradient methods write
+            ``heatmap{suffix}.png`` and ``cam{suffix}.png``, guided ones ``{suffix}.png``.
+        guided: needs guided backpropagation to the input (``guided.py``).
+        base: for guided Grad-CAM(++), the gradient method whose map multiplies the guided
+            gradient; None otherwise.
+        detectors: whether ``DetectionCAM`` (and the detectron2 hook and command) accept it.
+    """
+
+    name: str
+    weighting: Weighting | None
+    label: str
+    suffix: str
+    guided: bool = False
+    base: str | None = None
+    detectors: bool = True
+
+
+_REGISTRY: dict[str, CAMMethod] = {}
+
+
+def _add(method: CAMMethod) -> CAMMethod:
+    _REGISTRY[method.name] = method
+    return method
+
+
+for _name, _weighting, _label, _suffix in (
+    ("gradcam", gradcam, "Grad-CAM", ""),  # the seed's file names: heatmap.png, cam.png
+    ("gradcam++", gradcam_plus_plus, "Grad-CAM++", "++"),
+    ("xgradcam", xgradcam, "XGrad-CAM", "-xgradcam"),
+    ("layercam", layercam, "LayerCAM", "-layercam"),
+    ("hirescam", hirescam, "HiResCAM", "-hirescam"),
+):
+    _add(CAMMethod(_name, _weighting, _label, _suffix))
+for _name, _label, _suffix, _base in (
+    ("guided_backprop", "guided backprop", "gb", None),
+    ("guided_gradcam", "guided Grad-CAM", "cam_gb", "gradcam"),
+    ("guided_gradcam++", "guided Grad-CAM++", "cam++_gb", "gradcam++"),
+):
+    # DetectionCAM runs no backward pass to the input, so detectors refuse guided methods.
+    _add(CAMMethod(_name, None, _label, _suffix, guided=True, base=_base, detectors=False))
+
+
+def _check_weighting(name: str, weighting: object) -> None:
+    """Call ``weighting`` once on small random tensors: a wrong signature or output shape
+    fails at registration, not in the middle of a training run."""
+    if not callable(weighting):
+        raise TypeError(
+            f"register_method({name!r}, ...): weighting must be a callable (A, G) -> (N, h, w), "
+            f"got {type(weighting).__name__}"
+        )
+    generator = torch.Generator().manual_seed(0)
+    activation = torch.rand(2, 3, 4, 5, generator=generator)
+    gradient = torch.randn(2, 3, 4, 5, generator=generator)
+    try:
+        out = weighting(activation, gradient)
+    except Exception as exc:
+        raise TypeError(
+            f"register_method({name!r}, ...): the weighting failed on activation and gradient "
+            f"of shape (N, C, h, w) = (2, 3, 4, 5): {type(exc).__name__}: {exc}"
+        ) from exc
+    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if not isinstance(out, torch.Tensor) or shape != (2, 4, 5) or not out.is_floating_point():
+        raise TypeError(
+            f"register_method({name!r}, ...): the weighting must return a float tensor "
+            f"(N, h, w) = (2, 4, 5) for A, G of shape (2, 3, 4, 5), got {shape}"
+        )
+
+
+def register_method(name: str, weighting: Weighting, label: str | None = None) -> CAMMethod:
+    """Add a gradient CAM method: ``weighting(A, G) -> (N, h, w)`` with ``A``, ``G`` of shape
+    ``(N, C, h, w)`` (the layer's activation and the target's gradient there), before ReLU.
+
+    After this, ``name`` works in ``CAMEngine``, ``GradCAMCallback``, ``DetectionCAM``,
+    ``GradCAMHook`` and both commands' ``--methods``. ``label`` (default: ``name``) is used
+    in captions; the classification command writes ``heatmap-{name}.png`` and
+    ``cam-{name}.png``.
+
+    Raises:
+        ValueError: ``name`` is not a non-empty string of letters, digits, ``_ + . -``
+            (no ``/``, ``,`` or spaces: it is part of tags, file names and comma lists), or
+            it is already registered.
+        TypeError: ``weighting`` is not callable, or fails / returns the wrong shape on a
+            small ``(2, 3, 4, 5)`` trial input.
+    """
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ValueError(
+            f"register_method: name must be a non-empty string of letters, digits and _ + . - "
+            f"starting with a letter or digit (it becomes part of tags and file names), got "
+            f"{name!r}"
+        )
+    if name in _REGISTRY:
+        raise ValueError(
+            f"register_method: {name!r} is already registered; choose another name "
+            f"(registered: {', '.join(_REGISTRY)})"
+        )
+    if label is not None and (not isinstance(label, str) or not label.strip()):
+        raise ValueError(f"register_method({name!r}, ...): label must be a non-empty string")
+    _check_weighting(name, weighting)
+    return _add(CAMMethod(name, weighting, label or name, f"-{name}"))
+
+
+def unregister_method(name: str) -> None:
+    """Remove a method added with :func:`register_method` (built-ins cannot be removed)."""
+    if name in BUILTIN_METHODS:
+        raise ValueError(f"unregister_method: {name!r} is built in and cannot be removed")
+    if name not in _REGISTRY:
+        raise ValueError(f"unregister_method: {name!r} is not registered")
+    del _REGISTRY[name]
+
+
+def get_method(name: str) -> CAMMethod:
+    """The registry entry of ``name``; ``ValueError`` naming the known methods if unknown."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown CAM method {name!r}; choose from {', '.join(method_names())}"
+        ) from None
+
+
+def method_names(detectors: bool = False) -> tuple[str, ...]:
+    """Registered method names in registration order; ``detectors=True``: only those that
+    detectors accept."""
+    return tuple(n for n, m in _REGISTRY.items() if m.detectors or not detectors)
+
+
+BUILTIN_METHODS: tuple[str, ...] = method_names()
+
+
+def check_methods(
+    methods: str | tuple[str, ...] | list[str], detectors: bool = False
+) -> tuple[str, ...]:
+    """Validate method names; return them as a de-duplicated tuple, order kept.
+
+    ``detectors=True`` (DetectionCAM, the detectron2 hook, config and command) also refuses
+    guided methods, and offers only what detectors accept.
+    """
     if isinstance(methods, str):
         methods = (methods,)
     methods = tuple(dict.fromkeys(methods))
-    known = (*GRADIENT_METHODS, *GUIDED_METHODS)  # the registry now, not at import time
+    known = method_names(detectors)  # the registry now, not at import time
     if not methods:
         raise ValueError(f"methods is empty; choose from {', '.join(known)}")
-    unknown = [m for m in methods if m not in known]
+    unknown = [m for m in methods if m not in _REGISTRY]
     if unknown:
         raise ValueError(
             f"unknown CAM method(s) {', '.join(map(repr, unknown))}; choose from {', '.join(known)}"
         )
+    refused = [m for m in methods if detectors and not _REGISTRY[m].detectors]
+    if refused:
+        raise ValueError(
+            f"{', '.join(refused)} need guided backpropagation to the input, which detectors "
+            f"do not run; choose from {', '.join(known)}"
+        )
     return methods
+
+
+def methods_table() -> str:
+    """The registry as a Markdown table (name, label, kind, detectors, file names)."""
+    rows = [
+        "| method | label | kind | detectors | `lightning-gradcam` files |",
+        "|---|---|---|---|---|",
+    ]
+    for m in _REGISTRY.values():
+        if m.guided:
+            kind = f"guided backprop x `{m.base}`" if m.base else "guided backprop"
+            files = f"`{m.suffix}`"
+        else:
+            kind = "gradient weighting"
+            files = f"`heatmap{m.suffix}`, `cam{m.suffix}`"
+        detectors = "yes" if m.detectors else "no"
+        rows.append(f"| `{m.name}` | {m.label} | {kind} | {detectors} | {files} |")
+    return "\n".join(rows) + "\n"
 
 
 def compute_cam(method: str, activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
     """``relu(METHOD(A, G))`` in float32: ``(N, C, h, w)`` twice -> ``(N, h, w)``."""
-    try:
-        weighting = GRADIENT_METHODS[method]
-    except KeyError:
+    entry = _REGISTRY.get(method)
+    if entry is None or entry.weighting is None:
+        gradient_methods = [n for n, m in _REGISTRY.items() if m.weighting is not None]
         raise ValueError(
-            f"unknown gradient CAM method {method!r}; choose from {', '.join(GRADIENT_METHODS)}"
-        ) from None
-    return F.relu(weighting(activation.float(), gradient.float()))
+            f"unknown gradient CAM method {method!r}; choose from {', '.join(gradient_methods)}"
+        )
+    return F.relu(entry.weighting(activation.float(), gradient.float()))
 
 
 def normalize_maps(maps: torch.Tensor, eps: float = _EPS) -> torch.Tensor:

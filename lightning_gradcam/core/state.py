@@ -3,12 +3,34 @@
 from __future__ import annotations
 
 import contextlib
+import random
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["preserve_model_state", "cam_mode"]
+__all__ = ["preserve_rng", "preserve_model_state", "cam_mode"]
+
+
+@contextlib.contextmanager
+def preserve_rng() -> Iterator[None]:
+    """Restore the torch (CPU, CUDA), NumPy and Python RNG states on exit, errors included,
+    so a CAM pass draws nothing from the training run's streams (detectron2's training
+    augmentations draw from NumPy's global stream, and its test-time ``ResizeShortestEdge``
+    calls ``np.random.choice`` even with a single size)."""
+    torch_state = torch.get_rng_state()
+    cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    try:
+        yield
+    finally:
+        torch.set_rng_state(torch_state)
+        if cuda_state is not None:
+            torch.cuda.set_rng_state_all(cuda_state)
+        np.random.set_state(np_state)
+        random.setstate(py_state)
 
 
 @contextlib.contextmanager
@@ -18,27 +40,24 @@ def preserve_model_state(model: nn.Module) -> Iterator[nn.Module]:
     - the ``training`` flag of every submodule (a user may keep a frozen BatchNorm in eval
       inside a model in train mode, so one ``model.train()`` would not do);
     - ``requires_grad`` of every parameter (never changed here, checked as a safeguard);
-    - the CPU and CUDA RNG states, so a CAM pass draws nothing from the training run's stream.
+    - the RNG states (``preserve_rng``), so a CAM pass draws nothing from the training run's
+      streams.
 
     Eval mode keeps BatchNorm running statistics untouched and dropout off. Parameters'
     ``.grad`` is never written because gradients are taken with ``torch.autograd.grad``.
     """
     modes = [(module, module.training) for module in model.modules()]
     requires_grad = [(param, param.requires_grad) for param in model.parameters()]
-    cpu_rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     try:
-        model.eval()
-        yield model
+        with preserve_rng():
+            model.eval()
+            yield model
     finally:
         for module, was_training in modes:
             module.training = was_training
         for param, flag in requires_grad:
             if param.requires_grad != flag:
                 param.requires_grad_(flag)
-        torch.set_rng_state(cpu_rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
 
 
 @contextlib.contextmanager

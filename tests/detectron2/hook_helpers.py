@@ -3,7 +3,9 @@ and reading TensorBoard event files back."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
 from collections.abc import Iterator, Sequence
 from types import SimpleNamespace
 
@@ -21,6 +23,7 @@ from tensorboard.backend.event_processing.event_accumulator import (
 )
 
 import detectron2_hooks  # noqa: F401  (registers the adapters)
+from detectron2_hooks.shapes import register_shapes, unregister
 from detectron2_hooks.tiny import tiny_config
 
 MIN_SIZE = 96  # test-time resize: the 128-px dataset images reach the model at 96 px
@@ -75,6 +78,17 @@ def train(
     trainer.register_hooks(hook_list)
     trainer.train(0, iters)
     return trainer, model
+
+
+@contextlib.contextmanager
+def shapes_dataset(tag: str, folder: str, count: int, size: int = 128):
+    """A generated shapes dataset registered as ``<tag>_<pid>`` for the block:
+    ``(name, dicts)``."""
+    name = f"{tag}_{os.getpid()}"
+    try:
+        yield name, register_shapes(name, folder, count=count, size=size)
+    finally:
+        unregister(name)
 
 
 def fake_trainer(model: torch.nn.Module, iteration: int = 0, max_iter: int = 100):

@@ -117,7 +117,7 @@ CASES = {
         False,
     ),
     "retinanet": (
-        ("--layer-name", "all-cls-subnet", "--layer-name", "head.cls_subnet.7"),
+        ("--layer-name", "head.cls_subnet.*", "--layer-name", "head.cls_subnet.7"),
         ("gradcam", "gradcam++"),
         ("head.cls_subnet.7",),
         True,
@@ -341,12 +341,12 @@ def test_layer_off_the_classification_path(files, out_dir, capsys):
     )
 
 
-def test_all_cls_subnet_needs_retinanet(files, out_dir, capsys):
+def test_cls_subnet_glob_needs_retinanet(files, out_dir, capsys):
     _assert_refused(
         capsys,
         out_dir,
-        _args(files, "fpn", None, None, "--layer-name", "all-cls-subnet"),
-        "all-cls-subnet is for RetinaNet",
+        _args(files, "fpn", None, None, "--layer-name", "head.cls_subnet.*"),
+        "GeneralizedRCNN has no layer named 'head.cls_subnet'",
     )
 
 
@@ -379,7 +379,7 @@ def test_weights_of_another_detector(files, out_dir, capsys):
 def test_uncached_url(files, tmp_path, out_dir, capsys, monkeypatch):
     monkeypatch.setenv("FVCORE_CACHE", str(tmp_path / "cache"))
 
-    def offline(url, path):
+    def offline(url, path, timeout):
         raise OSError("network unreachable")
 
     monkeypatch.setattr(weights_module, "_download", offline)

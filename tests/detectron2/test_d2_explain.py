@@ -13,7 +13,7 @@ from detectron2_hooks import DetectionCAM
 from detectron2_hooks.explain import paste_in_boxes
 from lightning_gradcam.core.drift import energy_in_boxes
 from lightning_gradcam.core.layers import LayerNotFoundError, resolve_layer
-from lightning_gradcam.core.methods import GRADIENT_METHODS, compute_cam
+from lightning_gradcam.core.methods import compute_cam, method_names
 
 LAYERS = {
     "c4": ["roi_heads.res5", "roi_heads.pooler", "backbone.res4", "backbone.res3"],
@@ -33,7 +33,7 @@ KINDS_OF = {
     "head.cls_subnet.7": "head",
     "head.cls_score": "head",
 }
-METHODS = tuple(GRADIENT_METHODS)
+METHODS = method_names(detectors=True)
 
 
 def _reference_forward(model, inputs):

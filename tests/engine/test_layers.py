@@ -10,7 +10,12 @@ import torch.distributed as dist
 from torch import nn
 
 from lightning_gradcam import CAMEngine, LayerNotFoundError
-from lightning_gradcam.core.layers import find_last_4d_layer, resolve_layer, unwrap_model
+from lightning_gradcam.core.layers import (
+    expand_layer_names,
+    find_last_4d_layer,
+    resolve_layer,
+    unwrap_model,
+)
 
 from .nets import DeepHeadNet, GapNet, seeded, tiny_images
 
@@ -195,3 +200,23 @@ def test_full_layer_name_however_the_layer_was_given():
     assert full_layer_name(nn.DataParallel(wrapper), "module.net.layer4") == "net.layer4"
     with pytest.raises(LayerNotFoundError, match="ambiguous"):
         full_layer_name(wrapper, "conv1")
+
+
+def test_layer_globs_expand_to_direct_children_in_module_order(model):
+    assert expand_layer_names(model, ["block.*"]) == ("block.0", "block.1", "block.2", "block.3")
+    assert expand_layer_names(model, ["stem.?", "block.1", "stem.0"]) == (
+        "stem.0",
+        "stem.1",
+        "stem.2",
+        "block.1",
+    )
+    assert expand_layer_names(model, ["*"]) == ("stem", "block", "drop", "fc")
+
+
+def test_layer_globs_that_match_nothing_are_refused(model):
+    with pytest.raises(LayerNotFoundError, match="no layer named 'blok'.*'block'"):
+        expand_layer_names(model, ["blok.*"])
+    with pytest.raises(LayerNotFoundError, match="no layer of DeepHeadNet matches 'fc.*'"):
+        expand_layer_names(model, ["fc.*"])
+    with pytest.raises(LayerNotFoundError, match="no layer named 'stemm'"):
+        expand_layer_names(model, ["stemm"])

@@ -206,3 +206,26 @@ def test_no_trace_when_explain_raises(images, case, outer):
     assert_same_state(before, after)
     assert modules_with_hooks(model) == []
     assert global_hooks() == hooks_before
+
+
+def test_numpy_and_python_rng_streams_unchanged_by_a_model_that_draws_from_them(images):
+    """A model (or its data code) drawing from NumPy's or Python's global stream during the
+    pass leaves them where they were: the same guard serves the engine and the detectron2
+    hook."""
+    import random
+
+    import numpy as np
+
+    def draw(*_):
+        np.random.rand()
+        random.random()
+
+    model = fresh_model().eval()
+    model.register_forward_pre_hook(draw)
+    np.random.seed(7)
+    random.seed(7)
+    expected = (np.random.rand(3).tolist(), random.random())
+    np.random.seed(7)
+    random.seed(7)
+    CAMEngine(model, layer="stem", methods=METHODS).explain(images)
+    assert (np.random.rand(3).tolist(), random.random()) == expected

@@ -130,13 +130,16 @@ def test_all_methods_from_one_forward_and_one_backward(model, images, monkeypatc
     assert len(forwards) == 1 and len(backwards) == 1
 
 
-def test_a_new_method_is_one_function_and_one_registry_entry(model, images, monkeypatch):
+def test_a_new_method_is_one_function_and_one_registry_entry(model, images):
     def gradient_energy(activation, gradient):
         """L = sum_c G_c^2 (a made-up weighting)."""
         return gradient.pow(2).sum(dim=1)
 
-    monkeypatch.setitem(methods_mod.GRADIENT_METHODS, "energy", gradient_energy)
-    res = explain(model, images, 1, methods=("gradcam", "energy"))
+    methods_mod.register_method("energy", gradient_energy)
+    try:
+        res = explain(model, images, 1, methods=("gradcam", "energy"))
+    finally:
+        methods_mod.unregister_method("energy")
     assert res.maps["energy"].shape == (3, 1, 16, 16)
     assert res.layer_maps["energy"].amax() > 0
 

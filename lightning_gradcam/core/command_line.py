@@ -7,7 +7,14 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-__all__ = ["non_negative_int", "report_error", "run_command"]
+__all__ = ["first_line", "non_negative_int", "report_error", "run_command"]
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name if it has none): what a
+    command prints after ``prog: error:``."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def non_negative_int(text: str, hint: str = "") -> int:
