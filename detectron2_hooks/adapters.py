@@ -21,6 +21,9 @@ Fields, on the ``Instances`` of each image (inference only):
   the level, ``(h * W + w) * A + a``), ``cam_class_index`` (``k``; the logit channel of the
   head output is ``a * K + k``).
 
+Each class declares which of those two sets it adds with ``cam_provenance = "proposal"`` or
+``"anchor"`` (``detector.py`` reads it); a new adapter declares one of them, or a new kind.
+
 ``scores`` stay attached to the autograd graph when the forward runs with grad enabled, for
 every image of a batch (RetinaNet's stock in-place ``sigmoid_`` on views shared by the images
 of a batch breaks that; the subclass uses an out-of-place sigmoid, which gives equal values).
@@ -71,7 +74,9 @@ def _register(registry, cls: type) -> type:
 class _ROIProvenanceMixin:
     """Box inference that keeps, for every detection, the proposal it came from."""
 
-    cam_provenance = True
+    #: How detections remember their origin; ``detector.py`` reads it ("proposal": the
+    #: ``cam_proposal_*`` / ``cam_roi_row`` fields below).
+    cam_provenance = "proposal"
 
     def _cam_box_inference(
         self, predictions: tuple[torch.Tensor, torch.Tensor], proposals: list[Instances]
@@ -157,7 +162,8 @@ class CAMRetinaNet(RetinaNet):
     ``head_in_features``; ``cam_level`` indexes those calls.
     """
 
-    cam_provenance = True
+    #: How detections remember their origin ("anchor": ``cam_level``, ``cam_anchor_index``).
+    cam_provenance = "anchor"
 
     def forward_inference(
         self, images: ImageList, features: list[torch.Tensor], predictions: list[list[torch.Tensor]]

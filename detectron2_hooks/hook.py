@@ -27,33 +27,40 @@ Detections are matched across passes by class and box overlap (greedy, highest s
 IoU >= ``match_iou``); a scalar without any matched pair is not written. Scalars use the first
 layer's maps.
 
-Getting everything written, whatever the order of the hooks:
+Getting everything written: one rule, the one detectron2's own ``EvalHook`` follows.
 
-- the last pass runs in the last iteration's ``after_step`` (not in ``after_train``, where a
-  ``PeriodicWriter`` registered first would already have closed its writers): the model is
-  final there, and every writer still writes what is put then;
-- at ``before_train`` the hook moves itself just before the first ``PeriodicWriter`` of the
-  trainer (``register_hooks`` on a ``DefaultTrainer`` appends after it), so what it puts in a
-  step is written in that step: a writer keeps only the latest value of a scalar, and skips
-  values of a step it has already written;
-- a pass at an iteration where the writers do not write (``period`` not a multiple of the
-  writer's period, 20 in ``DefaultTrainer``) flushes the ``TensorboardXWriter`` and
-  ``JSONWriter`` itself, so the scalars of every pass are written, not only the latest.
+- **The hook runs before the** ``PeriodicWriter``. A writer writes a scalar only if its
+  iteration is newer than the last one it wrote, so a scalar put after the writer, in the
+  iteration it wrote, is never written. :class:`~detectron2_hooks.trainer.GradCAMTrainerMixin`
+  (a ``DefaultTrainer`` built from config) and
+  :func:`~detectron2_hooks.trainer.insert_before_writers` (your own ``build_hooks``) put it
+  there; with ``SimpleTrainer.register_hooks`` list it before the ``PeriodicWriter``. The hook
+  does not reorder the trainer's hooks. Registered after the writer (``register_hooks([hook])``
+  on a built ``DefaultTrainer``), its pictures still reach TensorBoard, at the writer's next
+  write and with their own step (the last pass's in the writer's ``after_train``), but the
+  scalars of a pass at an iteration where the writer writes are lost.
+- **The last pass runs in the last iteration's** ``after_step``, not in ``after_train``: the
+  model is final there, and every writer still writes what is put then.
+- **Passes between the writer's writes**: a writer keeps only the latest value of a scalar, so
+  when ``period`` is not a multiple of the writer's period (20 in ``DefaultTrainer``) the
+  scalars of a pass would be replaced by the next pass's before they are written. Give the
+  hook ``writers=`` (the ``TensorboardXWriter`` / ``JSONWriter`` your ``PeriodicWriter``
+  holds) and it calls their public ``write()`` right after each pass; ``GradCAMTrainerMixin``
+  does that for you.
 """
 
 from __future__ import annotations
 
 import copy
-import logging
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
-from detectron2.engine import HookBase, hooks
+from detectron2.engine import HookBase
 from detectron2.utils import comm
-from detectron2.utils.events import JSONWriter, TensorboardXWriter
+from detectron2.utils.events import EventWriter
 
 from lightning_gradcam.core.layers import expand_layer_names, unwrap_model
 from lightning_gradcam.core.methods import check_methods
@@ -66,8 +73,6 @@ from .config import config_methods
 from .explain import Detection, DetectionCAM
 
 __all__ = ["GradCAMHook", "parse_layers"]
-
-logger = logging.getLogger(__name__)
 
 
 def parse_layers(layer: str | Sequence[str] | None) -> tuple[str, ...] | None:
@@ -89,10 +94,12 @@ def parse_layers(layer: str | Sequence[str] | None) -> tuple[str, ...] | None:
 class GradCAMHook(HookBase):
     """Log per-detection Grad-CAM overlays and drift scalars while a detectron2 model trains.
 
-    ``trainer.register_hooks([GradCAMHook(dataset="my_val", num_images=4, period=100)])``, or
-    build it from ``cfg.GRADCAM`` with :meth:`from_config` (see
-    ``detectron2_hooks.trainer.GradCAMTrainerMixin`` for a one-line ``DefaultTrainer``).
-    The tags are listed in the module docstring.
+    ``trainer.register_hooks([GradCAMHook(dataset="my_val", num_images=4, period=100),
+    hooks.PeriodicWriter(writers)])``, or build it from ``cfg.GRADCAM`` with
+    :meth:`from_config` (see ``detectron2_hooks.trainer.GradCAMTrainerMixin`` for a one-line
+    ``DefaultTrainer``). Register it before the ``PeriodicWriter``: the hook puts its pictures
+    and scalars into the trainer's ``EventStorage``, and the writers write what is there when
+    they run (module docstring). The tags are listed in the module docstring.
 
     Args:
         inputs: fixed images, a list of detectron2 dicts: model inputs with an ``"image"``
@@ -118,6 +125,10 @@ class GradCAMHook(HookBase):
         match_iou: box overlap for matching detections across passes (drift scalars).
         max_image_size: longer side of each logged tile, in pixels.
         colormap, alpha: heat-map colours and overlay opacity (see ``core.render.overlay``).
+        writers: event writers (``TensorboardXWriter``, ``JSONWriter``) whose public
+            ``write()`` is called right after each pass, so that the scalars of every pass are
+            written even at iterations where the ``PeriodicWriter`` does not write. Give the
+            ones your ``PeriodicWriter`` holds; ``GradCAMTrainerMixin`` does.
 
     The pass runs on the main process only, on the unwrapped model, with no barrier and no
     copy of the model; the model is back in train mode afterwards, parameters' ``.grad`` are
@@ -142,6 +153,7 @@ class GradCAMHook(HookBase):
         max_image_size: int = 256,
         colormap: str = "jet",
         alpha: float = 0.5,
+        writers: Sequence[EventWriter] = (),
     ):
         if (inputs is None) == (dataset is None):
             raise ValueError(
@@ -162,6 +174,13 @@ class GradCAMHook(HookBase):
             raise ValueError(f"match_iou must be in (0, 1], got {match_iou}")
         if not isinstance(tag_prefix, str) or not tag_prefix.strip("/ "):
             raise ValueError(f"tag_prefix must be a non-empty string, got {tag_prefix!r}")
+        writers = list(writers)
+        for writer in writers:
+            if not callable(getattr(writer, "write", None)):
+                raise ValueError(
+                    "writers must be detectron2 event writers with a write() method (e.g. the "
+                    f"TensorboardXWriter of your PeriodicWriter), got {type(writer).__name__}"
+                )
         self.methods = check_methods(methods, detectors=True)
         self._source_inputs = list(inputs) if inputs is not None else None
         self.dataset = dataset
@@ -176,6 +195,7 @@ class GradCAMHook(HookBase):
         self.max_image_size = max_image_size
         self.colormap = colormap
         self.alpha = alpha
+        self.writers = writers
 
         self.enabled = True
         self.layers: tuple[str, ...] = ()
@@ -189,13 +209,17 @@ class GradCAMHook(HookBase):
 
     @classmethod
     def from_config(
-        cls, cfg: Any, inputs: Sequence[dict] | None = None, dataset: str | None = None
+        cls,
+        cfg: Any,
+        inputs: Sequence[dict] | None = None,
+        dataset: str | None = None,
+        writers: Sequence[EventWriter] = (),
     ) -> GradCAMHook | None:
         """A hook from ``cfg.GRADCAM`` (see ``add_gradcam_config``); None if not ENABLED.
 
         Images: ``inputs`` or ``dataset`` if given, else the first of ``cfg.DATASETS.TEST``,
         else of ``cfg.DATASETS.TRAIN``. ``GRADCAM.LAYER`` may hold several comma-separated
-        names or ``head.cls_subnet.*``.
+        names or ``head.cls_subnet.*``. ``writers``: as in the constructor.
         """
         if "GRADCAM" not in cfg:
             raise ValueError(
@@ -222,6 +246,7 @@ class GradCAMHook(HookBase):
             period=int(node.PERIOD),
             max_detections=int(node.MAX_DETECTIONS),
             cfg=cfg,
+            writers=writers,
         )
 
     # ------------------------------------------------------------------ detectron2 hook API
@@ -230,7 +255,6 @@ class GradCAMHook(HookBase):
         self.enabled = comm.is_main_process()
         if not self.enabled:
             return
-        self._move_before_writers()
         model = unwrap_model(self.trainer.model)
         layers = expand_layer_names(model, self.layer) if self.layer is not None else None
         # Builds and checks the layers now: a wrong name fails here, with close matches.
@@ -255,44 +279,15 @@ class GradCAMHook(HookBase):
         last = next_iter == self.trainer.max_iter
         if last or (self.period > 0 and next_iter % self.period == 0):
             self.run()
-            self._flush_writers()
+            self._write_now()
 
     # ------------------------------------------------------------------ writers
 
-    def _writer_hooks(self) -> list[hooks.PeriodicWriter]:
-        return [
-            h for h in getattr(self.trainer, "_hooks", ()) if isinstance(h, hooks.PeriodicWriter)
-        ]
-
-    def _move_before_writers(self) -> None:
-        """Move this hook just before the first ``PeriodicWriter`` in ``trainer._hooks``.
-
-        Safe inside ``TrainerBase.before_train``'s loop over the list: moving the current
-        element to an earlier index leaves the elements after it where they were.
-        """
-        hook_list = getattr(self.trainer, "_hooks", None)
-        if not isinstance(hook_list, list):
-            return
-        mine = next((i for i, h in enumerate(hook_list) if h is self), None)
-        first = next(
-            (i for i, h in enumerate(hook_list) if isinstance(h, hooks.PeriodicWriter)), None
-        )
-        if mine is not None and first is not None and first < mine:
-            hook_list.insert(first, hook_list.pop(mine))
-            logger.info("GradCAMHook moved before the PeriodicWriter so its images are written")
-
-    def _flush_writers(self) -> None:
-        """Write now through the TensorBoard and JSON writers of every ``PeriodicWriter`` that
-        will not write at this iteration (their rule: ``(iter + 1) % period == 0`` or the last
-        iteration)."""
-        iteration, max_iter = self.trainer.iter, self.trainer.max_iter
-        for writer_hook in self._writer_hooks():
-            period = getattr(writer_hook, "_period", 1)
-            if (iteration + 1) % period == 0 or iteration == max_iter - 1:
-                continue
-            for writer in getattr(writer_hook, "_writers", ()):
-                if isinstance(writer, (TensorboardXWriter, JSONWriter)):
-                    writer.write()
+    def _write_now(self) -> None:
+        """Write what this pass put, through the writers given to the hook (public
+        ``EventWriter.write()``, inside the trainer's ``EventStorage``)."""
+        for writer in self.writers:
+            writer.write()
 
     # ------------------------------------------------------------------ the pass
 

@@ -62,6 +62,7 @@ def started(hook: GradCAMHook, model, iteration: int = 0, max_iter: int = 100) -
         ({"dataset": "x", "methods": ("guided_gradcam",)}, "need guided backpropagation"),
         ({"dataset": "x", "methods": ("gradcan",)}, "unknown CAM method"),
         ({"dataset": "x", "match_iou": 0.0}, "match_iou must be in (0, 1]"),
+        ({"dataset": "x", "writers": [object()]}, "writers must be detectron2 event writers"),
     ],
 )
 def test_bad_arguments_are_refused_with_the_fix(kwargs, message):

@@ -1,0 +1,430 @@
+"""The gradient pull-back: every selected detection's gradient at every explained layer.
+
+Three kinds of layer, told apart by where the layer sits and what it outputs
+(:func:`locate_layers`):
+
+``roi``
+    inside the ROI heads of a two-stage detector, run on the pooled rows (one row per
+    proposal). Rows are independent, so one backward of the sum of the targets gives each
+    detection's gradient in its own row (:func:`row_gradients`).
+``head``
+    inside a one-stage dense head, run once per feature level: a detection is explained at
+    the call of its own level, with gradients batched over the detections of that level
+    (:func:`head_gradients`).
+``image``
+    anywhere else on the path to the scores (a backbone stage, an FPN output), run once per
+    batch. The gradients at the feature reader's inputs (the pooler's or the dense head's) are
+    computed per detection first (:func:`pooler_pullback`, or batched through the head), then
+    carried further upstream by one batched backward per level (:func:`pull_back_to_layer`).
+
+:func:`gather_evidence` runs the right steps for a detector and returns, per layer, the
+activations and gradients the CAM methods weigh (``assembly.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from detectron2.modeling.poolers import assign_boxes_to_levels
+from detectron2.structures import Boxes
+from torch import nn
+
+from lightning_gradcam.core.capture import ActivationCapture
+from lightning_gradcam.core.gradients import batched_gradients
+
+from .detector import DetectorParts
+from .selection import AnchorOrigin, ProposalOrigin, SelectedDetections
+
+__all__ = [
+    "InputRecorder",
+    "LayerEvidence",
+    "LayerSite",
+    "gather_evidence",
+    "locate_layers",
+]
+
+# Elements per chunk of per-detection feature copies in the pooler re-run (256 MB float32).
+_COPY_BUDGET = 1 << 26
+
+
+class InputRecorder:
+    """Forward hook keeping the positional inputs and the output of a module's first call.
+
+    The output is made grad-requiring if it is not (a fully frozen backbone), the same way
+    ``ActivationCapture`` does, so gradients can be taken at it.
+    """
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+        self.inputs: tuple | None = None
+        self.output: torch.Tensor | None = None
+        self._handle = None
+
+    def _hook(self, _module, inputs, output):
+        if self.inputs is not None:
+            return None
+        self.inputs = inputs
+        if isinstance(output, torch.Tensor) and not output.requires_grad:
+            output = output.detach().requires_grad_()
+            self.output = output
+            return output
+        self.output = output
+        return None
+
+    def __enter__(self) -> InputRecorder:
+        self._handle = self.module.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+
+@dataclass(frozen=True)
+class LayerSite:
+    """Where an explained layer sits: its kind and the recorded call that holds the detections.
+
+    Attributes:
+        name: the layer's dotted name.
+        kind: ``"roi"``, ``"head"`` or ``"image"`` (module docstring).
+        call: for ``roi`` layers, the index of the recorded call made on the pooled rows
+            (C4's ``res5`` also runs on the final boxes for masks/keypoints); else 0.
+    """
+
+    name: str
+    kind: str
+    call: int = 0
+
+
+@dataclass(frozen=True)
+class LayerEvidence:
+    """Per detection, the activation and its gradient at one layer, each ``(C, h, w)``
+    (``h, w`` differ between detections at ``head`` layers: levels differ in size)."""
+
+    kind: str
+    activations: Sequence[torch.Tensor]
+    gradients: Sequence[torch.Tensor]
+
+
+# ---------------------------------------------------------------------- graph checks
+
+
+def depends_on(output: torch.Tensor, target: torch.Tensor) -> bool:
+    """Whether ``target`` is on the autograd graph of ``output`` (a walk over grad_fn nodes)."""
+    if output is target:
+        return True
+    goal = target.grad_fn
+    stack = [output.grad_fn]
+    seen = set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        if node is goal or getattr(node, "variable", None) is target:
+            return True
+        seen.add(node)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return False
+
+
+def is_clone_of(tensor: torch.Tensor, source: torch.Tensor) -> bool:
+    """``tensor`` is ``source`` or its direct clone (what ``ActivationCapture`` hands on)."""
+    if tensor is source:
+        return True
+    node = tensor.grad_fn
+    if node is None or type(node).__name__ != "CloneBackward0":
+        return False
+    parent = node.next_functions[0][0]
+    return parent is source.grad_fn or getattr(parent, "variable", None) is source
+
+
+def require_dependence(name: str, targets: torch.Tensor, activation: torch.Tensor) -> None:
+    """Refuse a layer the targets do not depend on (it would give an all-zero map)."""
+    if not depends_on(targets, activation):
+        raise ValueError(
+            f"the detection scores do not depend on layer {name!r} (e.g. an RPN or "
+            "box-regression layer); choose a layer on the classification path"
+        )
+
+
+# ---------------------------------------------------------------------- where layers sit
+
+
+def locate_layers(
+    detector: DetectorParts,
+    modules: dict[str, nn.Module],
+    capture: ActivationCapture,
+    reader: InputRecorder,
+) -> dict[str, LayerSite]:
+    """The :class:`LayerSite` of every explained layer, from what ran in the forward.
+
+    Raises:
+        ValueError: a layer that did not run, whose output is not ``(N, C, h, w)``, or that
+            ran a number of times its kind does not allow.
+    """
+    return {
+        name: _locate(detector, name, module, capture.activations[name], reader)
+        for name, module in modules.items()
+    }
+
+
+def _locate(
+    detector: DetectorParts,
+    name: str,
+    module: nn.Module,
+    calls: list[torch.Tensor],
+    reader: InputRecorder,
+) -> LayerSite:
+    if not calls:
+        raise ValueError(
+            f"layer {name!r} did not run in this detector's inference forward; choose a "
+            "layer on the path to the detection scores (e.g. "
+            f"{detector.default_layer!r}, or a backbone stage)"
+        )
+    for act in calls:
+        if act.dim() != 4:
+            raise ValueError(
+                f"layer {name!r} outputs shape {tuple(act.shape)}, not a (N, C, h, w) map; "
+                "choose a convolutional block"
+            )
+    in_head = any(module is m for m in detector.head.modules())
+    if in_head and not detector.is_two_stage:
+        levels = len(detector.model.head_in_features)
+        if len(calls) != levels:
+            raise ValueError(
+                f"head layer {name!r} ran {len(calls)} times, expected once per level ({levels})"
+            )
+        return LayerSite(name, "head")
+    if in_head:
+        num_rois = reader.output.shape[0]
+        for call_index, act in enumerate(calls):
+            if act.shape[0] == num_rois:
+                return LayerSite(name, "roi", call_index)
+        raise ValueError(f"ROI-head layer {name!r} never ran on the {num_rois} proposals")
+    if len(calls) != 1:
+        raise ValueError(
+            f"layer {name!r} ran {len(calls)} times in one forward; choose a block that runs "
+            "once per batch (a backbone stage, an FPN output) or a per-ROI / head layer"
+        )
+    return LayerSite(name, "image")
+
+
+# ---------------------------------------------------------------------- gradients
+
+
+def row_gradients(
+    targets: torch.Tensor, rows: torch.Tensor, tensors: list[torch.Tensor]
+) -> list[torch.Tensor]:
+    """Each detection's gradient in its own row of each per-ROI tensor: ``(D, C, h, w)``.
+
+    Rows are independent (every op of the box head is per row in eval mode), so one
+    backward of ``sum_d target_d`` gives ``d target_d / d tensor[row_d]`` in ``row_d``. Two
+    detections of one proposal (two classes) share a row, so they go in separate rounds.
+    """
+    rounds = torch.zeros_like(rows)
+    seen: dict[int, int] = {}
+    for index, row in enumerate(rows.tolist()):
+        rounds[index] = seen.get(row, 0)
+        seen[row] = rounds[index].item() + 1
+    out = [t.new_zeros((len(rows), *t.shape[1:])) for t in tensors]
+    for round_index in range(int(rounds.max()) + 1):
+        members = (rounds == round_index).nonzero()[:, 0]
+        grads = torch.autograd.grad(
+            targets[members].sum(), tensors, retain_graph=True, allow_unused=True
+        )
+        for slot, grad in enumerate(grads):
+            if grad is not None:
+                out[slot][members] = grad[rows[members]]
+    return out
+
+
+LevelGradients = dict[int, tuple[torch.Tensor, torch.Tensor]]
+"""``{level: (detection indices, gradients (D_l, C, h_l, w_l))}`` at the reader's inputs."""
+
+
+def pooler_pullback(
+    pooler: nn.Module,
+    pooled_row_grads: torch.Tensor,
+    pooler_inputs: Sequence[torch.Tensor],
+    proposal_boxes: torch.Tensor,
+    image_of: torch.Tensor,
+) -> LevelGradients:
+    """Pull the gradients at the pooled rows back through the pooler alone.
+
+    For detection ``d`` pooled from level ``l``, its gradient at that level's feature of
+    its image is the backward of ROIAlign for its one box. The level's ROIAlign is re-run
+    on ``D_l`` copies of the feature (copy ``j`` carrying detection ``j``'s image) with one
+    ROI each, and one backward gives all ``D_l`` gradients; exact for any pooler type.
+    """
+    if len(pooler.level_poolers) == 1:
+        levels = torch.zeros(len(proposal_boxes), dtype=torch.long)
+    else:
+        levels = assign_boxes_to_levels(
+            [Boxes(proposal_boxes)],
+            pooler.min_level,
+            pooler.max_level,
+            pooler.canonical_box_size,
+            pooler.canonical_level,
+        )
+    out = {}
+    for level in levels.unique().tolist():
+        idx = (levels == level).nonzero()[:, 0].to(image_of.device)
+        feature = pooler_inputs[level].detach()
+        chunk = max(1, _COPY_BUDGET // max(feature[0].numel(), 1))
+        pieces = []
+        for start in range(0, len(idx), chunk):
+            part = idx[start : start + chunk]
+            copies = feature[image_of[part]].requires_grad_()  # indexing copies
+            batch_index = torch.arange(len(part), device=feature.device, dtype=feature.dtype)
+            rois = torch.cat([batch_index[:, None], proposal_boxes[part].to(feature.dtype)], 1)
+            pooled = pooler.level_poolers[level](copies, rois)
+            (grad,) = torch.autograd.grad(pooled, copies, grad_outputs=pooled_row_grads[part])
+            pieces.append(grad)
+        out[level] = (idx, torch.cat(pieces))
+    return out
+
+
+def head_gradients(
+    calls: list[torch.Tensor], targets: torch.Tensor, levels: torch.Tensor, image_of: torch.Tensor
+) -> LayerEvidence:
+    """One-stage head layer: detection ``d`` at the call of its level, its image's row,
+    with one batched backward per level."""
+    acts: list[torch.Tensor | None] = [None] * len(targets)
+    grads: list[torch.Tensor | None] = [None] * len(targets)
+    for level in levels.unique().tolist():
+        idx = (levels == level).nonzero()[:, 0]
+        batched = batched_gradients(targets[idx], calls[level], retain_graph=True)
+        for j, d in enumerate(idx.tolist()):
+            acts[d] = calls[level][image_of[d]]
+            grads[d] = batched[j, image_of[d]]
+    return LayerEvidence("head", acts, grads)
+
+
+def pull_back_to_layer(
+    name: str,
+    activation: torch.Tensor,
+    reader_inputs: Sequence[torch.Tensor],
+    reader_grads: LevelGradients,
+    selection: SelectedDetections,
+) -> LayerEvidence:
+    """Gradients at an image-level layer from the per-detection gradients at the reader's
+    inputs.
+
+    A layer whose output is itself a reader input needs nothing more. A layer upstream goes
+    through one batched (vmapped) backward per level, of ``s_j = <input[img_j], g_j>``, whose
+    gradient at the layer is detection ``j``'s.
+    """
+    require_dependence(name, selection.targets, activation)
+    image_of = selection.image_of
+    per_detection = [activation[i] for i in image_of.tolist()]
+    if len(reader_grads) == 1:
+        level, (idx, level_grads) = next(iter(reader_grads.items()))
+        if is_clone_of(reader_inputs[level], activation):
+            order = torch.empty_like(idx)
+            order[idx] = torch.arange(len(idx), device=idx.device)
+            return LayerEvidence("image", per_detection, level_grads[order])
+    grad = activation.new_zeros((len(image_of), *activation.shape[1:]))
+    for level, (idx, level_grads) in reader_grads.items():
+        reader_input = reader_inputs[level]
+        if is_clone_of(reader_input, activation):
+            grad[idx] = level_grads.to(grad.dtype)
+            continue
+        if not depends_on(reader_input, activation):
+            continue  # this level does not see the layer: zero gradient
+        inner = (reader_input[image_of[idx]] * level_grads).flatten(1).sum(dim=1)
+        batched = batched_gradients(inner, activation, retain_graph=True)  # (D_l, B, C, h, w)
+        grad[idx] = batched[torch.arange(len(idx)), image_of[idx]]
+    return LayerEvidence("image", per_detection, grad)
+
+
+# ---------------------------------------------------------------------- per detector
+
+
+def gather_evidence(
+    detector: DetectorParts,
+    sites: dict[str, LayerSite],
+    selection: SelectedDetections,
+    capture: ActivationCapture,
+    reader: InputRecorder,
+) -> dict[str, LayerEvidence]:
+    """``{layer: LayerEvidence}`` for every explained layer."""
+    if isinstance(selection.origin, ProposalOrigin):
+        return _two_stage_evidence(detector, sites, selection, selection.origin, capture, reader)
+    return _one_stage_evidence(sites, selection, selection.origin, capture, reader)
+
+
+def _two_stage_evidence(
+    detector: DetectorParts,
+    sites: dict[str, LayerSite],
+    selection: SelectedDetections,
+    origin: ProposalOrigin,
+    capture: ActivationCapture,
+    reader: InputRecorder,
+) -> dict[str, LayerEvidence]:
+    roi_sites = [site for site in sites.values() if site.kind == "roi"]
+    image_sites = [site for site in sites.values() if site.kind == "image"]
+    rows = origin.roi_row
+    tensors = [capture.activations[site.name][site.call] for site in roi_sites]
+    if image_sites:
+        tensors.append(reader.output)  # the pooled rows
+    grads = row_gradients(selection.targets, rows, tensors)
+    evidence = {
+        site.name: LayerEvidence("roi", tensors[i][rows], grads[i])
+        for i, site in enumerate(roi_sites)
+    }
+    if image_sites:
+        reader_inputs = list(reader.inputs[0])
+        reader_grads = pooler_pullback(
+            detector.feature_reader,
+            grads[-1],
+            reader_inputs,
+            origin.proposal_box,
+            selection.image_of,
+        )
+        for site in image_sites:
+            evidence[site.name] = pull_back_to_layer(
+                site.name,
+                capture.activations[site.name][0],
+                reader_inputs,
+                reader_grads,
+                selection,
+            )
+    return evidence
+
+
+def _one_stage_evidence(
+    sites: dict[str, LayerSite],
+    selection: SelectedDetections,
+    origin: AnchorOrigin,
+    capture: ActivationCapture,
+    reader: InputRecorder,
+) -> dict[str, LayerEvidence]:
+    targets, levels, image_of = selection.targets, origin.level, selection.image_of
+    evidence = {}
+    for site in sites.values():
+        if site.kind != "head":
+            continue
+        calls = capture.activations[site.name]
+        if not any(depends_on(targets, call) for call in calls):
+            require_dependence(site.name, targets, calls[0])
+        evidence[site.name] = head_gradients(calls, targets, levels, image_of)
+    image_sites = [site for site in sites.values() if site.kind == "image"]
+    if image_sites:
+        reader_inputs = list(reader.inputs[0])  # the head's per-level features
+        reader_grads: LevelGradients = {}
+        for level in levels.unique().tolist():
+            idx = (levels == level).nonzero()[:, 0]
+            grads = batched_gradients(targets[idx], reader_inputs[level], retain_graph=True)
+            reader_grads[level] = (idx, grads[torch.arange(len(idx)), image_of[idx]])
+        for site in image_sites:
+            evidence[site.name] = pull_back_to_layer(
+                site.name,
+                capture.activations[site.name][0],
+                reader_inputs,
+                reader_grads,
+                selection,
+            )
+    return evidence
