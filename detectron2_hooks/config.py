@@ -20,6 +20,7 @@ import copy
 from typing import Any
 
 from detectron2.config import CfgNode
+from omegaconf import DictConfig
 
 from . import adapters
 from .adapters import CAM_META_ARCHS, CAM_ROI_HEADS, ROI_META_ARCHS
@@ -78,7 +79,7 @@ def add_gradcam_config(cfg: CfgNode) -> CfgNode:
     return cfg
 
 
-def to_cam_config(cfg):
+def to_cam_config(cfg: CfgNode | DictConfig) -> CfgNode | DictConfig:
     """A copy of ``cfg`` that builds the CAM adapters; the argument is left unchanged.
 
     A ``CfgNode`` (YAML): ``Res5ROIHeads`` -> ``CAMRes5ROIHeads``, ``StandardROIHeads`` ->
@@ -104,8 +105,6 @@ def to_cam_config(cfg):
     """
     if isinstance(cfg, CfgNode):
         return _to_cam_cfgnode(cfg)
-    from omegaconf import DictConfig
-
     if isinstance(cfg, DictConfig):
         return _to_cam_lazy(cfg)
     raise TypeError(
@@ -118,6 +117,11 @@ def _to_cam_cfgnode(cfg: CfgNode) -> CfgNode:
     cfg = cfg.clone()
     cfg.defrost()
     arch = cfg.MODEL.META_ARCHITECTURE
+    if arch in ("FCOS", "CAMFCOS"):
+        raise ValueError(
+            "META_ARCHITECTURE FCOS: detectron2 builds FCOS from a LazyConfig only (it has no "
+            "from_config); use common/models/fcos.py and to_cam_config on that LazyConfig"
+        )
     if arch in CAM_META_ARCHS:
         cfg.MODEL.META_ARCHITECTURE = CAM_META_ARCHS[arch]
     elif arch not in CAM_META_ARCHS.values():

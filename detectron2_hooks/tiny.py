@@ -19,6 +19,9 @@ __all__ = [
 TINY_KINDS = ("c4", "fpn", "retinanet")
 #: ``tiny_zoo_config`` kinds -> the shipped model-zoo YAML they shrink.
 TINY_ZOO_YAML = {
+    "c4": "COCO-Detection/faster_rcnn_R_50_C4_1x.yaml",
+    "fpn": "COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml",
+    "retinanet": "COCO-Detection/retinanet_R_50_FPN_1x.yaml",
     "cascade": "Misc/cascade_mask_rcnn_R_50_FPN_1x.yaml",
     "panoptic": "COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.yaml",
 }
@@ -133,7 +136,7 @@ def tiny_zoo_config(kind: str, num_classes: int = 3, *, cam: bool = True) -> Cfg
     """A shipped model-zoo YAML (``TINY_ZOO_YAML[kind]``) shrunk for CPU tests.
 
     ResNet-18, 64-channel FPN, 128-wide box head, 32-wide mask (and semantic) heads, 16
-    proposals per image, ``PIXEL_STD=(57.4, 57.1, 58.4)``, CPU; every other key as shipped.
+    proposals per image, RetinaNet's score threshold 0.001 (a random model detects something), ``PIXEL_STD=(57.4, 57.1, 58.4)``, CPU; every other key as shipped.
     ``cam``: switched by ``to_cam_config`` (with ``cfg.GRADCAM``) or stock.
     """
     from detectron2 import model_zoo
@@ -148,8 +151,12 @@ def tiny_zoo_config(kind: str, num_classes: int = 3, *, cam: bool = True) -> Cfg
     m.PIXEL_STD = _PIXEL_STD
     m.RESNETS.DEPTH = 18
     m.RESNETS.RES2_OUT_CHANNELS = 64
+    m.RESNETS.WIDTH_PER_GROUP = 16  # only the C4 res5 head reads it: a 128-wide bottleneck
     m.FPN.OUT_CHANNELS = 64
     m.ROI_HEADS.NUM_CLASSES = num_classes
+    m.RETINANET.NUM_CLASSES = num_classes
+    m.RETINANET.SCORE_THRESH_TEST = 0.001
+    m.RETINANET.TOPK_CANDIDATES_TEST = 100
     m.ROI_BOX_HEAD.FC_DIM = 128
     m.ROI_MASK_HEAD.CONV_DIM = 32
     m.ROI_MASK_HEAD.NUM_CONV = 2
