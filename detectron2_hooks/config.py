@@ -169,10 +169,12 @@ def _target_name(target: Any) -> str:
 
 
 def _to_cam_lazy(cfg):
-    if "_target_" not in cfg and "model" not in cfg:
+    model = cfg if "_target_" in cfg else cfg.get("model")
+    if not isinstance(model, DictConfig) or "_target_" not in model:
         raise ValueError(
-            "this LazyConfig has no 'model' node (and is no model node itself); give the "
-            "config of a detector, e.g. model_zoo.get_config('common/models/retinanet.py')"
+            "this LazyConfig has no 'model' node with a _target_ (and is no model node "
+            "itself); give the config of a detector, e.g. "
+            "model_zoo.get_config('common/models/retinanet.py')"
         )
     cfg = copy.deepcopy(cfg)
     model = cfg if "_target_" in cfg else cfg.model
