@@ -34,6 +34,9 @@ _DEFAULT_LAYERS = {
     "CAMStandardROIHeads": "roi_heads.box_pooler",
     "CAMRetinaNet": "head.cls_subnet.7",
     "CAMCascadeROIHeads": "roi_heads.box_pooler",
+    # The shipped FCOS head (common/models/fcos.py) has GN: conv, GN, ReLU per conv, so its
+    # last classification-subnet block is .11 (RetinaNet's plain conv, ReLU: .7).
+    "CAMFCOS": "head.cls_subnet.11",
 }
 
 

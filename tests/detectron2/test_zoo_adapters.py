@@ -238,6 +238,27 @@ def test_provenance_recomputes_from_the_head(zoo):
         offset += len(props)
 
 
+@pytest.mark.parametrize("kind", ["vitdet", "mask_rcnn_lsj"])
+def test_lazy_only_detectors_explained_at_the_per_roi_layer(kind):
+    # ViTDet and the new LSJ baselines are CAMStandardROIHeads models: DetectionCAM explains
+    # them per ROI today (their image-level ViT layers wait for the channels-last layouts).
+    model = _build("lazy", kind, cam=True, seed=0)
+    (dets,) = DetectionCAM(model, "roi_heads.box_pooler", methods=("gradcam",)).explain(
+        _inputs()[:1], max_detections=2
+    )
+    assert len(dets) == 2
+    for det in dets:
+        assert det.target_score == pytest.approx(det.score, abs=1e-6)
+        assert det.layer_kinds["roi_heads.box_pooler"] == "roi"
+        heat = torch.as_tensor(det.maps["gradcam"])
+        assert heat.shape == (96, 128) and 0 <= float(heat.min()) <= float(heat.max()) <= 1
+        # A per-ROI map lies in the box that was pooled (pasted there), nowhere else.
+        x0, y0, x1, y1 = torch.as_tensor(det.proposal_box).tolist()
+        outside = heat.clone()
+        outside[max(int(y0) - 1, 0) : int(y1) + 2, max(int(x0) - 1, 0) : int(x1) + 2] = 0
+        assert float(outside.max()) == 0.0
+
+
 def test_registered_and_registration_survives_a_second_import():
     assert ROI_HEADS_REGISTRY.get("CAMCascadeROIHeads") is CAMCascadeROIHeads
     assert META_ARCH_REGISTRY.get("CAMFCOS") is CAMFCOS
