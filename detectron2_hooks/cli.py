@@ -231,8 +231,9 @@ def load_config(
     ``CfgNode`` (see ``_describe_lazy``) that also carries it for ``_build``.
 
     Raises:
-        ConfigError: unknown file, unknown key, bad YAML or Python, or an odd ``opts``;
-            ValueError: a detector with no CAM adapter.
+        ConfigError: unknown file, unknown key, bad YAML or Python, an odd ``opts``, or a
+            LazyConfig without ``train.init_checkpoint``; ValueError: a detector with no CAM
+            adapter.
     """
     path = config_path(config_file)
     if confidence_threshold is not None and not 0.0 <= confidence_threshold <= 1.0:
@@ -306,6 +307,14 @@ def _load_lazy(
         lazy = LazyConfig.apply_overrides(lazy, opts)
     except Exception as exc:
         raise ConfigError(f"--opts: {type(exc).__name__}: {first_line(exc)}") from None
+    checkpoint = (lazy.get("train") or {}).get("init_checkpoint")
+    if not checkpoint:
+        # The weights check of the YAML route would name MODEL.WEIGHTS, no LazyConfig key.
+        raise ConfigError(
+            f"{config_file} has no train.init_checkpoint, so the detector would have random "
+            "weights; pass --opts train.init_checkpoint=/path/to/model.pkl (or "
+            f"train.init_checkpoint={RANDOM_WEIGHTS} to run with random weights, meaningless maps)"
+        )
     lazy = to_cam_config(lazy)
     if confidence_threshold is not None:
         _set_score_threshold(lazy.model, confidence_threshold)
@@ -334,35 +343,34 @@ def _describe_lazy(lazy) -> CfgNode:
     ``MODEL.META_ARCHITECTURE`` / ``MODEL.ROI_HEADS.NAME`` (the classes' names),
     ``*.NUM_CLASSES`` (``model.num_classes`` or ``model.roi_heads.num_classes``),
     ``INPUT.FORMAT`` (``model.input_format``, default BGR), ``MODEL.DEVICE`` and
-    ``MODEL.WEIGHTS`` (``train.device`` / ``train.init_checkpoint`` when the file has a
-    ``train`` node, else cpu and empty), ``INPUT.MIN/MAX_SIZE_TEST`` (the
+    ``MODEL.WEIGHTS`` (``train.device``, default cpu, / ``train.init_checkpoint``), ``INPUT.MIN/MAX_SIZE_TEST`` (the
     ``ResizeShortestEdge`` of ``dataloader.test.mapper.augmentations``, else detectron2's
     defaults), ``DATASETS.TEST`` (``dataloader.test.dataset.names``). The LazyConfig itself
     rides along for ``_build``.
     """
     from detectron2.data import transforms as T
 
-    from .config import _target_class
+    from .config import lazy_target
 
     cfg = add_gradcam_config(get_cfg())
     model = lazy.model
-    arch = _target_class(model._target_)
+    arch = lazy_target(model._target_)
     cfg.MODEL.META_ARCHITECTURE = getattr(arch, "__name__", str(arch))
     heads = model.get("roi_heads")
     if heads is not None:
-        cls = _target_class(heads._target_)
+        cls = lazy_target(heads._target_)
         cfg.MODEL.ROI_HEADS.NAME = getattr(cls, "__name__", str(cls))
         count = heads.num_classes
     else:
         count = model.num_classes
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = cfg.MODEL.RETINANET.NUM_CLASSES = int(count)
     cfg.INPUT.FORMAT = str(model.get("input_format", "BGR"))
-    train = lazy.get("train")
-    cfg.MODEL.DEVICE = str(train.get("device", "cpu")) if train is not None else "cpu"
-    cfg.MODEL.WEIGHTS = str(train.get("init_checkpoint", "")) if train is not None else ""
+    train = lazy.train
+    cfg.MODEL.DEVICE = str(train.get("device", "cpu"))
+    cfg.MODEL.WEIGHTS = str(train.init_checkpoint)
     test = (lazy.get("dataloader") or {}).get("test") or {}
     for aug in (test.get("mapper") or {}).get("augmentations") or []:
-        if _target_class(aug.get("_target_")) is T.ResizeShortestEdge:
+        if lazy_target(aug.get("_target_")) is T.ResizeShortestEdge:
             size = aug.short_edge_length
             size = size if isinstance(size, int) else min(size)
             cfg.INPUT.MIN_SIZE_TEST = int(size)

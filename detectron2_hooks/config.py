@@ -142,7 +142,7 @@ def _to_cam_cfgnode(cfg: CfgNode) -> CfgNode:
     return cfg
 
 
-def _target_class(target: Any) -> Any:
+def lazy_target(target: Any) -> Any:
     """The object a LazyConfig ``_target_`` names (a class, or a ``"module.Class"`` string)."""
     if isinstance(target, str):
         from detectron2.utils.registry import locate
@@ -157,7 +157,7 @@ def _target_class(target: Any) -> Any:
 def _swap(node, switch: dict[type, type]) -> bool:
     """Set ``node._target_`` to its adapter, in the style it was written; whether it had one."""
     target = node.get("_target_")
-    cls = _target_class(target)
+    cls = lazy_target(target)
     if cls in switch.values():
         return True
     if cls not in switch:
@@ -183,7 +183,7 @@ def _to_cam_lazy(cfg):
     model = cfg if "_target_" in cfg else cfg.model
     if _swap(model, adapters.CAM_META_ARCH_CLASSES):
         return cfg
-    arch = _target_class(model.get("_target_"))
+    arch = lazy_target(model.get("_target_"))
     roi_archs = adapters.ROI_META_ARCH_CLASSES
     heads = adapters.CAM_ROI_HEADS_CLASSES
     roi_heads = model.get("roi_heads")

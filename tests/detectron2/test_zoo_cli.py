@@ -79,7 +79,7 @@ def test_lazy_config_file_with_overrides_writes_pictures(kind, tmp_path, image, 
 def test_lazy_model_zoo_names_load_with_overrides():
     cfg = load_config(
         "new_baselines/mask_rcnn_R_50_FPN_100ep_LSJ.py",
-        ["train.device=cpu", "model.roi_heads.num_classes=3"],
+        ["train.device=cpu", "model.roi_heads.num_classes=3", "train.init_checkpoint=m.pkl"],
         confidence_threshold=0.3,
     )
     assert cfg.MODEL.META_ARCHITECTURE == "GeneralizedRCNN"
@@ -87,10 +87,14 @@ def test_lazy_model_zoo_names_load_with_overrides():
     assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == 3
     assert cfg.MODEL.DEVICE == "cpu"
     assert cfg.DATASETS.TEST == ("coco_2017_val",)
-    cfg = load_config("common/models/retinanet.py", ["model.num_classes=5"])
+    with pytest.raises(ConfigError, match="train.init_checkpoint=/path/to/model.pkl"):
+        load_config("new_baselines/mask_rcnn_R_50_FPN_100ep_LSJ.py")  # init_checkpoint ""
+    # The common/models files have no train node: the override creates it.
+    weights = ["train.init_checkpoint=random"]
+    cfg = load_config("common/models/retinanet.py", [*weights, "model.num_classes=5"])
     assert (cfg.MODEL.META_ARCHITECTURE, cfg.MODEL.RETINANET.NUM_CLASSES) == ("CAMRetinaNet", 5)
-    assert cfg.MODEL.WEIGHTS == ""  # no train node: as an empty MODEL.WEIGHTS in a YAML
-    assert load_config("common/models/fcos.py").MODEL.META_ARCHITECTURE == "CAMFCOS"
+    assert (cfg.MODEL.WEIGHTS, cfg.MODEL.DEVICE) == ("random", "cpu")
+    assert load_config("common/models/fcos.py", weights).MODEL.META_ARCHITECTURE == "CAMFCOS"
 
 
 def test_lazy_config_refusals(tmp_path, image, capsys):
