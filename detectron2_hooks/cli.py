@@ -307,6 +307,7 @@ def _load_lazy(
         lazy = LazyConfig.apply_overrides(lazy, opts)
     except Exception as exc:
         raise ConfigError(f"--opts: {type(exc).__name__}: {first_line(exc)}") from None
+    lazy = to_cam_config(lazy)  # first: a file with no detector is refused as such
     checkpoint = (lazy.get("train") or {}).get("init_checkpoint")
     if not checkpoint:
         # The weights check of the YAML route would name MODEL.WEIGHTS, no LazyConfig key.
@@ -315,7 +316,6 @@ def _load_lazy(
             "weights; pass --opts train.init_checkpoint=/path/to/model.pkl (or "
             f"train.init_checkpoint={RANDOM_WEIGHTS} to run with random weights, meaningless maps)"
         )
-    lazy = to_cam_config(lazy)
     if confidence_threshold is not None:
         _set_score_threshold(lazy.model, confidence_threshold)
     try:
