@@ -156,14 +156,14 @@ def _dense_check(zoo, inst: Instances, image: int, outputs) -> None:
         a, hw = index % num_anchors, index // num_anchors
         h, w = hw // width, hw % width
         z = per_level[image, a * num_classes + k, h, w]
-        assert float(inst.cam_logit[d]) == pytest.approx(float(z), abs=1e-6)
+        assert float(inst.cam_logit[d].detach()) == pytest.approx(float(z), abs=1e-6)
         if zoo.kind == "fcos":
             c = outputs[2][level][image, 0, h, w]
-            assert float(inst.cam_centerness_logit[d]) == pytest.approx(float(c), abs=1e-6)
+            assert float(inst.cam_centerness_logit[d].detach()) == pytest.approx(float(c), abs=1e-6)
             score = torch.sqrt(torch.sigmoid(z) * torch.sigmoid(c))
         else:
             score = torch.sigmoid(z)
-        assert float(inst.scores[d]) == pytest.approx(float(score), abs=1e-6)
+        assert float(inst.scores[d].detach()) == pytest.approx(float(score), abs=1e-6)
 
 
 def _roi_logits(heads, features, boxes: torch.Tensor, stage: int | None = None):
