@@ -206,7 +206,9 @@ def tiny_lazy_config(kind: str, num_classes: int = 3, *, cam: bool = True):
         else:
             backbone.top_block.in_channels = 64  # P5
         model.head.input_shape = [ShapeSpec(channels=64)] * 5
-        model.head.conv_dims = [32, 32, 32, 32]
+        # FCOS's GN has 32 groups: 64 channels keep two values per group on a 1x1 P7.
+        width = 64 if kind == "fcos" else 32
+        model.head.conv_dims = [width] * 4
         model.num_classes = num_classes
         model.test_score_thresh = 0.001
         model.test_topk_candidates = 100
