@@ -64,6 +64,7 @@ from lightning_gradcam.core.methods import check_methods, get_method, method_nam
 from lightning_gradcam.core.render import COLORMAPS
 from lightning_gradcam.pictures import detection_label, detection_pictures, detections_picture
 
+from .adapters import not_yet_explained
 from .config import add_gradcam_config, default_layer, to_cam_config
 from .explain import Detection, DetectionCAM
 from .weights import (
@@ -116,9 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--config-file",
         required=True,
         metavar="FILE",
-        help="a detectron2 YAML config, or a model-zoo name such as "
-        "COCO-Detection/faster_rcnn_R_50_C4_1x.yaml or COCO-Detection/retinanet_R_50_FPN_1x.yaml; "
-        "stock configs are switched to the CAM adapters",
+        help="a detectron2 YAML or LazyConfig (.py) file, or a model-zoo name such as "
+        "COCO-Detection/faster_rcnn_R_50_C4_1x.yaml, common/models/retinanet.py or "
+        "new_baselines/mask_rcnn_R_50_FPN_100ep_LSJ.py; stock configs are switched to the CAM "
+        "adapters",
     )
     parser.add_argument(
         "--input",
@@ -170,8 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY VALUE",
         help="config overrides, as detectron2's demos: e.g. --opts MODEL.WEIGHTS "
-        "/path/to/model.pkl MODEL.DEVICE cpu (MODEL.WEIGHTS random: random weights). Must "
-        "come last",
+        "/path/to/model.pkl MODEL.DEVICE cpu (MODEL.WEIGHTS random: random weights); for a "
+        ".py LazyConfig key=value as lazyconfig_train_net.py: --opts "
+        "train.init_checkpoint=/path/to/model.pkl train.device=cpu. Must come last",
     )
     return parser
 
@@ -194,43 +197,48 @@ def _zoo_names() -> list[str]:
 
 
 def config_path(name: str) -> str:
-    """A YAML path for ``--config-file``: the file itself, else a model-zoo config name.
+    """A config path for ``--config-file``: the file itself, else a model-zoo config name
+    (YAML, or LazyConfig ``.py`` such as ``common/models/retinanet.py``).
 
     Raises:
         ConfigError: neither; the message names close model-zoo names.
     """
     if os.path.isfile(name):
-        path = name
-    else:
-        zoo = _zoo_names()
-        if name not in zoo:
-            close = difflib.get_close_matches(name, zoo, n=3, cutoff=0.6)
-            hint = f"did you mean {', '.join(close)}? " if close else ""
-            raise ConfigError(
-                f"config file {name} does not exist and is not a model-zoo config; {hint}give a "
-                "YAML path or a name such as COCO-Detection/faster_rcnn_R_50_C4_1x.yaml"
-            )
-        path = str(_zoo_root() / name)
-    if path.endswith(".py"):
+        return name
+    zoo = _zoo_names()
+    if name not in zoo:
+        close = difflib.get_close_matches(name, zoo, n=3, cutoff=0.6)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
         raise ConfigError(
-            f"{name} is a LazyConfig (.py); this command reads YAML configs (e.g. "
-            "COCO-Detection/retinanet_R_50_FPN_1x.yaml)"
+            f"config file {name} does not exist and is not a model-zoo config; {hint}give a "
+            "YAML or LazyConfig (.py) path, or a name such as "
+            "COCO-Detection/faster_rcnn_R_50_C4_1x.yaml or common/models/retinanet.py"
         )
-    return path
+    return str(_zoo_root() / name)
 
 
 def load_config(
     config_file: str, opts: Sequence[str] = (), confidence_threshold: float | None = None
 ) -> CfgNode:
-    """``get_cfg()`` + ``cfg.GRADCAM`` keys, merged with the file and ``opts``, switched to
-    the CAM adapters (``to_cam_config``); ``confidence_threshold`` sets every
-    ``SCORE_THRESH_TEST``.
+    """The config of ``config_file`` with ``opts``, switched to the CAM adapters
+    (``to_cam_config``); ``confidence_threshold`` sets every test score threshold.
+
+    A YAML config: ``get_cfg()`` + ``cfg.GRADCAM`` keys, merged with the file and ``opts``
+    (``KEY VALUE`` pairs). A LazyConfig (``.py``): loaded by ``LazyConfig.load``, ``opts`` as
+    ``key=value`` overrides (as ``tools/lazyconfig_train_net.py`` takes them, e.g.
+    ``train.init_checkpoint=model.pkl model.roi_heads.num_classes=3``), then described by a
+    ``CfgNode`` (see ``_describe_lazy``) that also carries it for ``_build``.
 
     Raises:
-        ConfigError: unknown file, unknown key, bad YAML or an odd ``opts``; ValueError: a
-            detector with no CAM adapter.
+        ConfigError: unknown file, unknown key, bad YAML or Python, an odd ``opts``, or a
+            LazyConfig without ``train.init_checkpoint``; ValueError: a detector with no CAM
+            adapter.
     """
     path = config_path(config_file)
+    if confidence_threshold is not None and not 0.0 <= confidence_threshold <= 1.0:
+        raise ConfigError(f"--confidence-threshold must be in [0, 1], got {confidence_threshold}")
+    if path.endswith(".py"):
+        return _load_lazy(config_file, path, list(opts), confidence_threshold)
     cfg = add_gradcam_config(get_cfg())
     # detectron2's own RetinaNet YAML needs yaml.unsafe_load (a Python tag computes the anchor
     # sizes), and says so with a warning; for the configs shipped with detectron2 that warning
@@ -257,13 +265,120 @@ def load_config(
     except Exception as exc:
         raise ConfigError(f"--opts: {_yacs_message(exc)}") from None
     if confidence_threshold is not None:
-        if not 0.0 <= confidence_threshold <= 1.0:
-            raise ConfigError(
-                f"--confidence-threshold must be in [0, 1], got {confidence_threshold}"
-            )
         cfg.MODEL.RETINANET.SCORE_THRESH_TEST = confidence_threshold
         cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = confidence_threshold
     return to_cam_config(cfg)
+
+
+#: Where ``_build`` finds the LazyConfig behind a ``CfgNode`` made by ``_describe_lazy``
+#: (in the node's ``__dict__``, beside yacs's own flags, so it is no config key).
+_LAZY = "_lazy_config"
+
+
+def _load_lazy(
+    config_file: str, path: str, opts: list[str], confidence_threshold: float | None
+) -> CfgNode:
+    from detectron2.config import LazyConfig
+
+    stray = [word for word in opts if word.startswith("--")]
+    if stray:
+        raise ConfigError(
+            f"--opts takes everything after it as key=value overrides, and {stray[0]} is not "
+            f"one: put {stray[0]} before --opts"
+        )
+    bad = [word for word in opts if "=" not in word]
+    if bad:
+        raise ConfigError(
+            f"--opts {bad[0]}: a LazyConfig (.py) takes key=value overrides, as detectron2's "
+            "lazyconfig_train_net.py does, e.g. --opts train.init_checkpoint=model.pkl "
+            "train.device=cpu"
+        )
+    try:
+        with warnings.catch_warnings():
+            # Imports made by the file (ViTDet's timm) warn about their own deprecations.
+            warnings.simplefilter("ignore", FutureWarning)
+            lazy = LazyConfig.load(path)
+    except Exception as exc:  # the file runs as Python: any error
+        raise ConfigError(
+            f"cannot read config {config_file}: {type(exc).__name__}: {first_line(exc)}"
+        ) from None
+    try:
+        lazy = LazyConfig.apply_overrides(lazy, opts)
+    except Exception as exc:
+        raise ConfigError(f"--opts: {type(exc).__name__}: {first_line(exc)}") from None
+    lazy = to_cam_config(lazy)  # first: a file with no detector is refused as such
+    checkpoint = (lazy.get("train") or {}).get("init_checkpoint")
+    if not checkpoint:
+        # The weights check of the YAML route would name MODEL.WEIGHTS, no LazyConfig key.
+        raise ConfigError(
+            f"{config_file} has no train.init_checkpoint, so the detector would have random "
+            "weights; pass --opts train.init_checkpoint=/path/to/model.pkl (or "
+            f"train.init_checkpoint={RANDOM_WEIGHTS} to run with random weights, meaningless maps)"
+        )
+    if confidence_threshold is not None:
+        _set_score_threshold(lazy.model, confidence_threshold)
+    try:
+        return _describe_lazy(lazy)
+    except Exception as exc:  # a field of the wrong type, a broken interpolation
+        raise ConfigError(
+            f"cannot read config {config_file}: {type(exc).__name__}: {first_line(exc)}"
+        ) from None
+
+
+def _set_score_threshold(model, value: float) -> None:
+    """Every test score threshold of a LazyConfig model node."""
+    if "test_score_thresh" in model or "roi_heads" not in model:
+        model.test_score_thresh = value  # RetinaNet, FCOS
+        return
+    heads = model.roi_heads
+    for predictor in heads.get("box_predictors") or [heads.get("box_predictor")]:
+        if predictor is not None:
+            predictor.test_score_thresh = value
+
+
+def _describe_lazy(lazy) -> CfgNode:
+    """A ``CfgNode`` with the few keys this command reads, taken from a (CAM) LazyConfig:
+
+    ``MODEL.META_ARCHITECTURE`` / ``MODEL.ROI_HEADS.NAME`` (the classes' names),
+    ``*.NUM_CLASSES`` (``model.num_classes`` or ``model.roi_heads.num_classes``),
+    ``INPUT.FORMAT`` (``model.input_format``, default BGR), ``MODEL.DEVICE`` and
+    ``MODEL.WEIGHTS`` (``train.device``, default cpu, / ``train.init_checkpoint``), ``INPUT.MIN/MAX_SIZE_TEST`` (the
+    ``ResizeShortestEdge`` of ``dataloader.test.mapper.augmentations``, else detectron2's
+    defaults), ``DATASETS.TEST`` (``dataloader.test.dataset.names``). The LazyConfig itself
+    rides along for ``_build``.
+    """
+    from detectron2.data import transforms as T
+
+    from .config import lazy_target
+
+    cfg = add_gradcam_config(get_cfg())
+    model = lazy.model
+    arch = lazy_target(model._target_)
+    cfg.MODEL.META_ARCHITECTURE = getattr(arch, "__name__", str(arch))
+    heads = model.get("roi_heads")
+    if heads is not None:
+        cls = lazy_target(heads._target_)
+        cfg.MODEL.ROI_HEADS.NAME = getattr(cls, "__name__", str(cls))
+        count = heads.num_classes
+    else:
+        count = model.num_classes
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = cfg.MODEL.RETINANET.NUM_CLASSES = int(count)
+    cfg.INPUT.FORMAT = str(model.get("input_format", "BGR"))
+    train = lazy.train
+    cfg.MODEL.DEVICE = str(train.get("device", "cpu"))
+    cfg.MODEL.WEIGHTS = str(train.init_checkpoint)
+    test = (lazy.get("dataloader") or {}).get("test") or {}
+    for aug in (test.get("mapper") or {}).get("augmentations") or []:
+        if lazy_target(aug.get("_target_")) is T.ResizeShortestEdge:
+            size = aug.short_edge_length
+            size = size if isinstance(size, int) else min(size)
+            cfg.INPUT.MIN_SIZE_TEST = int(size)
+            cfg.INPUT.MAX_SIZE_TEST = int(aug.get("max_size", cfg.INPUT.MAX_SIZE_TEST))
+    names = (test.get("dataset") or {}).get("names")
+    if names:
+        cfg.DATASETS.TEST = (names,) if isinstance(names, str) else tuple(names)
+    cfg.__dict__[_LAZY] = lazy
+    return cfg
 
 
 def _yacs_message(exc: BaseException) -> str:
@@ -415,19 +530,38 @@ def _prepare_image(image: np.ndarray, cfg: CfgNode, resize) -> tuple[np.ndarray,
 
 
 def _build(cfg: CfgNode, config_file: str) -> torch.nn.Module:
-    """``build_model(cfg)`` in eval mode, its random initialisation seeded (0) without touching
-    the caller's RNG, so ``MODEL.WEIGHTS random`` gives the same model every time."""
+    """The detector in eval mode: ``build_model(cfg)``, or ``instantiate`` of the LazyConfig's
+    model (moved to ``cfg.MODEL.DEVICE``); its random initialisation seeded (0) without
+    touching the caller's RNG, so ``random`` weights give the same model every time.
+
+    Raises:
+        ConfigError: detectron2 cannot build it, or DetectionCAM does not explain it yet.
+    """
     from detectron2.modeling import build_model
 
+    lazy = cfg.__dict__.get(_LAZY)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         try:
-            return build_model(cfg).eval()
+            if lazy is None:
+                model = build_model(cfg)
+            else:
+                from detectron2.config import instantiate
+
+                model = instantiate(lazy.model).to(torch.device(cfg.MODEL.DEVICE))
         except Exception as exc:  # detectron2 asserts on many inconsistent configs
             raise ConfigError(
                 f"cannot build the detector of {config_file} ({type(exc).__name__}: "
                 f"{first_line(exc)}); check the config and --opts"
             ) from None
+    what = not_yet_explained(model)
+    if what is not None:
+        raise ConfigError(
+            f"{config_file}: {what} is not explained by this command yet (its CAM adapter "
+            "records the provenance; DetectionCAM learns it next); use a Faster/Mask R-CNN "
+            "(C4, FPN, ViTDet) or RetinaNet config"
+        )
+    return model.eval()
 
 
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
