@@ -14,7 +14,7 @@ import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
-from lightning_gradcam.synthetic import SHAPE_NAMES, draw_scene
+from lightning_gradcam.core.synthetic import SHAPE_NAMES, draw_scene
 
 __all__ = ["make_shape_dicts", "register_shapes", "unregister"]
 

@@ -7,7 +7,7 @@ import numpy as np
 
 from .core import images_io
 from .core.images_io import *  # noqa: F403  (re-exported: the command's file functions)
-from .synthetic import draw_scene
+from .core.synthetic import draw_scene
 
 __all__ = [*images_io.__all__, "sample_image"]
 
