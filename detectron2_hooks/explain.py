@@ -46,6 +46,7 @@ from torch import nn
 from lightning_gradcam.core.capture import ActivationCapture
 from lightning_gradcam.core.gradients import batched_gradients
 from lightning_gradcam.core.layers import resolve_layer, unwrap_model
+from lightning_gradcam.core.layouts import Reshape, check_reshape, to_feature_maps
 from lightning_gradcam.core.methods import (
     GRADIENT_METHODS,
     GUIDED_METHODS,
@@ -238,6 +239,8 @@ class DetectionCAM:
         methods: any of ``gradcam``, ``gradcam++``, ``xgradcam``, ``layercam``, ``hirescam``.
             At image-level and RetinaNet head layers use ``hirescam`` for a map specific to the
             detection (see the module docstring).
+        reshape: a callable turning an image-level layer's output into ``(N, C, h, w)``;
+            ``(N, h, w, C)`` outputs (ViTDet, Swin backbones) are recognised without it.
 
     The pass leaves no trace: every submodule's train/eval flag, ``requires_grad``, the RNG
     state, BatchNorm statistics and parameters' ``.grad`` are as before; hooks are removed on
@@ -249,8 +252,10 @@ class DetectionCAM:
         model: nn.Module,
         layer: str | Sequence[str] | None = None,
         methods: str | Sequence[str] = ("gradcam", "gradcam++"),
+        reshape: Reshape | None = None,
     ):
         self.model = unwrap_model(model)
+        self.reshape = check_reshape(reshape)
         if not is_cam_model(self.model):
             heads = getattr(self.model, "roi_heads", None)
             what = type(heads).__name__ if heads is not None else type(self.model).__name__
@@ -641,6 +646,8 @@ class DetectionCAM:
         for name in self.layers:
             acts, grads = per_layer[name]
             kind = kinds[name]
+            if kind == "image":  # ViTDet / Swin backbones: (N, h, w, C) -> (N, C, h, w)
+                acts, grads = to_feature_maps(self.model, name, acts, grads, padded, self.reshape)
             for d, det in enumerate(detections):
                 # One detection at a time: level sizes differ for head layers, and small
                 # tensors keep the method arithmetic in cache.

@@ -322,3 +322,26 @@ def _detect_tokens(
         f"cannot tell how the {tokens} tokens form a grid (prefix + h x w that fit: {found}). "
         + _hint(shape, name, size)
     )
+
+
+def to_feature_maps(
+    model: nn.Module,
+    name: str,
+    activations: torch.Tensor | list[torch.Tensor],
+    gradients: torch.Tensor,
+    input_size: tuple[int, int],
+    reshape: Reshape | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Activations and gradients of layer ``name`` of ``model`` (``(D, ...)`` each, or a
+    list of ``D`` activations) as ``(D, C, h, w)`` each, through one layout: the user's
+    ``reshape`` or :func:`detect_layout`'s. For callers that hold per-detection rows
+    (detectron2's image-level layers)."""
+    from .layers import layer_context  # layers.py imports this module for default layers
+
+    acts = torch.stack(list(activations)) if isinstance(activations, list) else activations
+    if reshape is not None:
+        layout = user_layout(reshape)
+    else:
+        module, owners, parent = layer_context(model, name)
+        layout = detect_layout(acts, name, input_size, module, owners, parent)
+    return layout.to_bchw(acts), layout.to_bchw(gradients)
