@@ -29,7 +29,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["Layout", "LayoutError", "Reshape", "detect_layout", "user_layout", "layer_channels"]
+__all__ = [
+    "Layout",
+    "LayoutError",
+    "Reshape",
+    "check_reshape",
+    "detect_layout",
+    "layer_channels",
+    "to_feature_maps",
+    "user_layout",
+]
 
 #: A user's layout: activation (or gradient, same shape) -> ``(B, C, h, w)``.
 Reshape = Callable[[torch.Tensor], torch.Tensor]
