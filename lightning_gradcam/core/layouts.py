@@ -124,29 +124,49 @@ def layer_channels(module: nn.Module, parent: nn.Module | None = None) -> int | 
     ``out_features``, ``num_features``, ``num_channels``, ``normalized_shape[-1]``), else as the
     last such submodule says, else (a parameter-free leaf such as a ReLU) its nearest earlier
     sibling in ``parent``. ``None`` when nothing says."""
+    return _channels_and_axis(module, parent)[0]
 
-    def own(m: nn.Module) -> int | None:
-        for attribute in _CHANNEL_ATTRIBUTES:
-            value = getattr(m, attribute, None)
-            if isinstance(value, int) and value > 0:
-                return value
-        shape = getattr(m, "normalized_shape", None)
-        if isinstance(shape, (tuple, list)) and shape and isinstance(shape[-1], int):
-            return int(shape[-1])
-        return None
 
+def _own_channels(m: nn.Module) -> tuple[int | None, str | None]:
+    """A module's channel count and the axis it puts them on in a 4-D tensor: ``"first"``
+    for convolutions and batch/group/instance norms (and ``*2d`` layer norms), ``"last"``
+    for linear layers and layer norms."""
+    axis = "last" if isinstance(m, (nn.Linear, nn.LayerNorm)) else "first"
+    if "2d" in type(m).__name__.lower():
+        axis = "first"
+    for attribute in _CHANNEL_ATTRIBUTES:
+        value = getattr(m, attribute, None)
+        if isinstance(value, int) and value > 0:
+            return value, axis
+    shape = getattr(m, "normalized_shape", None)
+    if isinstance(shape, (tuple, list)) and shape and isinstance(shape[-1], int):
+        return int(shape[-1]), axis
+    return None, None
+
+
+def _channels_and_axis(
+    module: nn.Module, parent: nn.Module | None = None
+) -> tuple[int | None, str | None]:
+    """:func:`layer_channels`, with the axis its source module uses; a permutation
+    (a module named ``*Permute*``) after that source flips the axis (torchvision's
+    ``CNBlock`` ends ``Linear, Permute``)."""
+    flipped = False
     for m in reversed(list(module.modules())):
-        count = own(m)
+        if "permute" in type(m).__name__.lower():
+            flipped = not flipped
+        count, axis = _own_channels(m)
         if count is not None:
-            return count
+            if flipped:
+                axis = {"first": "last", "last": "first"}[axis]
+            return count, axis
     if parent is not None:
         siblings = list(parent.children())
         index = next((i for i, m in enumerate(siblings) if m is module), None)
         for m in reversed(siblings[:index] if index is not None else []):
-            count = layer_channels(m)
+            count, axis = _channels_and_axis(m)
             if count is not None:
-                return count
-    return None
+                return count, axis
+    return None, None
 
 
 def _pair(value: object) -> tuple[int, int] | None:
@@ -265,9 +285,9 @@ def detect_layout(
     """
     shape = tuple(activation.shape)
     size = (int(input_size[0]), int(input_size[1]))
-    channels = layer_channels(module, parent) if module is not None else None
+    channels, axis = _channels_and_axis(module, parent) if module is not None else (None, None)
     if activation.dim() == 4:
-        return _detect_4d(shape, name, size, channels)
+        return _detect_4d(shape, name, size, channels, axis)
     if activation.dim() == 3:
         return _detect_tokens(shape, name, size, channels, list(owners))
     raise LayoutError(
@@ -278,7 +298,11 @@ def detect_layout(
 
 
 def _detect_4d(
-    shape: tuple[int, ...], name: str, size: tuple[int, int], channels: int | None
+    shape: tuple[int, ...],
+    name: str,
+    size: tuple[int, int],
+    channels: int | None,
+    axis: str | None,
 ) -> Layout:
     _, a, b, c = shape
     readings = {"BCHW": (b, c), "BHWC": (a, b)}
@@ -291,6 +315,11 @@ def _detect_4d(
     if len(fitting) == 1:
         kind = fitting[0]
         return Layout(kind, readings[kind], source="shapes: the grid that fits the input size")
+    if len(fitting) == 2 and len(by_channels) == 2 and axis is not None:
+        # As many channels as rows and columns (16 channels on a 16x16 grid): the module
+        # that made the channels says on which axis it puts them.
+        kind = "BCHW" if axis == "first" else "BHWC"
+        return Layout(kind, readings[kind], source=f"the layer's modules: channels {axis}")
     said = f"its channel count {channels} " if channels else "its channel count (unknown) "
     raise LayoutError(
         f"cannot tell whether the channels are the second or the last axis: {said}and the "

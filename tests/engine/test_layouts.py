@@ -265,3 +265,21 @@ def test_channels_first_sequence_and_bad_reshape_are_refused():
         CAMEngine(model, layer="0.2", reshape=lambda a: a).explain(images)
     with pytest.raises(TypeError, match="reshape must be a callable"):
         CAMEngine(model, reshape="tokens")
+
+
+def test_as_many_channels_as_rows_and_columns_is_decided_by_the_layers_modules():
+    """(B, 16, 16, 16) fits both readings by shape; the module that made the channels
+    says where they are, and with nothing to say the engine refuses."""
+    from torchvision.models.convnext import CNBlock
+
+    from lightning_gradcam.core.layouts import detect_layout
+
+    out = torch.zeros(2, 16, 16, 16)
+    conv = nn.Conv2d(3, 16, 3, padding=1)
+    mlp = nn.Sequential(nn.LayerNorm(16), nn.Linear(16, 16))
+    block = CNBlock(16, layer_scale=1e-6, stochastic_depth_prob=0.0)  # ends Linear, Permute
+    assert detect_layout(out, "conv", (32, 32), conv).kind == "BCHW"
+    assert detect_layout(out, "mlp", (32, 32), mlp).kind == "BHWC"
+    assert detect_layout(out, "block", (32, 32), block).kind == "BCHW"
+    with pytest.raises(LayoutError, match=r"'act' outputs shape \(2, 16, 16, 16\)"):
+        detect_layout(out, "act", (32, 32), nn.GELU())
