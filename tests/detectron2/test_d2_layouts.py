@@ -9,6 +9,7 @@ import pytest
 import torch
 from detectron2 import model_zoo
 from detectron2.config import instantiate
+from detectron2.layers import ShapeSpec
 
 from detectron2_hooks import DetectionCAM
 from detectron2_hooks.adapters import CAMStandardROIHeads
@@ -28,6 +29,11 @@ def vitdet():
     config.roi_heads.num_classes = 3
     config.roi_heads.mask_in_features = None
     config.pixel_std = [57.4, 57.1, 58.4]
+    config.proposal_generator.pre_nms_topk = (200, 100)  # few proposals, a thin box head
+    config.proposal_generator.post_nms_topk = (100, 20)
+    config.roi_heads.box_head.conv_dims = [32]
+    config.roi_heads.box_head.fc_dims = [64]
+    config.roi_heads.box_predictor.input_shape = ShapeSpec(channels=64)
     torch.manual_seed(0)
     model = instantiate(config).eval()
     model.roi_heads.box_predictor.test_score_thresh = 0.0
