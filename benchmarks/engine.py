@@ -1,14 +1,16 @@
 """Side-by-side timing of the CAM engine against a plain forward (and pytorch-grad-cam).
 
-ResNet-50 (random weights), batch 8, 224x224, layer4, on the CPU. Each timed variant runs
+ResNet-50 at ``layer4`` and ViT-S/16 (timm ``vit_small_patch16_224``) at ``blocks.11.norm1``
+(tokens, read by the engine's layout; pytorch-grad-cam gets its ``reshape_transform``), random
+weights, batch 8, 224x224, on the CPU. Each timed variant runs
 ``--repeats`` times, interleaved round-robin so that machine noise hits all of them alike;
 the median is reported, and ratios are taken to the median ``no_grad`` forward.
 
-Targets (issue 2): Grad-CAM <= 1.10x the forward; all five gradient methods together
-<= 1.15x; Grad-CAM >= 2.5x faster than pytorch-grad-cam's ``GradCAM`` (if installed:
-``pip install -e .[bench]``).
+Targets (issues 2 and 10, for each model): Grad-CAM <= 1.10x the forward; all five
+gradient methods together <= 1.15x; Grad-CAM >= 2.5x faster than pytorch-grad-cam's
+``GradCAM`` (if installed: ``pip install -e .[bench]``; timm for the ViT).
 
-    python benchmarks/engine.py [--repeats 7] [--batch 8] [--threads N]
+    python benchmarks/engine.py [--repeats 7] [--batch 8] [--threads N] [--models resnet50 vit_s16]
 """
 
 from __future__ import annotations
@@ -26,13 +28,33 @@ from lightning_gradcam import CAMEngine
 FIVE = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam")
 
 
-def pytorch_grad_cam_runner(model: torch.nn.Module, images: torch.Tensor) -> Callable | None:
+def pytorch_grad_cam_runner(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    layer: torch.nn.Module,
+    reshape_transform: Callable | None = None,
+) -> Callable | None:
     try:
         from pytorch_grad_cam import GradCAM
     except ImportError:
         return None
-    cam = GradCAM(model=model, target_layers=[model.layer4])
+    cam = GradCAM(model=model, target_layers=[layer], reshape_transform=reshape_transform)
     return lambda: cam(input_tensor=images, targets=None)
+
+
+def vit_tokens_to_maps(tokens: torch.Tensor, h: int = 14, w: int = 14) -> torch.Tensor:
+    """pytorch-grad-cam's ViT ``reshape_transform``: drop the class token, tokens to a grid."""
+    return tokens[:, 1:].reshape(tokens.shape[0], h, w, tokens.shape[-1]).permute(0, 3, 1, 2)
+
+
+def build(name: str) -> tuple[torch.nn.Module, str, Callable | None]:
+    """``(model, layer name, pytorch-grad-cam reshape_transform)``."""
+    if name == "resnet50":
+        return torchvision.models.resnet50(weights=None).eval(), "layer4", None
+    import timm
+
+    model = timm.create_model("vit_small_patch16_224", pretrained=False).eval()
+    return model, "blocks.11.norm1", vit_tokens_to_maps
 
 
 def main() -> None:
@@ -40,25 +62,34 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--models", nargs="+", choices=("resnet50", "vit_s16"), default=["resnet50", "vit_s16"]
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    for name in args.models:
+        bench(name, args)
+
+
+def bench(model_name: str, args: argparse.Namespace) -> None:
     torch.manual_seed(0)
-    model = torchvision.models.resnet50(weights=None).eval()
+    model, layer, reshape_transform = build(model_name)
     images = torch.rand(args.batch, 3, 224, 224)
 
     def forward() -> None:
         with torch.no_grad():
             model(images)
 
-    gradcam = CAMEngine(model, layer="layer4", methods=("gradcam",))
-    all_five = CAMEngine(model, layer="layer4", methods=FIVE)
+    gradcam = CAMEngine(model, layer=layer, methods=("gradcam",))
+    all_five = CAMEngine(model, layer=layer, methods=FIVE)
     runners: dict[str, Callable] = {
         "no_grad forward": forward,
         "CAMEngine gradcam": lambda: gradcam.explain(images),
         "CAMEngine 5 methods": lambda: all_five.explain(images),
     }
-    theirs = pytorch_grad_cam_runner(model, images)
+    module = dict(model.named_modules())[layer]
+    theirs = pytorch_grad_cam_runner(model, images, module, reshape_transform)
     if theirs is not None:
         runners["pytorch-grad-cam GradCAM"] = theirs
 
@@ -74,7 +105,7 @@ def main() -> None:
     median = {name: statistics.median(values) for name, values in times.items()}
     base = median["no_grad forward"]
     print(
-        f"ResNet-50, batch {args.batch}, 224x224, layer4, {torch.get_num_threads()} threads, "
+        f"{model_name}, batch {args.batch}, 224x224, {layer}, {torch.get_num_threads()} threads, "
         f"median of {args.repeats}"
     )
     for name, seconds in median.items():

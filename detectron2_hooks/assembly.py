@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from lightning_gradcam.core.layouts import Reshape, to_feature_maps
 from lightning_gradcam.core.methods import compute_cam, normalize_maps, upsample_maps
 
 from .pullback import LayerEvidence
@@ -137,10 +139,14 @@ def assemble_detections(
     evidence: dict[str, LayerEvidence],
     layers: Sequence[str],
     methods: Sequence[str],
+    model: nn.Module,
+    reshape: Reshape | None = None,
 ) -> list[list[Detection]]:
     """One list of :class:`Detection` per image of the forward, in selection order.
 
     ``layers`` fixes the order of ``maps_by_layer``; ``layers[0]`` is ``Detection.layer``.
+    Image-level activations and gradients go through one layout first (``reshape``, or the
+    one ``core.layouts`` recognises: ViTDet and Swin backbones output ``(N, h, w, C)``).
     """
     kinds = {name: evidence[name].kind for name in layers}
     results: list[list[Detection]] = [[] for _ in selection.forward.instances]
@@ -152,11 +158,16 @@ def assemble_detections(
     padded = selection.forward.padded_size
     for name in layers:
         layer = evidence[name]
+        activations, gradients = layer.activations, layer.gradients
+        if layer.kind == "image":
+            activations, gradients = to_feature_maps(
+                model, name, activations, gradients, padded, reshape
+            )
         for d, det in enumerate(detections):
             # One detection at a time: level sizes differ for head layers, and small
             # tensors keep the method arithmetic in cache.
-            a = layer.activations[d][None].detach()
-            g = layer.gradients[d][None].detach()
+            a = activations[d][None].detach()
+            g = gradients[d][None].detach()
             raw = torch.cat([compute_cam(method, a, g) for method in methods])  # (M, h, w)
             height, width = selection.forward.image_sizes[det.image_index]
             if layer.kind == "roi":
@@ -164,7 +175,7 @@ def assemble_detections(
                     normalize_maps(raw), det.proposal_box[None].expand(len(raw), 4), (height, width)
                 )
             else:
-                full = normalize_maps(upsample_maps(raw, padded)[:, :height, :width])
+                full = normalize_maps(upsample_maps(raw, padded)[:, :height, :width], flat_at=raw)
             det.maps_by_layer[name] = dict(zip(methods, full.float()))
             det.layer_maps_by_layer[name] = dict(zip(methods, raw.float()))
     return results

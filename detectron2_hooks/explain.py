@@ -50,6 +50,7 @@ from torch import nn
 
 from lightning_gradcam.core.capture import ActivationCapture
 from lightning_gradcam.core.layers import resolve_layer, unwrap_model
+from lightning_gradcam.core.layouts import Reshape, check_reshape
 from lightning_gradcam.core.methods import check_methods
 from lightning_gradcam.core.state import cam_mode, preserve_model_state
 
@@ -81,6 +82,8 @@ class DetectionCAM:
             backward pass to the input, which DetectionCAM does not run).
             At image-level and RetinaNet head layers use ``hirescam`` for a map specific to the
             detection (see the module docstring).
+        reshape: a callable turning an image-level layer's output into ``(N, C, h, w)``;
+            ``(N, h, w, C)`` outputs (ViTDet, Swin backbones) are recognised without it.
 
     The pass leaves no trace: every submodule's train/eval flag, ``requires_grad``, the RNG
     state, BatchNorm statistics and parameters' ``.grad`` are as before; hooks are removed on
@@ -92,8 +95,10 @@ class DetectionCAM:
         model: nn.Module,
         layer: str | Sequence[str] | None = None,
         methods: str | Sequence[str] = ("gradcam", "gradcam++"),
+        reshape: Reshape | None = None,
     ):
         self.model = unwrap_model(model)
+        self.reshape = check_reshape(reshape)
         self.detector = describe_detector(self.model)
         if layer is None:
             layer = self.detector.default_layer
@@ -138,4 +143,6 @@ class DetectionCAM:
                 return [[] for _ in inputs]
             sites = locate_layers(self.detector, self.modules, capture, reader)
             evidence = gather_evidence(self.detector, sites, selection, capture, reader)
-            return assemble_detections(selection, evidence, self.layers, self.methods)
+            return assemble_detections(
+                selection, evidence, self.layers, self.methods, self.model, self.reshape
+            )

@@ -17,6 +17,7 @@ import torch
 
 from .batch import Samples, default_batch_parser, make_samples, to_samples
 from .core.layers import resolve_layer
+from .core.layouts import check_reshape
 from .core.methods import check_methods
 from .core.render import colormap_code, to_uint8_image
 from .core.tracking import DriftTracker
@@ -75,9 +76,12 @@ class GradCAMCallback(*CALLBACK_BASES):
 
     Args:
         layer: dotted name of the layer to explain, relative to the LightningModule
-            (``"net.layer4"``), or ``None`` for the last layer with a spatial 4-D output.
-            A wrong name fails at ``on_fit_start``, before any training step, listing
-            close matches.
+            (``"net.layer4"``), or ``None`` for a default: a CNN's last spatial 4-D output, a
+            ViT's last block's first norm, a Swin's last stage (``docs/layouts.md``). A wrong
+            name fails at ``on_fit_start``, before any training step, listing close matches.
+        reshape: a callable turning the layer's output into ``(B, C, h, w)`` (applied to
+            its gradient too), for layouts the engine cannot tell by itself; ``(B, C, h, w)``,
+            ``(B, h, w, C)`` and ViT tokens ``(B, P + h*w, C)`` need none.
         methods: one or more of ``gradcam``, ``gradcam++``, ``xgradcam``, ``layercam``,
             ``hirescam``, ``guided_backprop``, ``guided_gradcam``, ``guided_gradcam++``, or a
             name added with ``lightning_gradcam.register_method``.
@@ -141,6 +145,7 @@ class GradCAMCallback(*CALLBACK_BASES):
         max_image_size: int | None = 256,
         class_names: Sequence[str] | None = None,
         filmstrip_size: int | None = 96,
+        reshape: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         if layer is not None and (not isinstance(layer, str) or not layer.strip()):
             raise ValueError(
@@ -173,6 +178,7 @@ class GradCAMCallback(*CALLBACK_BASES):
         self.tag_prefix = tag_prefix.strip("/ ")
         self.max_image_size = _optional_size(max_image_size, "max_image_size")
         self.filmstrip_size = _optional_size(filmstrip_size, "filmstrip_size")
+        self.reshape = check_reshape(reshape)
         if class_names is not None and (
             isinstance(class_names, str) or not all(isinstance(n, str) for n in class_names)
         ):
@@ -400,7 +406,9 @@ class GradCAMCallback(*CALLBACK_BASES):
         return self._sink
 
     def _explain(self, pl_module: Any) -> CAMResult:
-        engine = CAMEngine(pl_module, layer=self._layer_name, methods=self.methods)
+        engine = CAMEngine(
+            pl_module, layer=self._layer_name, methods=self.methods, reshape=self.reshape
+        )
         result = engine.explain(self._samples.images, targets=self._target_spec())
         self._layer_name = result.layer
         if result.scores.shape[1] != 1:

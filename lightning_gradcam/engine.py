@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -11,7 +12,8 @@ from torch import nn
 from .core.capture import ActivationCapture
 from .core.gradients import row_gradients
 from .core.guided import guided_relus, normalize_gradient_image
-from .core.layers import find_last_4d_layer, resolve_layer, unwrap_model
+from .core.layers import find_default_layer, layer_context, resolve_layer, unwrap_model
+from .core.layouts import Layout, Reshape, check_reshape, detect_layout, user_layout
 from .core.methods import (
     check_methods,
     compute_cam,
@@ -23,6 +25,8 @@ from .core.state import cam_mode, preserve_model_state
 from .core.targets import TargetSpec, select_scores
 
 __all__ = ["CAMEngine", "CAMResult"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,6 +44,8 @@ class CAMResult:
         guided: guided method -> ``(B, K, C, H, W)`` in [0, 1], the image-shaped result in
             display form (``maps`` holds its per-pixel channel maximum).
         layer: the dotted name of the layer explained.
+        layout: how that layer's output was read as ``(B, C, h, w)`` (``str(layout)`` says
+            which axes, the grid, the prefix tokens left out, and what decided it).
     """
 
     maps: dict[str, torch.Tensor]
@@ -48,6 +54,7 @@ class CAMResult:
     scores: torch.Tensor
     layer: str
     guided: dict[str, torch.Tensor] = field(default_factory=dict)
+    layout: Layout | None = None
 
 
 def _model_dtype(model: nn.Module) -> torch.dtype | None:
@@ -68,12 +75,18 @@ class CAMEngine:
             (or a tuple/dict holding them); DDP/DataParallel/``torch.compile`` wrappers are
             looked through. Assumed: each image's output depends on that image only (true
             for CNNs in eval mode, which the CAM pass uses).
-        layer: dotted name of the layer to explain (``"layer4"``, ``"features.29"``), or
-            ``None`` for the last layer with a spatial 4-D output, found on the first call.
+        layer: dotted name of the layer to explain (``"layer4"``, ``"features.29"``,
+            ``"blocks.11.norm1"``), or ``None`` for a default found on the first call (and
+            logged): a CNN's last spatial 4-D output, a ViT's last block's first norm, a
+            Swin's last stage (see ``docs/layouts.md``).
         methods: any of ``gradcam``, ``gradcam++``, ``xgradcam``, ``layercam``, ``hirescam``
             (all from the same forward and backward) and ``guided_backprop``,
             ``guided_gradcam``, ``guided_gradcam++`` (one more forward and backward, to the
             input), or a name added with ``lightning_gradcam.register_method``.
+        reshape: a callable turning the layer's output into ``(B, C, h, w)``, for layouts
+            the engine cannot tell by itself (it is applied to the gradient too). Without it
+            ``(B, C, h, w)``, ``(B, h, w, C)`` and tokens ``(B, P + h*w, C)`` are recognised
+            from the model and the shapes, and anything ambiguous is refused.
 
     The model is left exactly as found: train/eval flags, ``requires_grad``, ``.grad``, RNG
     state, BatchNorm statistics; no hook survives a call.
@@ -84,19 +97,32 @@ class CAMEngine:
         model: nn.Module,
         layer: str | None = None,
         methods: str | Sequence[str] = ("gradcam", "gradcam++"),
+        reshape: Reshape | None = None,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
         self.methods = check_methods(methods)
         self.layer = layer
+        self.reshape = check_reshape(reshape)
+        self._announce = False
         if layer is not None:
             resolve_layer(model, layer)  # fail now, with close matches, not at the first call
 
     def _layer_for(self, network: nn.Module, images: torch.Tensor) -> str:
         if self.layer is None:
-            self.layer = find_last_4d_layer(network, lambda: network(images[:1]))
+            size = tuple(images.shape[-2:])
+            self.layer = find_default_layer(network, lambda: network(images[:1]), size)
+            self._announce = True
         return self.layer
+
+    def _layout(
+        self, network: nn.Module, name: str, activation: torch.Tensor, size: tuple[int, int]
+    ) -> Layout:
+        if self.reshape is not None:
+            return user_layout(self.reshape)
+        module, owners, parent = layer_context(network, name)
+        return detect_layout(activation, name, size, module, owners, parent)
 
     def explain(self, images: torch.Tensor, targets: TargetSpec = None) -> CAMResult:
         """Explain ``images (B, C, H, W)``.
@@ -136,18 +162,31 @@ class CAMEngine:
                 output = network(x)
                 scores, class_ids = select_scores(output, targets)
             activation = self._single_call(cap.activations[layer_name], layer_name)
+            size = tuple(images.shape[-2:])
+            layout = self._layout(network, layer_name, activation, size)
+            if self._announce:
+                log.info("CAMEngine: layer=None explains %r, read as %s", layer_name, layout)
+                self._announce = False
             self._check_batch(scores, images.shape[0])
-            gradient = row_gradients(scores, activation)  # (B, K, C, h, w)
+            gradient = row_gradients(scores, activation)  # (B, K, *activation.shape[1:])
             batch, k = scores.shape
-            acts = activation.detach().float()[:, None].expand(-1, k, -1, -1, -1)
-            acts = acts.reshape(batch * k, *activation.shape[1:])
-            grads = gradient.float().reshape(batch * k, *activation.shape[1:])
+            # Activations and gradients through the same layout: (B*K, C, h, w) each.
+            acts = layout.to_bchw(activation.detach().float())
+            acts = acts[:, None].expand(-1, k, -1, -1, -1).reshape(batch * k, *acts.shape[1:])
+            grads = layout.to_bchw(gradient.float().reshape(batch * k, *activation.shape[1:]))
+            if grads.shape[1:] != acts.shape[1:]:
+                raise ValueError(
+                    f"reshape= gave activations {tuple(acts.shape[1:])} but gradients "
+                    f"{tuple(grads.shape[1:])} per image; it must only depend on the shape"
+                )
             layer_maps = {
-                m: compute_cam(m, acts, grads).reshape(batch, k, *activation.shape[-2:])
+                m: compute_cam(m, acts, grads).reshape(batch, k, *acts.shape[-2:])
                 for m in gradient_methods
             }
-            size = tuple(images.shape[-2:])
-            maps = {m: normalize_maps(upsample_maps(cam, size)) for m, cam in layer_maps.items()}
+            maps = {
+                m: normalize_maps(upsample_maps(cam, size), flat_at=cam)
+                for m, cam in layer_maps.items()
+            }
             guided = {}
             if guided_methods:
                 guided = self._guided(network, x, targets, class_ids, maps, guided_methods)
@@ -162,6 +201,7 @@ class CAMEngine:
             scores=scores.detach().float().to(images.device),
             layer=layer_name,
             guided={m: g.to(images.device) for m, g in guided.items()},
+            layout=layout,
         )
 
     @staticmethod
@@ -176,13 +216,7 @@ class CAMEngine:
                 f"layer {layer_name!r} ran {len(calls)} times in one forward pass (a shared "
                 "module); choose a layer that runs once per image"
             )
-        activation = calls[0]
-        if activation.dim() != 4:
-            raise ValueError(
-                f"layer {layer_name!r} outputs shape {tuple(activation.shape)}; CAM needs a "
-                "(B, C, h, w) feature map: choose a convolutional layer"
-            )
-        return activation
+        return calls[0]
 
     @staticmethod
     def _check_batch(scores: torch.Tensor, batch: int) -> None:

@@ -177,7 +177,11 @@ def default_layer(name: str, model: nn.Module) -> str | None:
     - vgg: the last ReLU of ``features`` (``features.29`` in vgg16, ``features.35`` in vgg19),
       the rectified output of the last convolution before the final max-pool, at twice the
       resolution of the pooled map (14x14 for a 224 input). The seed hooked the last
-      convolution itself; its output is rewritten in place by that ReLU.
+      convolution itself; its output is rewritten in place by that ReLU;
+    - vit: the last encoder block's first norm, ``encoder.layers.encoder_layer_11.ln_1``
+      (tokens ``(B, 1 + h*w, C)``; its output's patch tokens get no gradient from the
+      class-token head); swin: the last stage, ``features.7`` (``(B, h, w, C)``);
+      convnext, efficientnet: ``features``; maxvit: the last stage, ``blocks.3``.
     """
     if re.match(r"^(resnet|resnext|wide_resnet)\d", name):
         return "layer4"
@@ -190,6 +194,14 @@ def default_layer(name: str, model: nn.Module) -> str | None:
         return "Mixed_7c"
     if name.startswith("shufflenet_v2"):
         return "conv5"
+    if name.startswith("vit_"):
+        return f"encoder.layers.encoder_layer_{len(model.encoder.layers) - 1}.ln_1"
+    if name.startswith("swin_"):
+        return f"features.{len(model.features) - 1}"
+    if name.startswith(("convnext_", "efficientnet_")):
+        return "features"
+    if name.startswith("maxvit_"):
+        return f"blocks.{len(model.blocks) - 1}"
     return None
 
 
@@ -374,11 +386,11 @@ def _probe(
         raise ValueError(f"{name} does not return class scores (B, num_classes)")
     if layer is None:
         return int(output.shape[1]), None
-    if len(shapes) != 1 or len(shapes[0]) != 4:
+    if len(shapes) != 1 or len(shapes[0]) not in (3, 4):  # tokens, or (B,C,h,w)/(B,h,w,C)
         how = f"ran {len(shapes)} times" if len(shapes) != 1 else f"outputs shape {shapes[0]}"
         raise ValueError(
             f"layer {layer!r} of {name} {how}; Grad-CAM needs a layer that runs once and "
-            "outputs a (B, C, h, w) feature map"
+            "outputs a (B, C, h, w) or (B, h, w, C) feature map, or tokens (B, P + h*w, C)"
         )
     return int(output.shape[1]), shapes[0]
 

@@ -74,8 +74,13 @@ def xgradcam(activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
 
     ``w_c = sum_ij (A_cij / sum_ab A_cab) G_cij``;  ``L = sum_c w_c A_c``.
     """
+    # No absolute epsilon: it would swamp sum(A) for small activations (a random-init
+    # network's ~1e-8) and make the map depend on the activations' scale. A channel with
+    # sum(A) == 0 gets weight 0.
     activation_sum = activation.sum(dim=(2, 3), keepdim=True)
-    weights = (activation * gradient).sum(dim=(2, 3), keepdim=True) / (activation_sum + _EPS)
+    numerator = (activation * gradient).sum(dim=(2, 3), keepdim=True)
+    safe = torch.where(activation_sum != 0, activation_sum, torch.ones_like(activation_sum))
+    weights = torch.where(activation_sum != 0, numerator / safe, torch.zeros_like(numerator))
     return (weights * activation).sum(dim=1)
 
 
@@ -297,9 +302,16 @@ def compute_cam(method: str, activation: torch.Tensor, gradient: torch.Tensor) -
     return F.relu(entry.weighting(activation.float(), gradient.float()))
 
 
-def normalize_maps(maps: torch.Tensor, eps: float = _EPS) -> torch.Tensor:
+def normalize_maps(
+    maps: torch.Tensor, eps: float = _EPS, flat_at: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per-map min-max over the last two dims: ``(L - min) / (max - min + eps * peak)``,
     ``peak = max |L|``.
+
+    ``flat_at``: the same maps at the layer's resolution (``(..., h, w)``, same leading
+    dims). Flatness is decided there: where ``max - min <= eps * peak`` at the layer, the
+    result is all zeros. Upsampling a flat (e.g. ``1x1``) map leaves float32 jitter of
+    ~1e-7 relative, which min-max would otherwise stretch into a picture.
 
     The epsilon is relative to the map's own magnitude, so the result does not depend on its
     scale (Grad-CAM++ drops a positive factor on that ground, and a randomly initialised
@@ -312,7 +324,15 @@ def normalize_maps(maps: torch.Tensor, eps: float = _EPS) -> torch.Tensor:
     high = maps.amax(dim=(-2, -1), keepdim=True)
     peak = torch.maximum(high.abs(), low.abs())
     denominator = (high - low + eps * peak).clamp_min(torch.finfo(torch.float32).tiny)
-    return (maps - low) / denominator
+    normalized = (maps - low) / denominator
+    if flat_at is not None:
+        small = torch.nan_to_num(flat_at.float(), nan=0.0, posinf=0.0, neginf=0.0)
+        small_low = small.amin(dim=(-2, -1), keepdim=True)
+        small_high = small.amax(dim=(-2, -1), keepdim=True)
+        small_peak = torch.maximum(small_high.abs(), small_low.abs())
+        flat = small_high - small_low <= eps * small_peak
+        normalized = normalized.masked_fill(flat, 0.0)
+    return normalized
 
 
 def upsample_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
