@@ -9,9 +9,9 @@ import torchvision
 from torch import nn
 
 from lightning_gradcam import CAMEngine
-from lightning_gradcam.core.methods import GRADIENT_METHODS
+from lightning_gradcam.core.methods import BUILTIN_METHODS, get_method
 
-FIVE = tuple(GRADIENT_METHODS)
+FIVE = tuple(m for m in BUILTIN_METHODS if not get_method(m).guided)
 
 
 @pytest.mark.parametrize("size", [(32, 32), (32, 40)])
