@@ -18,6 +18,7 @@ import torch
 
 from .batch import Samples, default_batch_parser, make_samples, to_samples
 from .core.drift import energy_in_boxes, energy_share, map_drift
+from .core.faithfulness import check_metrics, mean_scalars
 from .core.layers import resolve_layer
 from .core.methods import check_methods
 from .core.render import (
@@ -116,6 +117,13 @@ class GradCAMCallback(*CALLBACK_BASES):
         class_names: names for class ids in captions.
         filmstrip_size: thumbnail size kept in memory for ``filmstrip()`` (rows = samples,
             columns = CAM epochs); ``None`` keeps none.
+        faithfulness: any of ``deletion``, ``insertion``, ``average_drop``,
+            ``increase_in_confidence`` (``core.faithfulness``; default none): logged per
+            method as ``<p>/<method>/deletion_auc``, ``insertion_auc``, ``average_drop``,
+            ``increase_in_confidence`` (means over the images; a flat map is left out), and
+            the same for a seeded uniform random map, ``<p>/random/...``, as the reference.
+            Probability = softmax of the class scores; with a callable ``target`` its value
+            is followed as is. No-grad forwards in eval mode, leaving no trace.
 
     Logged per CAM epoch, at ``global_step`` (``<p>`` = ``<tag_prefix>/<layer>``):
     ``<p>/inputs`` (once), ``<p>/<method>/sample_NN``, ``<p>/<method>/grid``, and the scalars
@@ -148,6 +156,7 @@ class GradCAMCallback(*CALLBACK_BASES):
         max_image_size: int | None = 256,
         class_names: Sequence[str] | None = None,
         filmstrip_size: int | None = 96,
+        faithfulness: str | Sequence[str] = (),
     ):
         if layer is not None and (not isinstance(layer, str) or not layer.strip()):
             raise ValueError(
@@ -185,6 +194,7 @@ class GradCAMCallback(*CALLBACK_BASES):
         ):
             raise ValueError("class_names must be a sequence of strings, one per class id")
         self.class_names = tuple(class_names) if class_names is not None else None
+        self.faithfulness = check_metrics(faithfulness)
 
         self._user_samples = images is not None
         if images is None and any(v is not None for v in (labels, boxes, masks)):
@@ -455,6 +465,7 @@ class GradCAMCallback(*CALLBACK_BASES):
         sink = self._get_sink()
         base = self._base_images()
         prefix = f"{self.tag_prefix}/{self._layer_name}"
+        faith = self._faithfulness(pl_module, result)  # {} without faithfulness=...
 
         if not self._inputs_logged:
             sink.image(f"{prefix}/inputs", self._inputs_picture(base), step)
@@ -469,7 +480,7 @@ class GradCAMCallback(*CALLBACK_BASES):
                 sink.image(f"{prefix}/{method}/sample_{index:02d}", tile, step)
                 tiles.append(tile)
             sink.image(f"{prefix}/{method}/grid", grid(tiles, ncols=min(len(tiles), 8)), step)
-            logged[method] = self._scalars(method, method_maps)
+            logged[method] = self._scalars(method, method_maps) | faith.get(method, {})
             for name, value in logged[method].items():
                 sink.scalar(f"{prefix}/{method}/{name}", value, step)
             if self.filmstrip_size is not None:
@@ -480,6 +491,10 @@ class GradCAMCallback(*CALLBACK_BASES):
                     )
                     for i in range(len(samples))
                 ]
+        for name, value in faith.get("random", {}).items():
+            sink.scalar(f"{prefix}/random/{name}", value, step)
+        if "random" in faith:
+            logged["random"] = faith["random"]
         sink.flush()
         for method, method_maps in maps.items():
             self._first.setdefault(method, method_maps)
@@ -499,6 +514,18 @@ class GradCAMCallback(*CALLBACK_BASES):
         elif samples.boxes is not None:
             values["energy_in_box"] = float(energy_in_boxes(maps, samples.boxes).mean())
         return values
+
+    def _faithfulness(self, pl_module: Any, result: CAMResult) -> dict[str, dict[str, float]]:
+        if not self.faithfulness:
+            return {}
+        probability = None
+        if callable(self.target) and not isinstance(self.target, torch.Tensor):
+            probability = self.target  # the callable's value per image, (B,) or (B, 1)
+        engine = CAMEngine(pl_module, layer=self._layer_name, methods=self.methods)
+        measured = engine.faithfulness(
+            self._samples.images, result, self.faithfulness, probability=probability
+        )
+        return mean_scalars(measured)
 
     # ------------------------------------------------------------------ pictures
 
