@@ -252,3 +252,37 @@ def test_agrees_with_pytorch_grad_cam_where_the_settings_are_identical(trained, 
         ours.scores["cam"]["average_drop"].numpy() * y / 100, drop, atol=1e-5
     )
     np.testing.assert_allclose(ours.scores["cam"]["increase_in_confidence"].numpy() / 100, increase)
+
+
+# --- parameter randomisation (Adebayo et al. 2018) ---------------------------------------
+
+
+def test_spearman_matches_scipy_with_ties():
+    from scipy.stats import spearmanr
+
+    from lightning_gradcam.sanity import spearman
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(0, 4, (3, 5, 5), generator=g).float()  # many ties
+    b = torch.rand(3, 5, 5, generator=g)
+    expected = [spearmanr(x.flatten(), y.flatten()).statistic for x, y in zip(a, b)]
+    torch.testing.assert_close(spearman(a, b), torch.tensor(expected, dtype=torch.float32))
+    assert torch.isnan(spearman(torch.zeros(1, 2, 2), b[:1, :2, :2])).all()
+
+
+def test_maps_of_a_model_with_a_randomised_head_drift_far(trained, held_out):  # noqa: F811
+    from lightning_gradcam.sanity import parameter_randomisation
+
+    before, rng = snapshot(trained), torch.get_rng_state()
+    scores = parameter_randomisation(
+        trained, held_out.images, "features", ("gradcam", "gradcam++"), held_out.labels
+    )
+    assert_same_state(before, snapshot(trained))  # the user's model: a copy was randomised
+    assert torch.equal(torch.get_rng_state(), rng)
+    # Grad-CAM passes. Grad-CAM++ keeps its map here (rank correlation ~0.97): with a GAP +
+    # linear head it weights only channels of positive gradient, and every channel that
+    # survives fires on the object; docs/faithfulness.md reports it, this test does not hide it.
+    values = scores["gradcam"]
+    assert values["rank_correlation"].nanmean() < 0.5, values
+    assert values["drift"].mean() > 0.5, values
+    assert scores["gradcam++"]["rank_correlation"].nanmean() > 0.5
