@@ -224,7 +224,7 @@ def evaluate_maps(
         probability: callable mapping the model output to ``(B, num_classes)``
             probabilities (or ``(B,)`` when ``targets`` is None); default: softmax of the
             class scores.
-        max_batch: most images per forward pass.
+        max_batch: most images per forward pass (at least one batch of B per forward).
 
     Runs under no-grad in eval mode on the model's device; the model's flags, RNG state and
     BatchNorm statistics are as they were afterwards.
