@@ -9,6 +9,7 @@ against 96 plain no-grad forwards of the batch, interleaved round-robin, medians
 Target (issue 14): <= 1.10x.
 
     python benchmarks/faithfulness.py [--repeats 3] [--batch 8] [--size 224] [--threads N]
+                                      [--max-batch 64] [--device cuda]
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--max-batch", type=int, default=64, help="images per forward (64)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     if args.threads:
@@ -53,7 +55,7 @@ def main() -> None:
                 model(images)
 
     def ours() -> None:
-        engine.faithfulness(images, result, METRICS, steps=STEPS)
+        engine.faithfulness(images, result, METRICS, steps=STEPS, max_batch=args.max_batch)
 
     runners = {f"{forwards} no_grad forwards": plain, "CAMEngine.faithfulness": ours}
     times: dict[str, list[float]] = {name: [] for name in runners}
@@ -71,7 +73,8 @@ def main() -> None:
     reference = medians[f"{forwards} no_grad forwards"]
     print(
         f"resnet50, {args.batch} images {args.size}px, {device.type}, "
-        f"{torch.get_num_threads()} threads, {args.repeats} repeats (median)"
+        f"{torch.get_num_threads()} threads, max_batch {args.max_batch}, "
+        f"{args.repeats} repeats (median)"
     )
     for name, median in medians.items():
         print(f"  {name:26s} {median:8.2f} s  {median / reference:5.2f}x")
