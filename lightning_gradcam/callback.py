@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .batch import Samples, default_batch_parser, make_samples, to_samples
+from .core.faithfulness import check_metrics, mean_scalars
 from .core.layers import resolve_layer
 from .core.layouts import check_reshape
 from .core.methods import check_methods
@@ -113,6 +114,13 @@ class GradCAMCallback(*CALLBACK_BASES):
         class_names: names for class ids in captions.
         filmstrip_size: thumbnail size kept in memory for ``filmstrip()`` (rows = samples,
             columns = CAM epochs); ``None`` keeps none.
+        faithfulness: any of ``deletion``, ``insertion``, ``average_drop``,
+            ``increase_in_confidence`` (``core.faithfulness``; default none): logged per
+            method as ``<p>/<method>/deletion_auc``, ``insertion_auc``, ``average_drop``,
+            ``increase_in_confidence`` (means over the images; a flat map is left out), and
+            the same for a seeded uniform random map, ``<p>/random/...``, as the reference.
+            Probability = softmax of the class scores; with a callable ``target`` its value
+            is followed as is. No-grad forwards in eval mode, leaving no trace.
 
     Logged per CAM epoch, at ``global_step`` (``<p>`` = ``<tag_prefix>/<layer>``):
     ``<p>/inputs`` (once), ``<p>/<method>/sample_NN``, ``<p>/<method>/grid``, and the scalars
@@ -146,6 +154,7 @@ class GradCAMCallback(*CALLBACK_BASES):
         class_names: Sequence[str] | None = None,
         filmstrip_size: int | None = 96,
         reshape: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        faithfulness: str | Sequence[str] = (),
     ):
         if layer is not None and (not isinstance(layer, str) or not layer.strip()):
             raise ValueError(
@@ -184,6 +193,7 @@ class GradCAMCallback(*CALLBACK_BASES):
         ):
             raise ValueError("class_names must be a sequence of strings, one per class id")
         self.class_names = tuple(class_names) if class_names is not None else None
+        self.faithfulness = check_metrics(faithfulness)
 
         self._user_samples = images is not None
         if images is None and any(v is not None for v in (labels, boxes, masks)):
@@ -446,6 +456,7 @@ class GradCAMCallback(*CALLBACK_BASES):
         sink = self._get_sink()
         pictures = self._pictures()
         prefix = f"{self.tag_prefix}/{self._layer_name}"
+        faith = self._faithfulness(pl_module, result)  # {} without faithfulness=...
 
         if not self._inputs_logged:
             sink.image(f"{prefix}/inputs", pictures.inputs(self.max_image_size), step)
@@ -461,15 +472,31 @@ class GradCAMCallback(*CALLBACK_BASES):
             sink.image(f"{prefix}/{method}/grid", sheet(tiles), step)
             logged[method] = self._tracker.update(
                 method, method_maps, boxes=samples.boxes, masks=samples.masks
-            )
+            ) | faith.get(method, {})
             for name, value in logged[method].items():
                 sink.scalar(f"{prefix}/{method}/{name}", value, step)
             if self.filmstrip_size is not None:
                 captions = [f"ep {epoch}"] * len(samples)
                 thumbs[method] = pictures.tiles(method_maps, captions, self.filmstrip_size)
+        for name, value in faith.get("random", {}).items():
+            sink.scalar(f"{prefix}/random/{name}", value, step)
+        if "random" in faith:
+            logged["random"] = faith["random"]
         sink.flush()
         self._cam_count += 1
         self.history.append({"epoch": epoch, "step": step, "scalars": logged, "thumbs": thumbs})
+
+    def _faithfulness(self, pl_module: Any, result: CAMResult) -> dict[str, dict[str, float]]:
+        if not self.faithfulness:
+            return {}
+        probability = None
+        if callable(self.target) and not isinstance(self.target, torch.Tensor):
+            probability = self.target  # the callable's value per image, (B,) or (B, 1)
+        engine = CAMEngine(pl_module, layer=self._layer_name, methods=self.methods)
+        measured = engine.faithfulness(
+            self._samples.images, result, self.faithfulness, probability=probability
+        )
+        return mean_scalars(measured)
 
     # ------------------------------------------------------------------ pictures
 

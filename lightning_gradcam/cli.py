@@ -11,6 +11,7 @@ images) before the first file is written; a bad one ends the command with a one-
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ from tqdm import tqdm
 
 from .core.checkpoints import RANDOM_WEIGHTS, WeightsError
 from .core.command_line import first_line, non_negative_int, report_error, run_command
+from .core.faithfulness import METRICS, check_metrics
 from .core.images_io import (
     ImageInputError,
     expand_image_paths,
@@ -150,6 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--colormap", choices=sorted(COLORMAPS), default="jet", help="heat-map colours (jet)"
     )
     parser.add_argument(
+        "--faithfulness",
+        nargs="+",
+        metavar="METRIC",
+        help=f"also print, per image and method and for a random map, how faithful the maps "
+        f"are: any of {', '.join(METRICS)} (e.g. --faithfulness deletion,insertion; 16 steps, "
+        "blurred baseline, softmax probability; see docs/faithfulness.md)",
+    )
+    parser.add_argument(
         "--list-networks",
         action="store_true",
         help="print the network names torchvision offers and exit",
@@ -257,7 +267,8 @@ def _explain_one(
     args: argparse.Namespace,
     methods: tuple[str, ...],
     device: torch.device,
-) -> tuple[dict[str, np.ndarray], str]:
+) -> tuple[dict[str, np.ndarray], str, list[str]]:
+    """Pictures, a one-line summary and the ``--faithfulness`` lines for one image."""
     view, x = spec.preprocess(image)
     target = _Target(args.class_id)
     result = engine.explain(x[None].to(device), targets=target)
@@ -268,10 +279,19 @@ def _explain_one(
     summary = f"predicted {spec.class_name(predicted)} (p={float(probs[predicted]):.3f})"
     if explained != predicted:
         summary += f", explained {spec.class_name(explained)}"
+    faithfulness = []
+    if args.faithfulness:
+        scored = dataclasses.replace(result, class_ids=target.ids)  # the class explained
+        measured = engine.faithfulness(x[None].to(device), scored, args.faithfulness)
+        for name, values in measured.scores.items():
+            numbers = ", ".join(f"{key} {float(v[0]):.4g}" for key, v in values.items())
+            if all(v[0].isnan() for v in values.values()):
+                numbers = "not measured, the map is flat (no positive evidence)"
+            faithfulness.append(f"  faithfulness {name}: {numbers}")
     if args.format == "grid":
         title = spec.class_name(explained)
         pictures["grid"] = _grid_sheet(view, pictures, methods, title)
-    return pictures, summary
+    return pictures, summary, faithfulness
 
 
 def _error(message: str) -> int:
@@ -283,6 +303,10 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         methods = check_methods(_split(args.methods))
     except ValueError as exc:
         parser.error(f"argument --methods: {exc}")
+    try:
+        args.faithfulness = check_metrics(_split(args.faithfulness))
+    except ValueError as exc:
+        parser.error(f"argument --faithfulness: {exc}")
     networks = _split(args.network)
     if not networks:
         parser.error("argument --network: give at least one network name")
@@ -338,7 +362,9 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 )
                 for path, stem in zip(paths, names):
                     image = make_sample_image() if path is None else read_image(path)
-                    pictures, summary = _explain_one(engine, spec, image, args, methods, device)
+                    pictures, summary, details = _explain_one(
+                        engine, spec, image, args, methods, device
+                    )
                     stem_out = output_dir / f"{stem}-{spec.name}"
                     write_images({f"{stem_out}-{kind}.png": pic for kind, pic in pictures.items()})
                     label = "sample" if path is None else str(path)
@@ -347,6 +373,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                         f"{stem_out}-*.png",
                         file=sys.stdout,
                     )
+                    for line in details:
+                        bar.write(line, file=sys.stdout)
                     bar.update(1)
             except _USER_ERRORS + (RuntimeError, OSError) as exc:
                 return _error(f"{spec.name}: {first_line(exc)}")

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .core.capture import ActivationCapture
+from .core.faithfulness import Baseline, Faithfulness, Probability, evaluate_maps, random_maps
 from .core.gradients import row_gradients
 from .core.guided import guided_relus, normalize_gradient_image
 from .core.layers import find_default_layer, layer_context, resolve_layer, unwrap_model
@@ -202,6 +203,55 @@ class CAMEngine:
             layer=layer_name,
             guided={m: g.to(images.device) for m, g in guided.items()},
             layout=layout,
+        )
+
+    def faithfulness(
+        self,
+        images: torch.Tensor,
+        result: CAMResult,
+        metrics: str | Sequence[str] = ("deletion", "insertion"),
+        steps: int = 16,
+        baseline: Baseline = "blur",
+        probability: Probability | None = None,
+        random_reference: bool = True,
+        seed: int = 0,
+        target_index: int = 0,
+        max_batch: int = 64,
+    ) -> Faithfulness:
+        """How faithful ``result``'s maps of ``images`` are (``core.faithfulness``): per
+        method, and for a uniform random map (``"random"``, seeded, off the global RNG) as
+        the reference, ``.scores[method][scalar]`` ``(B,)`` and ``.curves``.
+
+        Explains the target ``target_index`` of each image (``result.class_ids[:, i]``);
+        for a callable target pass ``probability`` returning each image's value ``(B,)``.
+        Other arguments as ``core.faithfulness.evaluate_maps``.
+        """
+        maps = {m: cams[:, target_index] for m, cams in result.maps.items()}
+        if random_reference:
+            if "random" in maps:
+                raise ValueError("a method named 'random' clashes with the random reference")
+            batch, height, width = next(iter(maps.values())).shape
+            maps["random"] = random_maps(batch, height, width, seed=seed)
+        class_ids = result.class_ids[:, target_index]
+        targets: torch.Tensor | None = class_ids
+        if bool((class_ids < 0).any()):
+            if probability is None:
+                raise ValueError(
+                    "the result explains a callable target, which has no class id to take "
+                    "the probability of; pass probability=callable mapping the model output "
+                    "to each image's value, shape (B,)"
+                )
+            targets = None
+        return evaluate_maps(
+            unwrap_model(self.model),
+            images,
+            maps,
+            targets,
+            metrics=metrics,
+            steps=steps,
+            baseline=baseline,
+            probability=probability,
+            max_batch=max_batch,
         )
 
     @staticmethod
