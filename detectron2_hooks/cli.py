@@ -64,7 +64,6 @@ from lightning_gradcam.core.methods import check_methods, get_method, method_nam
 from lightning_gradcam.core.render import COLORMAPS
 from lightning_gradcam.pictures import detection_label, detection_pictures, detections_picture
 
-from .adapters import not_yet_explained
 from .config import add_gradcam_config, default_layer, to_cam_config
 from .explain import Detection, DetectionCAM
 from .weights import (
@@ -554,13 +553,6 @@ def _build(cfg: CfgNode, config_file: str) -> torch.nn.Module:
                 f"cannot build the detector of {config_file} ({type(exc).__name__}: "
                 f"{first_line(exc)}); check the config and --opts"
             ) from None
-    what = not_yet_explained(model)
-    if what is not None:
-        raise ConfigError(
-            f"{config_file}: {what} is not explained by this command yet (its CAM adapter "
-            "records the provenance; DetectionCAM learns it next); use a Faster/Mask R-CNN "
-            "(C4, FPN, ViTDet) or RetinaNet config"
-        )
     return model.eval()
 
 

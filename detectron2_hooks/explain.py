@@ -128,7 +128,7 @@ class DetectionCAM:
             preserve_model_state(self.model),
             cam_mode(),
             ActivationCapture(self.modules) as capture,
-            InputRecorder(self.detector.feature_reader) as reader,
+            InputRecorder(self.detector.feature_reader, calls=self.detector.reader_calls) as reader,
         ):
             # Inputs made under inference_mode cannot be saved for backward: copy them here.
             inputs = [{**item, "image": item["image"].clone()} for item in inputs]
