@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description=(
-            "Explain every detection of a detectron2 Faster R-CNN (C4 or FPN) or RetinaNet with "
+            "Explain every detection of a detectron2 detector (Faster/Mask R-CNN C4 or FPN, "
+            "Cascade R-CNN, PanopticFPN, ViTDet, RetinaNet, FCOS; YAML or LazyConfig) with "
             "Grad-CAM and Grad-CAM++. Writes {image}-detections.png and, per detection, "
             "{image}-det00-{class}-{method}.png (and {image}-det00-{class}-cls_subnet-strip.png "
             "with --layer-name 'head.cls_subnet.*')."
@@ -389,23 +390,26 @@ def _yacs_message(exc: BaseException) -> str:
 
 def _device(cfg: CfgNode, opts: Sequence[str]) -> str | None:
     """A note when the config's CUDA device falls back to the CPU; ValueError when a device
-    given in ``--opts`` cannot be used."""
+    given in ``--opts`` cannot be used. The key is named as the config spells it:
+    ``MODEL.DEVICE`` (YAML) or ``train.device`` (LazyConfig)."""
+    lazy = cfg.__dict__.get(_LAZY) is not None
+    key = "train.device" if lazy else "MODEL.DEVICE"
     text = str(cfg.MODEL.DEVICE)
     try:
         device = torch.device(text)
     except RuntimeError:
-        raise ValueError(
-            f"MODEL.DEVICE {text!r} is not a torch device (cpu, cuda, cuda:1)"
-        ) from None
+        raise ValueError(f"{key} {text!r} is not a torch device (cpu, cuda, cuda:1)") from None
     if device.type != "cuda" or torch.cuda.is_available():
         return None
-    if "MODEL.DEVICE" in list(opts)[::2]:
-        raise ValueError(
-            f"MODEL.DEVICE {text}: CUDA is not available here; use --opts MODEL.DEVICE cpu"
-        )
+    given = (
+        any(str(opt).split("=", 1)[0] == key for opt in opts) if lazy else key in list(opts)[::2]
+    )
+    if given:
+        fix = "--opts train.device=cpu" if lazy else "--opts MODEL.DEVICE cpu"
+        raise ValueError(f"{key} {text}: CUDA is not available here; use {fix}")
     cfg.defrost()
     cfg.MODEL.DEVICE = "cpu"
-    return f"the config asks for MODEL.DEVICE {text}, which is not available: running on the CPU"
+    return f"the config asks for {key} {text}, which is not available: running on the CPU"
 
 
 def num_classes(cfg: CfgNode) -> int:
