@@ -29,7 +29,7 @@ METHODS = ("gradcam", "gradcam++", "hirescam")
 
 #: (config style, kind, [per-ROI or head layer, image-level layer]).
 CASES = [
-    ("yaml", "cascade", ["roi_heads.box_pooler", "backbone.bottom_up.res3"]),
+    ("yaml", "cascade", ["roi_heads.box_pooler", "backbone.fpn_output2"]),
     ("lazy", "cascade", ["roi_heads.box_pooler", "backbone.bottom_up.res4"]),
     ("lazy", "fcos", ["head.cls_subnet.11", "backbone.fpn_output3"]),
     ("yaml", "panoptic", ["roi_heads.box_pooler", "backbone.fpn_output2"]),
