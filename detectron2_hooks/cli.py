@@ -538,7 +538,7 @@ def _build(cfg: CfgNode, config_file: str) -> torch.nn.Module:
     touching the caller's RNG, so ``random`` weights give the same model every time.
 
     Raises:
-        ConfigError: detectron2 cannot build it, or DetectionCAM does not explain it yet.
+        ConfigError: detectron2 cannot build it.
     """
     from detectron2.modeling import build_model
 
