@@ -1,7 +1,8 @@
 """detectron2 side of lightning-gradcam: adapters, DetectionCAM, config keys.
 
-Importing the package registers ``CAMRes5ROIHeads``, ``CAMStandardROIHeads``
-(``ROI_HEADS_REGISTRY``) and ``CAMRetinaNet`` (``META_ARCH_REGISTRY``).
+Importing the package registers ``CAMRes5ROIHeads``, ``CAMStandardROIHeads``,
+``CAMCascadeROIHeads`` (``ROI_HEADS_REGISTRY``), ``CAMRetinaNet`` and ``CAMFCOS``
+(``META_ARCH_REGISTRY``); all five are exported here.
 """
 
 import warnings
@@ -11,7 +12,13 @@ with warnings.catch_warnings():
     # would print that next to their one-line errors.
     warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
     from . import adapters  # noqa: F401  (registers the adapters)
-from .adapters import CAMRes5ROIHeads, CAMRetinaNet, CAMStandardROIHeads
+from .adapters import (
+    CAMFCOS,
+    CAMCascadeROIHeads,
+    CAMRes5ROIHeads,
+    CAMRetinaNet,
+    CAMStandardROIHeads,
+)
 from .config import add_gradcam_config, to_cam_config
 from .explain import Detection, DetectionCAM
 from .hook import GradCAMHook
@@ -21,7 +28,9 @@ __all__ = [
     "Detection",
     "CAMRes5ROIHeads",
     "CAMStandardROIHeads",
+    "CAMCascadeROIHeads",
     "CAMRetinaNet",
+    "CAMFCOS",
     "add_gradcam_config",
     "to_cam_config",
     "GradCAMHook",

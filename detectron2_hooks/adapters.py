@@ -65,7 +65,6 @@ __all__ = [
     "CAM_META_ARCHS",
     "ROI_META_ARCHS",
     "is_cam_model",
-    "not_yet_explained",
 ]
 
 #: Stock registry name -> CAM registry name.
@@ -389,39 +388,8 @@ class CAMFCOS(_DenseProvenanceMixin, FCOS):
         return results
 
 
-def not_yet_explained(model: torch.nn.Module) -> str | None:
-    """Why ``DetectionCAM`` cannot explain ``model`` (unwrapped) yet, or None.
-
-    The adapters record the provenance of these detectors, but DetectionCAM does not read it
-    yet (issue 12, part 2): a cascade pools once per stage (DetectionCAM would take the first
-    stage's call), FCOS's head returns a third (centerness) output, and PanopticFPN's
-    ``inference(do_postprocess=False)`` returns ``(instances, sem_seg)``. Refusing beats a
-    silently wrong map.
-    """
-    if isinstance(model, CAMFCOS):
-        return "FCOS (CAMFCOS)"
-    if isinstance(getattr(model, "roi_heads", None), CAMCascadeROIHeads):
-        return "Cascade R-CNN (CAMCascadeROIHeads)"
-    if isinstance(model, PanopticFPN):
-        return "PanopticFPN"
-    return None
-
-
 def is_cam_model(model: torch.nn.Module) -> bool:
-    """Whether ``model`` (unwrapped) records detection provenance (one of the classes here).
-
-    Raises:
-        ValueError: an adapted detector that DetectionCAM does not explain yet (Cascade
-            R-CNN, FCOS, PanopticFPN): their detections would be explained at the wrong
-            pooler call or output.
-    """
-    what = not_yet_explained(model)
-    if what is not None:
-        raise ValueError(
-            f"{what}: the CAM adapter records each detection's provenance, but DetectionCAM "
-            "does not explain this detector yet; explain a Faster/Mask R-CNN (C4, FPN, "
-            "ViTDet) or RetinaNet model instead"
-        )
+    """Whether ``model`` (unwrapped) records detection provenance (one of the classes here)."""
     if getattr(model, "cam_provenance", False):
         return True
     roi_heads = getattr(model, "roi_heads", None)

@@ -64,7 +64,6 @@ from lightning_gradcam.core.methods import check_methods, get_method, method_nam
 from lightning_gradcam.core.render import COLORMAPS
 from lightning_gradcam.pictures import detection_label, detection_pictures, detections_picture
 
-from .adapters import not_yet_explained
 from .config import add_gradcam_config, default_layer, to_cam_config
 from .explain import Detection, DetectionCAM
 from .weights import (
@@ -103,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description=(
-            "Explain every detection of a detectron2 Faster R-CNN (C4 or FPN) or RetinaNet with "
+            "Explain every detection of a detectron2 detector (Faster/Mask R-CNN C4 or FPN, "
+            "Cascade R-CNN, PanopticFPN, ViTDet, RetinaNet, FCOS; YAML or LazyConfig) with "
             "Grad-CAM and Grad-CAM++. Writes {image}-detections.png and, per detection, "
             "{image}-det00-{class}-{method}.png (and {image}-det00-{class}-cls_subnet-strip.png "
             "with --layer-name 'head.cls_subnet.*')."
@@ -390,23 +390,26 @@ def _yacs_message(exc: BaseException) -> str:
 
 def _device(cfg: CfgNode, opts: Sequence[str]) -> str | None:
     """A note when the config's CUDA device falls back to the CPU; ValueError when a device
-    given in ``--opts`` cannot be used."""
+    given in ``--opts`` cannot be used. The key is named as the config spells it:
+    ``MODEL.DEVICE`` (YAML) or ``train.device`` (LazyConfig)."""
+    lazy = cfg.__dict__.get(_LAZY) is not None
+    key = "train.device" if lazy else "MODEL.DEVICE"
     text = str(cfg.MODEL.DEVICE)
     try:
         device = torch.device(text)
     except RuntimeError:
-        raise ValueError(
-            f"MODEL.DEVICE {text!r} is not a torch device (cpu, cuda, cuda:1)"
-        ) from None
+        raise ValueError(f"{key} {text!r} is not a torch device (cpu, cuda, cuda:1)") from None
     if device.type != "cuda" or torch.cuda.is_available():
         return None
-    if "MODEL.DEVICE" in list(opts)[::2]:
-        raise ValueError(
-            f"MODEL.DEVICE {text}: CUDA is not available here; use --opts MODEL.DEVICE cpu"
-        )
+    given = (
+        any(str(opt).split("=", 1)[0] == key for opt in opts) if lazy else key in list(opts)[::2]
+    )
+    if given:
+        fix = "--opts train.device=cpu" if lazy else "--opts MODEL.DEVICE cpu"
+        raise ValueError(f"{key} {text}: CUDA is not available here; use {fix}")
     cfg.defrost()
     cfg.MODEL.DEVICE = "cpu"
-    return f"the config asks for MODEL.DEVICE {text}, which is not available: running on the CPU"
+    return f"the config asks for {key} {text}, which is not available: running on the CPU"
 
 
 def num_classes(cfg: CfgNode) -> int:
@@ -535,7 +538,7 @@ def _build(cfg: CfgNode, config_file: str) -> torch.nn.Module:
     touching the caller's RNG, so ``random`` weights give the same model every time.
 
     Raises:
-        ConfigError: detectron2 cannot build it, or DetectionCAM does not explain it yet.
+        ConfigError: detectron2 cannot build it.
     """
     from detectron2.modeling import build_model
 
@@ -554,13 +557,6 @@ def _build(cfg: CfgNode, config_file: str) -> torch.nn.Module:
                 f"cannot build the detector of {config_file} ({type(exc).__name__}: "
                 f"{first_line(exc)}); check the config and --opts"
             ) from None
-    what = not_yet_explained(model)
-    if what is not None:
-        raise ConfigError(
-            f"{config_file}: {what} is not explained by this command yet (its CAM adapter "
-            "records the provenance; DetectionCAM learns it next); use a Faster/Mask R-CNN "
-            "(C4, FPN, ViTDet) or RetinaNet config"
-        )
     return model.eval()
 
 

@@ -4,11 +4,12 @@ A detector built with the adapters (``adapters.py``) declares how its detections
 where they came from, by its ``cam_provenance`` attribute:
 
 ``"proposal"``
-    two-stage (Faster R-CNN C4 / FPN): every detection keeps the proposal it was classified
-    from; its features were pooled by the ROI pooler.
+    two-stage (Faster R-CNN C4 / FPN, Cascade R-CNN, PanopticFPN's detection branch, ViTDet):
+    every detection keeps the proposal it was classified from; its features were pooled by
+    the ROI pooler (a cascade pools once per stage, on the same rows).
 ``"anchor"``
-    one-stage (RetinaNet): every detection keeps its feature level and anchor; its score was
-    read from the dense head's output at that level.
+    one-stage (RetinaNet, FCOS): every detection keeps its feature level and anchor (FCOS:
+    location); its score was read from the dense head's output at that level.
 
 :class:`DetectorParts` gathers, for either family, the modules the gradient pull-back needs
 and the inference forward that keeps the scores on the autograd graph. A new family is one
@@ -19,10 +20,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from detectron2.modeling.meta_arch.panoptic_fpn import PanopticFPN
 from detectron2.structures import Instances
 from torch import nn
 
-from .adapters import is_cam_model
+from .adapters import CAMCascadeROIHeads, is_cam_model
 from .config import model_default_layer
 
 __all__ = ["DetectorParts", "ForwardOutput", "describe_detector", "PROPOSAL", "ANCHOR"]
@@ -59,6 +61,9 @@ class DetectorParts:
         head: the modules inside it run once per ROI batch (two-stage: ``roi_heads``) or once
             per feature level (one-stage: ``head``); a layer outside it is image-level.
         default_layer: the layer explained when none is named.
+        reader_calls: how many calls of ``feature_reader`` the scores depend on: ``S`` for a
+            cascade of ``S`` stages (its ``box_pooler`` pools once per stage, the last call,
+            ``S - 1``, being the adapters' ``cam_pooler_call``), else 1.
     """
 
     model: nn.Module
@@ -66,6 +71,7 @@ class DetectorParts:
     feature_reader: nn.Module
     head: nn.Module
     default_layer: str
+    reader_calls: int = 1
 
     @property
     def is_two_stage(self) -> bool:
@@ -78,6 +84,8 @@ class DetectorParts:
         padded = tuple(images.tensor.shape[-2:])
         if self.is_two_stage:
             instances = model.inference(inputs, do_postprocess=False)
+            if isinstance(model, PanopticFPN):
+                instances = instances[0]  # (instances, sem_seg)
         else:
             features = model.backbone(images.tensor)
             features = [features[f] for f in model.head_in_features]
@@ -111,4 +119,5 @@ def describe_detector(model: nn.Module) -> DetectorParts:
         feature_reader=heads.pooler if hasattr(heads, "pooler") else heads.box_pooler,
         head=heads,
         default_layer=model_default_layer(model),
+        reader_calls=heads.num_cascade_stages if isinstance(heads, CAMCascadeROIHeads) else 1,
     )

@@ -71,11 +71,15 @@ class DetectionCAM:
     input's ``"image"`` tensor.
 
     Args:
-        model: a ``GeneralizedRCNN`` with ``CAMRes5ROIHeads``/``CAMStandardROIHeads`` or a
-            ``CAMRetinaNet`` (``to_cam_config`` switches a stock config; checkpoints load
-            unchanged). DDP / DataParallel / compile wrappers are unwrapped.
+        model: a ``GeneralizedRCNN`` or ``PanopticFPN`` with ``CAMRes5ROIHeads`` /
+            ``CAMStandardROIHeads`` / ``CAMCascadeROIHeads`` (ViTDet included), or a
+            ``CAMRetinaNet`` / ``CAMFCOS`` (``to_cam_config`` switches a stock YAML or
+            LazyConfig; checkpoints load unchanged). DDP / DataParallel / compile wrappers
+            are unwrapped. A cascade's per-ROI layer is explained at its last stage's pooler
+            call, in the box that stage pooled (see ``docs/detectors.md``).
         layer: a dotted module name or a sequence of them (``None``: ``roi_heads.res5`` C4,
-            ``roi_heads.box_pooler`` FPN, ``head.cls_subnet.7`` RetinaNet). With several
+            ``roi_heads.box_pooler`` FPN and cascade, ``head.cls_subnet.7`` RetinaNet,
+            ``head.cls_subnet.11`` FCOS). With several
             layers, ``det.maps_by_layer[layer][method]``; ``det.maps`` is the first layer's.
         methods: any of ``gradcam``, ``gradcam++``, ``xgradcam``, ``layercam``, ``hirescam``
             or a name added with ``lightning_gradcam.register_method`` (guided methods need a
@@ -133,7 +137,7 @@ class DetectionCAM:
             preserve_model_state(self.model),
             cam_mode(),
             ActivationCapture(self.modules) as capture,
-            InputRecorder(self.detector.feature_reader) as reader,
+            InputRecorder(self.detector.feature_reader, calls=self.detector.reader_calls) as reader,
         ):
             # Inputs made under inference_mode cannot be saved for backward: copy them here.
             inputs = [{**item, "image": item["image"].clone()} for item in inputs]

@@ -52,7 +52,7 @@ Getting everything written: one rule, the one detectron2's own ``EvalHook`` foll
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -119,7 +119,10 @@ class GradCAMHook(HookBase):
         period: iterations between passes; 0 = only at the last iteration.
         max_detections: top detections explained per image.
         cfg: the config for the test-time mapper (default: ``trainer.cfg`` of a
-            ``DefaultTrainer``); needed only for dataset dicts.
+            ``DefaultTrainer``); needed only for dataset dicts without ``mapper``.
+        mapper: a callable dataset dict -> model input dict, used instead of
+            ``DatasetMapper(cfg, is_train=False)``; in a LazyConfig training loop (no
+            ``CfgNode``) ``instantiate(cfg.dataloader.test.mapper)``.
         class_names: names for the class ids (default: the dataset's ``thing_classes``).
         tag_prefix: first part of every tag.
         match_iou: box overlap for matching detections across passes (drift scalars).
@@ -147,6 +150,7 @@ class GradCAMHook(HookBase):
         max_detections: int = 5,
         *,
         cfg: Any = None,
+        mapper: Callable[[dict], dict] | None = None,
         class_names: Sequence[str] | None = None,
         tag_prefix: str = "gradcam",
         match_iou: float = 0.5,
@@ -181,6 +185,11 @@ class GradCAMHook(HookBase):
                     "writers must be detectron2 event writers with a write() method (e.g. the "
                     f"TensorboardXWriter of your PeriodicWriter), got {type(writer).__name__}"
                 )
+        if mapper is not None and not callable(mapper):
+            raise ValueError(
+                "mapper must be a callable dataset dict -> model input dict (e.g. "
+                f"instantiate(cfg.dataloader.test.mapper)), got {type(mapper).__name__}"
+            )
         self.methods = check_methods(methods, detectors=True)
         self._source_inputs = list(inputs) if inputs is not None else None
         self.dataset = dataset
@@ -189,6 +198,7 @@ class GradCAMHook(HookBase):
         self.period = period
         self.max_detections = max_detections
         self.cfg = cfg
+        self.mapper = mapper
         self.class_names = list(class_names) if class_names is not None else None
         self.tag_prefix = tag_prefix.strip("/ ")
         self.match_iou = float(match_iou)
@@ -305,7 +315,7 @@ class GradCAMHook(HookBase):
                 raise ValueError(f"dataset {self.dataset!r} has no images")
         else:
             source = self._source_inputs[: self.num_images]
-        mapper = None
+        mapper = self.mapper
         inputs = []
         for item in source:
             if not isinstance(item, dict):
@@ -323,6 +333,7 @@ class GradCAMHook(HookBase):
             raise ValueError(
                 "GradCAMHook needs a config to map dataset dicts with the test-time "
                 "DatasetMapper: pass cfg=... (a DefaultTrainer's cfg is used automatically), "
+                "mapper=... (a LazyConfig loop: instantiate(cfg.dataloader.test.mapper)), "
                 "or give inputs= with 'image' tensors"
             )
         return cfg

@@ -50,27 +50,37 @@ _COPY_BUDGET = 1 << 26
 
 
 class InputRecorder:
-    """Forward hook keeping the positional inputs and the output of a module's first call.
+    """Forward hook keeping the positional inputs and the output of a module's first
+    ``calls`` calls (a cascade's pooler: one call per stage).
 
-    The output is made grad-requiring if it is not (a fully frozen backbone), the same way
+    Each output is made grad-requiring if it is not (a fully frozen backbone), the same way
     ``ActivationCapture`` does, so gradients can be taken at it.
     """
 
-    def __init__(self, module: nn.Module):
+    def __init__(self, module: nn.Module, calls: int = 1):
         self.module = module
-        self.inputs: tuple | None = None
-        self.output: torch.Tensor | None = None
+        self.max_calls = calls
+        self.calls: list[tuple[tuple, torch.Tensor]] = []  # (inputs, output) per call
         self._handle = None
 
+    @property
+    def inputs(self) -> tuple | None:
+        """The first call's positional inputs."""
+        return self.calls[0][0] if self.calls else None
+
+    @property
+    def output(self) -> torch.Tensor | None:
+        """The first call's output."""
+        return self.calls[0][1] if self.calls else None
+
     def _hook(self, _module, inputs, output):
-        if self.inputs is not None:
+        if len(self.calls) >= self.max_calls:
             return None
-        self.inputs = inputs
         if isinstance(output, torch.Tensor) and not output.requires_grad:
             output = output.detach().requires_grad_()
-            self.output = output
+            self.calls.append((inputs, output))
             return output
-        self.output = output
+        self.calls.append((inputs, output))
         return None
 
     def __enter__(self) -> InputRecorder:
@@ -91,7 +101,9 @@ class LayerSite:
         name: the layer's dotted name.
         kind: ``"roi"``, ``"head"`` or ``"image"`` (module docstring).
         call: for ``roi`` layers, the index of the recorded call made on the pooled rows
-            (C4's ``res5`` also runs on the final boxes for masks/keypoints); else 0.
+            (C4's ``res5`` also runs on the final boxes for masks/keypoints; a cascade's
+            ``box_pooler`` runs once per stage and is explained at the last stage's call,
+            the adapters' ``cam_pooler_call``); else 0.
     """
 
     name: str
@@ -200,16 +212,38 @@ def _locate(
         return LayerSite(name, "head")
     if in_head:
         num_rois = reader.output.shape[0]
-        for call_index, act in enumerate(calls):
-            if act.shape[0] == num_rois:
-                return LayerSite(name, "roi", call_index)
-        raise ValueError(f"ROI-head layer {name!r} never ran on the {num_rois} proposals")
+        matching = [i for i, act in enumerate(calls) if act.shape[0] == num_rois]
+        if not matching:
+            raise ValueError(f"ROI-head layer {name!r} never ran on the {num_rois} proposals")
+        if detector.reader_calls == 1:
+            return LayerSite(name, "roi", matching[0])
+        return _cascade_site(detector, name, module, matching)
     if len(calls) != 1:
         raise ValueError(
             f"layer {name!r} ran {len(calls)} times in one forward; choose a block that runs "
             "once per batch (a backbone stage, an FPN output) or a per-ROI / head layer"
         )
     return LayerSite(name, "image")
+
+
+def _cascade_site(
+    detector: DetectorParts, name: str, module: nn.Module, matching: list[int]
+) -> LayerSite:
+    """A cascade's per-ROI layer: the last stage's pooler call, or a layer of the last
+    stage's box head. Every stage pools its own boxes (the previous stage's regression), and
+    a detection's box and per-ROI map are the last stage's: an earlier stage's map would be
+    pasted into a box it never pooled, so those layers are refused."""
+    last = detector.reader_calls - 1
+    if module is detector.feature_reader:
+        return LayerSite(name, "roi", matching[last])
+    last_head = detector.head.box_head[last]
+    if any(module is m for m in last_head.modules()):
+        return LayerSite(name, "roi", matching[0])
+    raise ValueError(
+        f"layer {name!r} belongs to an earlier cascade stage, which pooled other boxes than "
+        f"the detection's; explain the last stage's per-ROI layer 'roi_heads.box_pooler' (its "
+        f"call {last}), a layer of 'roi_heads.box_head.{last}', or an image-level layer"
+    )
 
 
 # ---------------------------------------------------------------------- gradients
@@ -307,7 +341,7 @@ def pull_back_to_layer(
     name: str,
     activation: torch.Tensor,
     reader_inputs: Sequence[torch.Tensor],
-    reader_grads: LevelGradients,
+    reader_grads: LevelGradients | Sequence[LevelGradients],
     selection: SelectedDetections,
 ) -> LayerEvidence:
     """Gradients at an image-level layer from the per-detection gradients at the reader's
@@ -315,28 +349,32 @@ def pull_back_to_layer(
 
     A layer whose output is itself a reader input needs nothing more. A layer upstream goes
     through one batched (vmapped) backward per level, of ``s_j = <input[img_j], g_j>``, whose
-    gradient at the layer is detection ``j``'s.
+    gradient at the layer is detection ``j``'s. Several ``LevelGradients`` (one per call of
+    a cascade's pooler, all on the same ``reader_inputs``) add up: the chain rule over every
+    path from the layer to the score.
     """
     require_dependence(name, selection.targets, activation)
+    parts = [reader_grads] if isinstance(reader_grads, dict) else list(reader_grads)
     image_of = selection.image_of
     per_detection = [activation[i] for i in image_of.tolist()]
-    if len(reader_grads) == 1:
-        level, (idx, level_grads) = next(iter(reader_grads.items()))
+    if len(parts) == 1 and len(parts[0]) == 1:
+        level, (idx, level_grads) = next(iter(parts[0].items()))
         if is_clone_of(reader_inputs[level], activation):
             order = torch.empty_like(idx)
             order[idx] = torch.arange(len(idx), device=idx.device)
             return LayerEvidence("image", per_detection, level_grads[order])
     grad = activation.new_zeros((len(image_of), *activation.shape[1:]))
-    for level, (idx, level_grads) in reader_grads.items():
-        reader_input = reader_inputs[level]
-        if is_clone_of(reader_input, activation):
-            grad[idx] = level_grads.to(grad.dtype)
-            continue
-        if not depends_on(reader_input, activation):
-            continue  # this level does not see the layer: zero gradient
-        inner = (reader_input[image_of[idx]] * level_grads).flatten(1).sum(dim=1)
-        batched = batched_gradients(inner, activation, retain_graph=True)  # (D_l, B, C, h, w)
-        grad[idx] = batched[torch.arange(len(idx)), image_of[idx]]
+    for part in parts:
+        for level, (idx, level_grads) in part.items():
+            reader_input = reader_inputs[level]
+            if is_clone_of(reader_input, activation):
+                grad[idx] += level_grads.to(grad.dtype)
+                continue
+            if not depends_on(reader_input, activation):
+                continue  # this level does not see the layer: zero gradient
+            inner = (reader_input[image_of[idx]] * level_grads).flatten(1).sum(dim=1)
+            batched = batched_gradients(inner, activation, retain_graph=True)  # (D_l, B, C, h, w)
+            grad[idx] += batched[torch.arange(len(idx)), image_of[idx]]
     return LayerEvidence("image", per_detection, grad)
 
 
@@ -369,7 +407,9 @@ def _two_stage_evidence(
     rows = origin.roi_row
     tensors = [capture.activations[site.name][site.call] for site in roi_sites]
     if image_sites:
-        tensors.append(reader.output)  # the pooled rows
+        # The pooled rows of every pooler call the scores depend on (a cascade: one per
+        # stage, each stage at its own boxes; else the one call).
+        tensors.extend(output for _, output in reader.calls)
     grads = row_gradients(selection.targets, rows, tensors)
     evidence = {
         site.name: LayerEvidence("roi", tensors[i][rows], grads[i])
@@ -377,13 +417,17 @@ def _two_stage_evidence(
     }
     if image_sites:
         reader_inputs = list(reader.inputs[0])
-        reader_grads = pooler_pullback(
-            detector.feature_reader,
-            grads[-1],
-            reader_inputs,
-            origin.proposal_box,
-            selection.image_of,
-        )
+        pooled_grads = grads[len(roi_sites) :]
+        reader_grads = [
+            pooler_pullback(
+                detector.feature_reader,
+                call_grads,
+                reader_inputs,
+                _pooled_boxes(call_inputs, origin, selection, len(reader.calls) == 1),
+                selection.image_of,
+            )
+            for (call_inputs, _), call_grads in zip(reader.calls, pooled_grads)
+        ]
         for site in image_sites:
             evidence[site.name] = pull_back_to_layer(
                 site.name,
@@ -393,6 +437,26 @@ def _two_stage_evidence(
                 selection,
             )
     return evidence
+
+
+def _pooled_boxes(
+    call_inputs: tuple,
+    origin: ProposalOrigin,
+    selection: SelectedDetections,
+    only_call: bool,
+) -> torch.Tensor:
+    """``(D, 4)`` the box each detection was pooled at in one pooler call: the adapters'
+    ``cam_proposal_box`` for the one call, else read from the call's own box lists (a
+    cascade's earlier stages pooled the previous stage's boxes)."""
+    if only_call:
+        return origin.proposal_box
+    box_lists = call_inputs[1]
+    return torch.stack(
+        [
+            box_lists[image].tensor[index]
+            for image, index in zip(selection.image_of.tolist(), origin.proposal_index.tolist())
+        ]
+    ).detach()
 
 
 def _one_stage_evidence(
