@@ -251,7 +251,7 @@ class SamplePictures:
         texts = []
         for class_id, score in zip(class_ids.tolist(), scores.tolist()):
             name = "score" if class_id < 0 else class_text(class_id, self.class_names)
-            texts.append(f"{name} {score:.2f}")
+            texts.append(f"{name} {score + 0.0:.2f}")  # + 0.0: a score of -0.0 reads 0.00
         return texts
 
     def inputs(self, size: int | None) -> np.ndarray:
