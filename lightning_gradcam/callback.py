@@ -20,7 +20,13 @@ from .batch import Samples, default_batch_parser, make_samples, to_samples
 from .core.layers import full_layer_name, resolve_layer, unwrap_model
 from .core.methods import check_methods
 from .core.render import colormap_code, to_uint8_image
-from .core.resilience import PassGuard, check_on_error, concat_batches, run_in_chunks
+from .core.resilience import (
+    PassGuard,
+    check_on_error,
+    concat_batches,
+    is_out_of_memory,
+    run_in_chunks,
+)
 from .core.state import preserve_rng
 from .core.tracking import DriftTracker, has_evidence
 from .engine import CAMEngine, CAMResult
@@ -579,7 +585,7 @@ class GradCAMCallback(*CALLBACK_BASES):
                     concat_batches,
                 )
         except Exception as error:
-            if watch.entered and not watch.returned:
+            if watch.entered and not watch.returned and not is_out_of_memory(error):
                 raise TypeError(
                     f"GradCAMCallback could not call {type(network).__name__} on the images "
                     f"{tuple(samples.images.shape)} it explains ({type(error).__name__}: "

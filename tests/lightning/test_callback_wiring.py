@@ -120,6 +120,35 @@ def test_without_sanity_check_a_class_outside_the_head_fails_at_step_0(tmp_path,
     assert module.train_steps == 0
 
 
+class DictOutput(TinyPL):
+    """Returns its scores under a key the callback does not know."""
+
+    def forward(self, x):
+        return {"scores": self.net(x)}
+
+    def training_step(self, batch, batch_idx):
+        self.train_steps += 1
+        x, y = self._xy(batch)
+        return nn.functional.cross_entropy(self(x)["scores"], y)
+
+    def validation_step(self, batch, batch_idx):
+        pass
+
+
+def test_without_sanity_check_an_unreadable_output_fails_at_step_0(tmp_path):
+    module = DictOutput()
+    with pytest.raises(TypeError, match=r"model returned a mapping with keys \['scores'\]"):
+        _fit(tmp_path, [GradCAMCallback(layer=LAYER)], module, num_sanity_val_steps=0)
+    assert module.train_steps == 0
+
+
+def test_fast_dev_run_still_tries_the_pass_at_step_0(tmp_path):
+    module = TinyPL()
+    with pytest.raises(ValueError, match="class id 7 is outside"):
+        _fit(tmp_path, [GradCAMCallback(layer=LAYER, target=7)], module, fast_dev_run=True)
+    assert module.train_steps == 0
+
+
 def test_without_sanity_check_an_unparseable_batch_fails_at_step_0(tmp_path):
     module = TinyPL()
     trainer = make_trainer(pl, tmp_path, [GradCAMCallback(layer=LAYER)], num_sanity_val_steps=0)
