@@ -110,12 +110,27 @@ class PicBatches(torch.utils.data.Dataset):
         return {"pic": self.data.images[i], "label": self.data.labels[i]}
 
 
-@pytest.mark.parametrize("validation", [True, False], ids=["first_val_batch", "first_train_batch"])
-def test_without_sanity_check_a_class_outside_the_head_fails_at_step_0(tmp_path, validation):
+@pytest.mark.parametrize(
+    ("validation", "val_every"),
+    [(True, 1), (False, 1), (True, 2)],
+    ids=["first_val_batch", "no_validation", "validation_not_yet_set_up"],
+)
+def test_without_sanity_check_a_class_outside_the_head_fails_at_step_0(
+    tmp_path, validation, val_every
+):
+    # validation_not_yet_set_up: Lightning loads the validation data only before the first
+    # epoch that validates, so the trial pass runs on the first training batch's images.
     module = TinyPL()
     cb = GradCAMCallback(layer=LAYER, target=7)
     with pytest.raises(ValueError, match="class id 7 is outside the model's 3 classes") as caught:
-        _fit(tmp_path, [cb], module, val=validation, num_sanity_val_steps=0)
+        _fit(
+            tmp_path,
+            [cb],
+            module,
+            val=validation,
+            num_sanity_val_steps=0,
+            check_val_every_n_epoch=val_every,
+        )
     assert any("trial CAM pass" in note for note in getattr(caught.value, "__notes__", []))
     assert module.train_steps == 0
 
