@@ -65,6 +65,7 @@ from detectron2.utils.events import EventWriter
 from lightning_gradcam.core.layers import expand_layer_names, unwrap_model
 from lightning_gradcam.core.methods import check_methods
 from lightning_gradcam.core.render import to_chw
+from lightning_gradcam.core.resilience import PassGuard, check_on_error
 from lightning_gradcam.core.state import preserve_rng
 from lightning_gradcam.core.tracking import DriftTracker
 from lightning_gradcam.pictures import input_picture, pass_pictures
@@ -132,6 +133,11 @@ class GradCAMHook(HookBase):
             ``write()`` is called right after each pass, so that the scalars of every pass are
             written even at iterations where the ``PeriodicWriter`` does not write. Give the
             ones your ``PeriodicWriter`` holds; ``GradCAMTrainerMixin`` does.
+        on_error: ``"warn"``: a pass that raises is skipped with a one-line warning, marked
+            by the scalar ``<tag_prefix>/skipped_passes`` at its iteration, and training goes
+            on; after 3 failed passes in a row the hook switches itself off (out of memory,
+            a pass is first retried on fewer images at a time). ``"raise"``: the error stops
+            the run. The unlogged pass in ``before_train`` always raises.
 
     The pass runs on the main process only, on the unwrapped model, with no barrier and no
     copy of the model; the model is back in train mode afterwards, parameters' ``.grad`` are
@@ -158,6 +164,7 @@ class GradCAMHook(HookBase):
         colormap: str = "jet",
         alpha: float = 0.5,
         writers: Sequence[EventWriter] = (),
+        on_error: str = "warn",
     ):
         if (inputs is None) == (dataset is None):
             raise ValueError(
@@ -206,6 +213,8 @@ class GradCAMHook(HookBase):
         self.colormap = colormap
         self.alpha = alpha
         self.writers = writers
+        self.on_error = check_on_error(on_error)
+        self._guard = PassGuard("GradCAMHook", self.on_error)
 
         self.enabled = True
         self.layers: tuple[str, ...] = ()
@@ -281,6 +290,7 @@ class GradCAMHook(HookBase):
         input_format = getattr(model, "input_format", "BGR")
         self._pictures = [input_picture(item["image"], input_format) for item in self.inputs]
         self._tracker = DriftTracker(match_iou=self.match_iou)
+        self._guard = PassGuard("GradCAMHook", self.on_error)  # a fresh count per run
 
     def after_step(self) -> None:
         if not self.enabled or self._cam is None:
@@ -340,11 +350,36 @@ class GradCAMHook(HookBase):
 
     def run(self) -> list[list[Detection]]:
         """One pass now: explain, put pictures and scalars into the trainer's storage, at
-        ``storage.iter``. Returns the detections (one list per image)."""
+        ``storage.iter``. Returns the detections (one list per image).
+
+        Never takes the run down (unless ``on_error="raise"``): a pass that raises is one
+        warning, skipped, and marked by the scalar ``<tag_prefix>/skipped_passes`` (failed
+        passes so far); after 3 in a row the hook switches itself off. Out of memory, the
+        pass is retried on fewer images at a time first. Returns ``[]`` when skipped."""
         storage = self.trainer.storage
         step = int(storage.iter)
-        with preserve_rng():
-            results = self._cam.explain(self.inputs, max_detections=self.max_detections)
+
+        def explain(start: int, stop: int) -> list[list[Detection]]:
+            with preserve_rng():
+                return self._cam.explain(
+                    self.inputs[start:stop], max_detections=self.max_detections
+                )
+
+        outcome = self._guard.run_chunked(
+            f"the CAM pass at iteration {step}",
+            explain,
+            len(self.inputs),
+            then=lambda results: self._put(results, step),
+        )
+        if outcome.ok:
+            return outcome.value
+        if outcome.ran:
+            failed = float(self._guard.failed_passes)
+            storage.put_scalar(f"{self.tag_prefix}/skipped_passes", failed, smoothing_hint=False)
+        return []
+
+    def _put(self, results: list[list[Detection]], step: int) -> None:
+        storage = self.trainer.storage
         scalars: dict[str, float] = {}
         for index, detections in enumerate(results):
             base = f"{self.tag_prefix}/image_{index:02d}"
@@ -359,7 +394,6 @@ class GradCAMHook(HookBase):
         for tag, value in scalars.items():
             storage.put_scalar(tag, value, smoothing_hint=False)
         self.history.append({"iter": step, "scalars": scalars})
-        return results
 
     # ------------------------------------------------------------------ numbers
 

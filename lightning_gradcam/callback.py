@@ -14,17 +14,26 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from .batch import Samples, default_batch_parser, make_samples, to_samples
 from .core.faithfulness import check_metrics, mean_scalars
-from .core.layers import resolve_layer
+from .core.layers import full_layer_name, resolve_layer, unwrap_model
 from .core.layouts import check_reshape
 from .core.methods import check_methods
 from .core.render import colormap_code, to_uint8_image
-from .core.tracking import DriftTracker
+from .core.resilience import (
+    PassGuard,
+    check_on_error,
+    concat_batches,
+    is_out_of_memory,
+    run_in_chunks,
+)
+from .core.state import preserve_rng
+from .core.tracking import DriftTracker, has_evidence
 from .engine import CAMEngine, CAMResult
 from .lightning_compat import CALLBACK_BASES, sharded_strategy_name
-from .pictures import SamplePictures, sheet
+from .pictures import SamplePictures, evidence_text, sheet
 from .sinks import Sink, sinks_for
 
 __all__ = ["GradCAMCallback"]
@@ -61,6 +70,46 @@ def _channel_stats(value: object, name: str) -> tuple[float, ...] | None:
     return stats
 
 
+def _check_model(model: object) -> str | Callable[[Any], nn.Module] | None:
+    if model is None or callable(model):
+        return model
+    if isinstance(model, str) and model.strip(". ") and all(model.split(".")):
+        return model
+    raise ValueError(
+        f"model must be an attribute path of the network inside the LightningModule "
+        f"('model', 'net.backbone'), a callable pl_module -> nn.Module, or None, got {model!r}"
+    )
+
+
+def _first_loader(loaders: object) -> object | None:
+    """The first validation dataloader of ``trainer.val_dataloaders`` (one, a list or a dict)."""
+    if isinstance(loaders, dict):
+        return next(iter(loaders.values()), None)
+    if isinstance(loaders, (list, tuple)):
+        return loaders[0] if loaders else None
+    return loaders
+
+
+class _ForwardWatch:
+    """Whether a module's forward was entered and whether it returned, during a block: an
+    exception raised between the two came from calling the module on the images."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+        self.entered = self.returned = False
+
+    def __enter__(self) -> _ForwardWatch:
+        self._handles = [
+            self.module.register_forward_pre_hook(lambda *_: setattr(self, "entered", True)),
+            self.module.register_forward_hook(lambda *_: setattr(self, "returned", True)),
+        ]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
 def _images_digest(images: torch.Tensor) -> str:
     digest = hashlib.sha1(str(tuple(images.shape)).encode())
     digest.update(images.detach().cpu().contiguous().float().numpy().tobytes())
@@ -71,15 +120,23 @@ class GradCAMCallback(*CALLBACK_BASES):
     """Explain a fixed set of images after validation epochs and log the maps to TensorBoard.
 
     Usage: ``Trainer(callbacks=[GradCAMCallback(layer="net.layer4")])`` with either
-    ``pytorch_lightning`` or ``lightning.pytorch``. The LightningModule's ``forward`` must
-    map images ``(B, C, H, W)`` to class scores ``(B, num_classes)`` (or pass ``target`` as a
-    callable that picks the scores from its output).
+    ``pytorch_lightning`` or ``lightning.pytorch``. The module explained (the LightningModule,
+    or the network ``model=`` names) must map images ``(B, C, H, W)`` to class scores
+    ``(B, num_classes)`` (or pass ``target`` as a callable that picks the scores from its
+    output).
+
+    Mistakes fail before the first optimizer step: a trial pass runs on the first validation
+    images (after the sanity check, or before the first training batch without one), or on
+    the first training batch when there is no validation. After that a pass that raises is
+    skipped with one warning and training goes on (see ``on_error``).
 
     Args:
-        layer: dotted name of the layer to explain, relative to the LightningModule
-            (``"net.layer4"``), or ``None`` for a default: a CNN's last spatial 4-D output, a
-            ViT's last block's first norm, a Swin's last stage (``docs/layouts.md``). A wrong
-            name fails at ``on_fit_start``, before any training step, listing close matches.
+        layer: dotted name of the layer to explain, relative to the module explained
+            (``"net.layer4"``, or ``"layer4"`` with ``model="net"``; an unambiguous suffix
+            works too), or ``None`` for a default: a CNN's last spatial 4-D output, a ViT's
+            last block's first norm, a Swin's last stage (``docs/layouts.md``). A wrong name
+            fails at ``on_fit_start``, before any training step, listing close matches. Tags
+            use the layer's full name however it was given.
         reshape: a callable turning the layer's output into ``(B, C, h, w)`` (applied to
             its gradient too), for layouts the engine cannot tell by itself; ``(B, C, h, w)``,
             ``(B, h, w, C)`` and ViT tokens ``(B, P + h*w, C)`` need none.
@@ -121,12 +178,27 @@ class GradCAMCallback(*CALLBACK_BASES):
             the same for a seeded uniform random map, ``<p>/random/...``, as the reference.
             Probability = softmax of the class scores; with a callable ``target`` its value
             is followed as is. No-grad forwards in eval mode, leaving no trace.
+        model: what to explain when it is not the LightningModule itself (whose
+            ``forward`` takes a batch dict, or which keeps its network in an attribute): an
+            attribute path (``"model"``, ``"net.backbone"``) or a callable
+            ``pl_module -> nn.Module``; its forward must map images to class scores.
+        on_error: ``"warn"``: after the trial pass, a pass that raises is skipped with a
+            one-line warning, marked by the scalar ``<p>/skipped_passes`` (failed passes so
+            far) at its step, and training goes on; after 3 failed passes in a row the
+            callback switches itself off with a warning. Out of memory, the pass is first
+            retried on halves of the images, down to one. ``"raise"``: the error stops the
+            run.
 
     Logged per CAM epoch, at ``global_step`` (``<p>`` = ``<tag_prefix>/<layer>``):
     ``<p>/inputs`` (once), ``<p>/<method>/sample_NN``, ``<p>/<method>/grid``, and the scalars
     ``<p>/<method>/drift_vs_prev``, ``drift_vs_first`` (``core.drift.map_drift``, averaged
-    over the images) and ``energy_in_box`` (when boxes or masks are known). Without a
-    TensorBoard logger: PNGs and ``scalars.csv`` under ``<trainer.log_dir>/<tag_prefix>``.
+    over the images) and ``energy_in_box`` (when boxes or masks are known). An image whose
+    map is zero everywhere after the ReLU is captioned "no positive evidence" (the input
+    without overlay) and left out of those scalars. A last pass runs at the end of ``fit``
+    when the last one was not at the final ``global_step``. Pictures and scalars go to every
+    logger that takes them (TensorBoard, W&B with captions, MLflow, CSVLogger); without one,
+    PNGs and ``scalars.csv`` under ``<trainer.log_dir>/<tag_prefix>``; nothing at all under
+    ``fast_dev_run``.
 
     After training, ``history`` lists one dict per CAM epoch of this process (``epoch``,
     ``step``, ``scalars`` ``{method: {name: value}}``, ``thumbs``) and ``filmstrip(method)``
@@ -155,6 +227,8 @@ class GradCAMCallback(*CALLBACK_BASES):
         filmstrip_size: int | None = 96,
         reshape: Callable[[torch.Tensor], torch.Tensor] | None = None,
         faithfulness: str | Sequence[str] = (),
+        model: str | Callable[[Any], nn.Module] | None = None,
+        on_error: str = "warn",
     ):
         if layer is not None and (not isinstance(layer, str) or not layer.strip()):
             raise ValueError(
@@ -207,10 +281,17 @@ class GradCAMCallback(*CALLBACK_BASES):
             self._set_samples(samples)
         self._pending: list[Samples] = []
 
+        self.model = _check_model(model)
+        self.on_error = check_on_error(on_error)
+        self._guard = PassGuard("GradCAMCallback", self.on_error)
+        self._last_step: int | None = None
+
         self._layer_name: str | None = layer
         self._trial_done = False
         self._targets: torch.Tensor | None = None
-        self._tracker = DriftTracker()  # one key per method: the same samples at each pass
+        # One key per method: the same samples at each pass; maps without positive evidence
+        # are left out of drift and energy, not counted as 0.
+        self._tracker = DriftTracker(leave_out_empty=True)
         self._eval_count = 0
         self._cam_count = 0
         self._inputs_logged = False
@@ -294,8 +375,12 @@ class GradCAMCallback(*CALLBACK_BASES):
                 "runs on global rank zero only, but a sharded model needs every rank in each "
                 "forward pass. Use strategy='ddp' (or a single device) for runs you explain."
             )
+        network = self._network(pl_module)
         if self.layer is not None:
-            resolve_layer(pl_module, self.layer)  # LayerNotFoundError, with close matches
+            resolve_layer(network, self.layer)  # LayerNotFoundError, with close matches
+            self._layer_name = full_layer_name(network, self._layer_name or self.layer)
+        self._guard = PassGuard("GradCAMCallback", self.on_error)  # a fresh count per fit
+        self._last_step = None
         if self._samples is not None:
             self._set_samples(self._samples)
             if trainer.is_global_zero:
@@ -310,6 +395,35 @@ class GradCAMCallback(*CALLBACK_BASES):
             dry_run=bool(trainer.fast_dev_run),
             warn=lambda message: self._warn_once("no_logger", message) if zero else None,
         )
+
+    def _network(self, pl_module: Any) -> nn.Module:
+        """The module explained: the LightningModule, or what ``model=`` names in it."""
+        if self.model is None:
+            return pl_module
+        if callable(self.model):
+            network = self.model(pl_module)
+            what = "the model= callable returned"
+        else:
+            network = unwrap_model(pl_module)
+            done: list[str] = []
+            for part in self.model.split("."):
+                if not hasattr(network, part):
+                    children = [name for name, _ in network.named_children()]
+                    where = ".".join(done) or type(pl_module).__name__
+                    raise AttributeError(
+                        f"model={self.model!r}: {where} has no attribute {part!r}; its "
+                        f"submodules are {children}. Pass the attribute path of the network "
+                        "inside the LightningModule, or a callable pl_module -> nn.Module"
+                    )
+                network = getattr(network, part)
+                done.append(part)
+            what = f"model={self.model!r} names"
+        if not isinstance(network, nn.Module):
+            raise TypeError(
+                f"{what} a {type(network).__name__}, not a torch.nn.Module; name the network "
+                "whose forward maps images to class scores"
+            )
+        return network
 
     def _skip_outside_fit(self, trainer: Any) -> bool:
         if trainer.state.fn == "fit":
@@ -360,12 +474,43 @@ class GradCAMCallback(*CALLBACK_BASES):
             return
         self._take(batch)
 
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        # No sanity check ran (num_sanity_val_steps=0, fast_dev_run): take the validation
+        # images now, from the first validation dataloader, for the trial pass before the
+        # first optimizer step.
+        if self._trial_done or not trainer.is_global_zero or not trainer.enable_validation:
+            return
+        if self._samples is None:
+            self._take_from_validation(trainer)
+        if self._samples is not None:
+            self._trial_pass(pl_module)
+
+    def _take_from_validation(self, trainer: Any) -> None:
+        loader = _first_loader(trainer.val_dataloaders)
+        if loader is None:
+            return  # not set up yet: the trial uses the first training batch instead
+        with preserve_rng():  # a fresh iterator draws a seed: not from the run's streams
+            for batch in loader:
+                self._take(batch)
+                if not self._wants_more():
+                    break
+        self._finish_taking()
+
     def on_train_batch_start(
         self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
     ) -> None:
-        # Without a validation loop the images come from the first training batch.
-        if self._samples is None and trainer.is_global_zero and not trainer.enable_validation:
-            self._take(batch)
+        if not trainer.is_global_zero:
+            return
+        if not trainer.enable_validation:
+            # Without a validation loop the images come from the first training batch.
+            if self._samples is None:
+                self._take(batch)
+                self._finish_taking()
+            if self._samples is not None:
+                self._trial_pass(pl_module)
+        elif not self._trial_done and self._samples is None:
+            # Validation images not known yet: try the first training batch's images.
+            self._trial_pass(pl_module, to_samples(self.batch_parser(batch)).head(self.num_samples))
 
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if trainer.state.fn != "fit":
@@ -383,6 +528,14 @@ class GradCAMCallback(*CALLBACK_BASES):
         self._finish_taking()
         self._evaluation_point(trainer, pl_module)
 
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        # The weights the fit ends with (max_steps, max_time, early stopping, or an epoch
+        # count that every_n_epochs skips) are explained too. Not reached after an exception.
+        if trainer.state.fn != "fit" or not trainer.is_global_zero or self._samples is None:
+            return
+        if self._trial_done and self._last_step != int(trainer.global_step):
+            self._explain_and_log(trainer, pl_module)
+
     def _evaluation_point(self, trainer: Any, pl_module: Any) -> None:
         self._eval_count += 1  # on every rank, so the count in any checkpoint is right
         if self._eval_count % self.every_n_epochs or not trainer.is_global_zero:
@@ -398,7 +551,7 @@ class GradCAMCallback(*CALLBACK_BASES):
 
     # ------------------------------------------------------------------ the CAM pass
 
-    def _target_spec(self) -> object:
+    def _target_spec(self, samples: Samples) -> object:
         if self._targets is not None:
             return self._targets
         if callable(self.target) and not isinstance(self.target, torch.Tensor):
@@ -407,7 +560,7 @@ class GradCAMCallback(*CALLBACK_BASES):
             return self.target
         if isinstance(self.target, int) and not isinstance(self.target, bool):
             return self.target
-        labels = self._samples.labels
+        labels = samples.labels
         if self.target == "label" or (self.target == "auto" and labels is not None):  # str here
             return labels
         return None  # the prediction, fixed after this first CAM pass
@@ -415,12 +568,19 @@ class GradCAMCallback(*CALLBACK_BASES):
     def _get_sink(self) -> Sink:
         return self._sink
 
-    def _explain(self, pl_module: Any) -> CAMResult:
+    def _explain(
+        self, pl_module: Any, samples: Samples, start: int = 0, stop: int | None = None
+    ) -> CAMResult:
+        """The maps of ``samples[start:stop]`` (a chunk, when memory runs short)."""
+        network = self._network(pl_module)
         engine = CAMEngine(
-            pl_module, layer=self._layer_name, methods=self.methods, reshape=self.reshape
+            network, layer=self._layer_name, methods=self.methods, reshape=self.reshape
         )
-        result = engine.explain(self._samples.images, targets=self._target_spec())
-        self._layer_name = result.layer
+        spec = self._target_spec(samples)
+        if isinstance(spec, torch.Tensor):
+            spec = spec[start:stop]
+        result = engine.explain(samples.images[start:stop], targets=spec)
+        self._layer_name = full_layer_name(network, result.layer)  # tags: the full name
         if result.scores.shape[1] != 1:
             raise ValueError(
                 f"the target callable returned {result.scores.shape[1]} scores per image; "
@@ -428,61 +588,123 @@ class GradCAMCallback(*CALLBACK_BASES):
             )
         return result
 
-    def _trial_pass(self, pl_module: Any) -> None:
-        """One unlogged CAM pass as soon as the images are known (at fit start for images
-        passed in, after the sanity check for validation images): a model or target that
-        cannot be explained fails before the first training step, not after an epoch."""
+    def _trial_pass(self, pl_module: Any, samples: Samples | None = None) -> None:
+        """One unlogged CAM pass before the first optimizer step, on the images to explain
+        (or, while those are not known yet, on ``samples``): a model, batch, output or
+        target that cannot be explained fails at step 0, never later. Not guarded."""
         if self._trial_done:
             return
+        samples = self._samples if samples is None else samples
+        network = self._network(pl_module)
         try:
-            self._explain(pl_module)
+            with _ForwardWatch(unwrap_model(network)) as watch:
+                run_in_chunks(
+                    lambda start, stop: self._explain(pl_module, samples, start, stop),
+                    len(samples),
+                    concat_batches,
+                )
         except Exception as error:
+            if watch.entered and not watch.returned and not is_out_of_memory(error):
+                raise TypeError(
+                    f"GradCAMCallback could not call {type(network).__name__} on the images "
+                    f"{tuple(samples.images.shape)} it explains ({type(error).__name__}: "
+                    f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}). "
+                    "The module explained must map images (B, C, H, W) to class scores: pass "
+                    "model= (the attribute path of the network inside the LightningModule, "
+                    "e.g. model='model' or model='net.backbone', or a callable pl_module -> "
+                    "nn.Module), or a callable target= that picks the scores from its output."
+                ) from error
             if hasattr(error, "add_note"):  # Python 3.11+
                 error.add_note(
                     "GradCAMCallback: the trial CAM pass before training failed; fix the "
-                    "callback's layer/target (or the model's output) before training."
+                    "callback's layer/target/model (or the model's output) before training."
                 )
             raise
         self._trial_done = True
 
     def _explain_and_log(self, trainer: Any, pl_module: Any) -> None:
+        """One guarded pass: compute (in chunks on out-of-memory), draw, log. A failure is
+        a one-line warning and a ``skipped_passes`` mark, never the end of the run (unless
+        ``on_error="raise"``)."""
+        step = int(trainer.global_step)
         samples = self._samples
-        result = self._explain(pl_module)
+        self._last_step = step
+        outcome = self._guard.run_chunked(
+            f"the CAM pass at step {step}",
+            lambda start, stop: self._explain(pl_module, samples, start, stop),
+            len(samples),
+            then=lambda result: self._log_pass(trainer, pl_module, result),
+        )
+        if outcome.ran and not outcome.ok:
+            self._mark_skipped(step)
+
+    def _mark_skipped(self, step: int) -> None:
+        try:  # the sink itself may be what failed
+            sink = self._get_sink()
+            sink.scalar(
+                f"{self.tag_prefix}/{self._layer_name}/skipped_passes",
+                float(self._guard.failed_passes),
+                step,
+            )
+            sink.flush()
+        except Exception:
+            pass
+
+    def _log_pass(self, trainer: Any, pl_module: Any, result: CAMResult) -> None:
+        samples = self._samples
         if self._targets is None and not callable(self.target):
             self._targets = result.class_ids[:, 0].clone()
         maps = {m: result.maps[m][:, 0].float().cpu() for m in self.methods}
+        # Evidence at the layer's resolution, after the ReLU, before normalising.
+        evidence = {
+            m: has_evidence(result.layer_maps[m][:, 0] if m in result.layer_maps else maps[m])
+            for m in self.methods
+        }
         step = int(trainer.global_step)
         epoch = int(trainer.current_epoch)
-        sink = self._get_sink()
         pictures = self._pictures()
         prefix = f"{self.tag_prefix}/{self._layer_name}"
         faith = self._faithfulness(pl_module, result)  # {} without faithfulness=...
-
-        if not self._inputs_logged:
-            sink.image(f"{prefix}/inputs", pictures.inputs(self.max_image_size), step)
-            self._inputs_logged = True
-
         texts = pictures.score_texts(result.class_ids[:, 0], result.scores[:, 0])
+
+        # Everything is drawn and computed before anything is written.
+        images: list[tuple[str, np.ndarray, str | None]] = []
+        scalars: list[tuple[str, float]] = []
+        if not self._inputs_logged:
+            images.append((f"{prefix}/inputs", pictures.inputs(self.max_image_size), None))
         thumbs: dict[str, list[np.ndarray]] = {}
         logged: dict[str, dict[str, float]] = {}
         for method, method_maps in maps.items():
-            tiles = pictures.tiles(method_maps, texts, self.max_image_size)
+            flags = evidence[method].tolist()
+            tiles = pictures.tiles(method_maps, texts, self.max_image_size, flags)
             for index, tile in enumerate(tiles):
-                sink.image(f"{prefix}/{method}/sample_{index:02d}", tile, step)
-            sink.image(f"{prefix}/{method}/grid", sheet(tiles), step)
+                text = evidence_text(texts[index], flags[index])
+                images.append(
+                    (f"{prefix}/{method}/sample_{index:02d}", tile, f"{text}, step {step}")
+                )
+            images.append((f"{prefix}/{method}/grid", sheet(tiles), None))
             logged[method] = self._tracker.update(
-                method, method_maps, boxes=samples.boxes, masks=samples.masks
+                method,
+                method_maps,
+                boxes=samples.boxes,
+                masks=samples.masks,
+                evidence=evidence[method],
             ) | faith.get(method, {})
-            for name, value in logged[method].items():
-                sink.scalar(f"{prefix}/{method}/{name}", value, step)
+            scalars += [(f"{prefix}/{method}/{k}", v) for k, v in logged[method].items()]
             if self.filmstrip_size is not None:
                 captions = [f"ep {epoch}"] * len(samples)
-                thumbs[method] = pictures.tiles(method_maps, captions, self.filmstrip_size)
-        for name, value in faith.get("random", {}).items():
-            sink.scalar(f"{prefix}/random/{name}", value, step)
+                thumbs[method] = pictures.tiles(method_maps, captions, self.filmstrip_size, flags)
         if "random" in faith:
             logged["random"] = faith["random"]
+            scalars += [(f"{prefix}/random/{k}", v) for k, v in faith["random"].items()]
+
+        sink = self._get_sink()
+        for tag, image, caption in images:
+            sink.image(tag, image, step, caption=caption)
+        for tag, value in scalars:
+            sink.scalar(tag, value, step)
         sink.flush()
+        self._inputs_logged = True
         self._cam_count += 1
         self.history.append({"epoch": epoch, "step": step, "scalars": logged, "thumbs": thumbs})
 
@@ -492,7 +714,7 @@ class GradCAMCallback(*CALLBACK_BASES):
         probability = None
         if callable(self.target) and not isinstance(self.target, torch.Tensor):
             probability = self.target  # the callable's value per image, (B,) or (B, 1)
-        engine = CAMEngine(pl_module, layer=self._layer_name, methods=self.methods)
+        engine = CAMEngine(self._network(pl_module), layer=self._layer_name, methods=self.methods)
         measured = engine.faithfulness(
             self._samples.images, result, self.faithfulness, probability=probability
         )

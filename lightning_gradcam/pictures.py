@@ -31,6 +31,8 @@ __all__ = [
     "WHITE",
     "SHEET_COLUMNS",
     "SamplePictures",
+    "NO_EVIDENCE",
+    "evidence_text",
     "class_text",
     "overlay_tile",
     "sheet",
@@ -185,6 +187,15 @@ def class_text(class_id: int, class_names: Sequence[str] | None = None) -> str:
     return f"class {class_id}"
 
 
+#: What a picture whose map is zero everywhere after the ReLU says instead of a blank overlay.
+NO_EVIDENCE = "no positive evidence"
+
+
+def evidence_text(text: str, evidence: bool) -> str:
+    """``text``, or ``"<text>: no positive evidence"`` when the map has none."""
+    return text if evidence else f"{text}: {NO_EVIDENCE}"
+
+
 @dataclass
 class SamplePictures:
     """The pictures of a fixed set of samples (the callback's): captioned overlay tiles with
@@ -203,28 +214,44 @@ class SamplePictures:
     def _box(self, index: int) -> torch.Tensor | None:
         return None if self.boxes is None else self.boxes[index : index + 1]
 
-    def tiles(self, maps: torch.Tensor, texts: Sequence[str], size: int | None) -> list[np.ndarray]:
+    def tiles(
+        self,
+        maps: torch.Tensor,
+        texts: Sequence[str],
+        size: int | None,
+        evidence: Sequence[bool] | None = None,
+    ) -> list[np.ndarray]:
         """One overlay per sample of ``maps`` ``(N, H, W)``, with its box, shrunk to
-        ``size``, captioned ``texts[i]``."""
-        return [
-            overlay_tile(
-                image,
-                maps[index],
-                texts[index],
-                boxes=self._box(index),
-                colormap=self.colormap,
-                alpha=self.alpha,
-                max_size=size,
+        ``size``, captioned ``texts[i]``. A sample whose ``evidence[i]`` is false (its map is
+        zero everywhere after the ReLU) is not drawn blank: its tile is the input alone,
+        captioned ``texts[i]`` + ``": no positive evidence"`` (``evidence_text``)."""
+        tiles = []
+        for index, image in enumerate(self.images):
+            if evidence is not None and not evidence[index]:
+                box = self._box(index)
+                picture = image if box is None else draw_boxes(image, box)
+                text = evidence_text(texts[index], False)
+                tiles.append(caption(resize_max(picture, size), text))
+                continue
+            tiles.append(
+                overlay_tile(
+                    image,
+                    maps[index],
+                    texts[index],
+                    boxes=self._box(index),
+                    colormap=self.colormap,
+                    alpha=self.alpha,
+                    max_size=size,
+                )
             )
-            for index, image in enumerate(self.images)
-        ]
+        return tiles
 
     def score_texts(self, class_ids: torch.Tensor, scores: torch.Tensor) -> list[str]:
         """``<class> <score>`` per sample (``score <s>`` for a callable's target, id < 0)."""
         texts = []
         for class_id, score in zip(class_ids.tolist(), scores.tolist()):
             name = "score" if class_id < 0 else class_text(class_id, self.class_names)
-            texts.append(f"{name} {score:.2f}")
+            texts.append(f"{name} {score + 0.0:.2f}")  # + 0.0: a score of -0.0 reads 0.00
         return texts
 
     def inputs(self, size: int | None) -> np.ndarray:

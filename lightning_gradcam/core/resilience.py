@@ -246,13 +246,19 @@ class PassGuard:
         run: Callable[[int, int], T],
         total: int,
         merge: Callable[[Sequence[T]], T] = concat_batches,
+        then: Callable[[T], Any] | None = None,
     ) -> PassOutcome[T]:
         """``run`` guarded, through ``run_in_chunks``: on out-of-memory the pass is retried
         in halved chunks before it counts as failed; the size that fitted is kept for later
-        passes."""
+        passes. ``then(merged)`` (drawing and logging the result) runs inside the same
+        guarded pass, once, on the whole result: its failure is this pass's failure; the
+        outcome's ``value`` stays the merged result."""
 
         def chunked() -> T:
-            return run_in_chunks(run, total, merge, self.chunk_size, on_retry=self._retrying)
+            value = run_in_chunks(run, total, merge, self.chunk_size, on_retry=self._retrying)
+            if then is not None:
+                then(value)
+            return value
 
         return self.run(what, chunked)
 
