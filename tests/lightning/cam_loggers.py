@@ -6,6 +6,7 @@ import glob
 import json
 import os
 import struct
+import time
 
 import cv2
 import numpy as np
@@ -38,17 +39,38 @@ def _wandb_records(path):
             pending = b""
 
 
+def _finished_run_records(path, timeout=60.0):
+    """The parsed records of a run file once W&B has written its ``exit`` record: after
+    ``run.finish()`` W&B's service may still be writing the file (seen: the last history
+    row missing when read at once)."""
+    from google.protobuf.message import DecodeError
+    from wandb.proto import wandb_internal_pb2
+
+    deadline = time.monotonic() + timeout
+    while True:
+        records = []
+        try:
+            for data in _wandb_records(path):
+                record = wandb_internal_pb2.Record()
+                record.ParseFromString(data)
+                records.append(record)
+        except DecodeError:  # a record still being written
+            records = []
+        if records and records[-1].WhichOneof("record_type") == "exit":
+            return records
+        assert time.monotonic() < deadline, f"{path} has no exit record after {timeout} s"
+        time.sleep(0.2)
+
+
 def wandb_history(save_dir):
     """Every history row of the one offline run under ``save_dir``: a list of flat dicts
     (nested keys joined by ``/``), in logging order."""
-    from wandb.proto import wandb_internal_pb2
 
     runs = glob.glob(os.path.join(str(save_dir), "wandb", "offline-run-*", "run-*.wandb"))
     assert len(runs) == 1, runs
+    records = _finished_run_records(runs[0])
     rows = []
-    for data in _wandb_records(runs[0]):
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(data)
+    for record in records:
         if record.WhichOneof("record_type") == "history":
             rows.append(
                 {
