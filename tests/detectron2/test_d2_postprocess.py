@@ -162,3 +162,32 @@ def test_unknown_score_is_refused(pair):
     _kind, _predictor, cam_model = pair
     with pytest.raises(ValueError, match="'logit'.*'probability'"):
         DetectionCAM(cam_model, score="softmax")
+
+
+def test_campredictor_builds_from_cfg_and_loads_weights_as_default_predictor(tmp_path):
+    """From the config alone: a stock cfg switched to the CAM adapters, MODEL.WEIGHTS loaded by
+    the safe loader; the same detections as DefaultPredictor with the same file."""
+    torch.manual_seed(5)
+    source = build_model(_config("c4", cam=False))
+    path = tmp_path / "model.pth"
+    torch.save({"model": source.state_dict()}, path)
+    cfg = _config("c4", cam=False)
+    cfg.MODEL.WEIGHTS = str(path)
+    image = _image(seed=2)
+    expected = DefaultPredictor(cfg)(image)["instances"]
+    dets = CAMPredictor(cfg, methods=("gradcam",), max_detections=None)(image)
+    _assert_same(dets, expected)
+
+
+def test_gradcam_score_config_key():
+    from detectron2_hooks import GradCAMHook, add_gradcam_config
+
+    cfg = add_gradcam_config(tiny_config("c4"))
+    assert cfg.GRADCAM.SCORE == "logit"
+    inputs = make_inputs(1)
+    assert GradCAMHook.from_config(cfg, inputs=inputs).score == "logit"
+    cfg.GRADCAM.SCORE = "probability"
+    assert GradCAMHook.from_config(cfg, inputs=inputs).score == "probability"
+    cfg.GRADCAM.SCORE = "softmax"
+    with pytest.raises(ValueError, match="cfg.GRADCAM.SCORE: score must be 'logit'"):
+        GradCAMHook.from_config(cfg, inputs=inputs)
