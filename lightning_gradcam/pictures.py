@@ -429,7 +429,8 @@ class DetectionFilmStrips:
     drift scalars match them: ``core.tracking.match_detections``); an unmatched one starts a
     track, up to ``max_tracks``. A track missing from a pass has a black cell there (a pass
     before the first detection: one row, black cells). At most
-    ``max_columns`` passes are shown, evenly spaced, the first and the latest always.
+    ``max_columns`` passes are shown, evenly spaced, the first and the latest always (at most
+    ``2 * max_columns`` are kept in memory: every ``2^k``-th pass and the latest).
     """
 
     def __init__(
@@ -449,15 +450,20 @@ class DetectionFilmStrips:
         self.thumb = thumb
         self.colormap = colormap
         self.alpha = alpha
-        self.steps: list[int] = []
+        self.passes = 0
+        self.stride = 1  # passes kept: multiples of it, and the latest
+        #: pass number -> iteration, for the passes kept (thinned to bound the memory)
+        self.steps: dict[int, int] = {}
         self.tracks: list[_Track] = []
 
     def add_pass(
         self, step: int, detections: Sequence[DetectionLike], layer: str, method: str
     ) -> None:
         """Record one pass's detections (highest score first) and their maps."""
-        column = len(self.steps)
-        self.steps.append(step)
+        column = self.passes
+        self.passes += 1
+        self.steps[column] = step
+        self._thin()
         if not detections:
             return
         boxes = torch.stack([det.box.detach().float().cpu() for det in detections])
@@ -489,12 +495,27 @@ class DetectionFilmStrips:
             track.box = boxes[index]
             track.cells[column] = cell
 
+    def _thin(self) -> None:
+        """Keep the passes whose number is a multiple of a stride, and the latest; the stride
+        doubles when more than ``2 * max_columns`` are kept, so a long run's strips take
+        bounded memory and stay evenly spaced."""
+        latest = self.passes - 1
+        while True:
+            kept = [c for c in self.steps if c % self.stride == 0 or c == latest]
+            if len(kept) <= 2 * self.max_columns:
+                break
+            self.stride *= 2
+        for column in [c for c in self.steps if c not in kept]:
+            del self.steps[column]
+            for track in self.tracks:
+                track.cells.pop(column, None)
+
     def _columns(self) -> list[int]:
-        count = len(self.steps)
-        if count <= self.max_columns:
-            return list(range(count))
-        picked = np.linspace(0, count - 1, self.max_columns).round().astype(int)
-        return sorted(set(picked.tolist()))
+        kept = list(self.steps)
+        if len(kept) <= self.max_columns:
+            return kept
+        picked = np.linspace(0, len(kept) - 1, self.max_columns).round().astype(int)
+        return [kept[i] for i in sorted(set(picked.tolist()))]
 
     def picture(self, class_names: Sequence[str] | None = None) -> np.ndarray:
         """The strip; before any detection was tracked, one row: the input captioned
