@@ -1,5 +1,5 @@
 """Regenerate the hook pictures of the README and docs/detectron2.md from a detector that has
-learned the shapes (a few minutes on 2 CPU cores; run it by hand, not in tests).
+learned the shapes (about 10 minutes on 2 shared CPU cores; run it by hand, not in tests).
 
     python docs/make_hook_images.py                # writes docs/images/hook_example.png
                                                    # and docs/images/hook_filmstrip.png
@@ -51,8 +51,8 @@ def _save(path: Path, picture: np.ndarray, max_size: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--iters", type=int, default=500)
-    parser.add_argument("--period", type=int, default=50)
+    parser.add_argument("--iters", type=int, default=300)
+    parser.add_argument("--period", type=int, default=30)
     parser.add_argument("--train-images", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
