@@ -121,10 +121,10 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=UserWarning)
     torch.set_num_threads(args.threads)
     print(
-        f"torch {torch.__version__}, {args.threads} CPU thread(s), ResNet-18, image "
-        f"{args.size}x{int(args.size * 4 / 3)}, {args.proposals} proposals, methods gradcam, "
-        "gradcam++, hirescam; median of "
-        f"{args.repeats}\n"
+        f"torch {torch.__version__}, {args.threads} CPU thread(s); tiny kinds: ResNet-18, image "
+        f"{args.size}x{int(args.size * 4 / 3)}, {args.proposals} proposals; zoo-c4: ResNet-50, "
+        f"image {ZOO_SIZE}x{int(ZOO_SIZE * 4 / 3)}, the config's proposals; methods gradcam, "
+        f"gradcam++, hirescam; the class logit; median of {args.repeats}\n"
     )
     for kind in args.kinds:
         rows = run(kind, args.size, args.proposals, args.repeats)
