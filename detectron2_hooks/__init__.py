@@ -22,9 +22,11 @@ from .adapters import (
 from .config import add_gradcam_config, to_cam_config
 from .explain import Detection, DetectionCAM
 from .hook import GradCAMHook
+from .predictor import CAMPredictor
 
 __all__ = [
     "DetectionCAM",
+    "CAMPredictor",
     "Detection",
     "CAMRes5ROIHeads",
     "CAMStandardROIHeads",

@@ -4,9 +4,13 @@ The seed's two detection demos (Faster R-CNN and RetinaNet) in one command. A st
 model-zoo name or a YAML file) is switched to the CAM adapters (``to_cam_config``); weights come
 from ``MODEL.WEIGHTS`` (``--opts MODEL.WEIGHTS path``), read without running code from the file
 (``detectron2_hooks.weights``). Images are converted to ``INPUT.FORMAT`` and resized by the
-test-time ``ResizeShortestEdge`` (``INPUT.MIN_SIZE_TEST``/``MAX_SIZE_TEST``), as
-``DefaultPredictor`` does; boxes and maps are in the resized image's pixels, and every picture is
-drawn on the resized image.
+test-time ``ResizeShortestEdge`` (``INPUT.MIN_SIZE_TEST``/``MAX_SIZE_TEST``) and explained by
+:class:`~detectron2_hooks.predictor.CAMPredictor`, as ``DefaultPredictor`` runs them: the
+detections are detectron2's (rescaled to the image, empty boxes dropped), boxes and maps are
+in the original image's pixels, and every picture is drawn on the original image. The scalar
+differentiated is each detection's class logit (``--score logit``, the default) or its
+reported probability (``--score probability``); a map with no positive evidence is captioned
+so.
 
 Files per image, in ``--output-dir`` (``{det}`` = ``det00``, ``det01``, ... by decreasing score;
 ``{class}`` the class name with non-alphanumerics as ``_``):
@@ -65,7 +69,9 @@ from lightning_gradcam.core.render import COLORMAPS
 from lightning_gradcam.pictures import detection_label, detection_pictures, detections_picture
 
 from .config import add_gradcam_config, default_layer, to_cam_config
-from .explain import Detection, DetectionCAM
+from .explain import Detection
+from .predictor import CAMPredictor
+from .selection import SCORES
 from .weights import (
     load_detector_weights,
     quiet_loggers,
@@ -89,6 +95,12 @@ PROG = "detectron2-gradcam"
 DEFAULT_METHODS = ("gradcam", "gradcam++")
 #: Longer side, in pixels, of each cell of a strip (``--layer-name 'head.cls_subnet.*'``).
 STRIP_CELL = 320
+
+#: How a user of this command chooses a layer, for the "no such layer" message.
+CLI_LAYER_HINT = (
+    "or leave out --layer-name for the detector's default (roi_heads.res5 for C4, "
+    "roi_heads.box_pooler for FPN, head.cls_subnet.7 for RetinaNet)"
+)
 
 _USER_ERRORS = (WeightsError, LayerNotFoundError, ImageInputError, ValueError)
 
@@ -153,6 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="METHOD",
         help=f"CAM methods (default: {' '.join(DEFAULT_METHODS)}; also "
         f"{', '.join(m for m in method_names(detectors=True) if m not in DEFAULT_METHODS)})",
+    )
+    parser.add_argument(
+        "--score",
+        choices=SCORES,
+        default="logit",
+        help="the scalar differentiated per detection: its class logit before the softmax / "
+        "sigmoid (logit, the default; does not saturate) or the score detectron2 reports "
+        "(probability)",
     )
     parser.add_argument(
         "--confidence-threshold",
@@ -449,7 +469,8 @@ def expand_layers(model: torch.nn.Module, names: Sequence[str]) -> tuple[list[st
     single: list[str] = []
     strip: list[str] = []
     for name in names:
-        (strip if is_layer_pattern(name) else single).extend(expand_layer_names(model, [name]))
+        found = expand_layer_names(model, [name], CLI_LAYER_HINT)
+        (strip if is_layer_pattern(name) else single).extend(found)
     return list(dict.fromkeys(single)), list(dict.fromkeys(strip))
 
 
@@ -524,14 +545,6 @@ def _error(message: str) -> int:
     return report_error(PROG, message)
 
 
-def _prepare_image(image: np.ndarray, cfg: CfgNode, resize) -> tuple[np.ndarray, torch.Tensor]:
-    """RGB ``uint8 (H, W, 3)`` to ``(resized RGB, model input (3, h, w) float)``."""
-    resized = resize.get_transform(image).apply_image(image) if resize is not None else image
-    pixels = resized[:, :, ::-1] if cfg.INPUT.FORMAT == "BGR" else resized
-    tensor = torch.as_tensor(np.ascontiguousarray(pixels.transpose(2, 0, 1)).astype(np.float32))
-    return np.ascontiguousarray(resized), tensor
-
-
 def _build(cfg: CfgNode, config_file: str) -> torch.nn.Module:
     """The detector in eval mode: ``build_model(cfg)``, or ``instantiate`` of the LazyConfig's
     model (moved to ``cfg.MODEL.DEVICE``); its random initialisation seeded (0) without
@@ -588,7 +601,14 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if weights_file is not None:
             load_detector_weights(model, weights_file)
         layers = list(dict.fromkeys([*single, *strip]))
-        cam = DetectionCAM(model, layer=layers, methods=methods)
+        predictor = CAMPredictor(
+            cfg,
+            layer=layers,
+            methods=methods,
+            score=args.score,
+            max_detections=args.max_detections,
+            model=model,
+        )
         names = class_names(cfg)
     except _USER_ERRORS as exc:
         return _error(first_line(exc))
@@ -604,17 +624,15 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     print(
         f"{_detector_name(cfg)}: weights {weights_file or RANDOM_WEIGHTS}; layers "
         f"{', '.join(layers)}; "
-        f"methods {', '.join(methods)}"
+        f"methods {', '.join(methods)}; score {args.score}"
     )
 
-    from detectron2.data import transforms as T
-
-    size = cfg.INPUT.MIN_SIZE_TEST
-    resize = T.ResizeShortestEdge([size, size], cfg.INPUT.MAX_SIZE_TEST) if size else None
     for path, stem in zip(paths, stems):
         try:
-            image, tensor = _prepare_image(read_image(path), cfg, resize)
-            (detections,) = cam.explain([{"image": tensor}], max_detections=args.max_detections)
+            image = read_image(path)  # RGB, the original: every picture is drawn on it
+            pixels = image[:, :, ::-1] if cfg.INPUT.FORMAT == "BGR" else image
+            model_input = predictor.model_input(np.ascontiguousarray(pixels))
+            detections = predictor(np.ascontiguousarray(pixels))
             labels = [_label(det, i, names) for i, det in enumerate(detections)]
             boxes = [det.box.tolist() for det in detections]
             pictures = {f"{stem}-detections.png": detections_picture(image, boxes, labels)}
@@ -629,9 +647,11 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             return _error(first_line(exc))
         except (RuntimeError, OSError) as exc:
             return _error(f"{path}: {first_line(exc)}")
+        seen = tuple(model_input["image"].shape[-2:])
         print(
-            f"{path}: {len(detections)} detections explained ({image.shape[1]}x{image.shape[0]} "
-            f"px); wrote {len(pictures)} pictures {output_dir / stem}-*.png"
+            f"{path}: {len(detections)} detections explained (model input {seen[1]}x{seen[0]} "
+            f"px); wrote {len(pictures)} pictures {output_dir / stem}-*.png, "
+            f"{image.shape[1]}x{image.shape[0]} px"
         )
     return 0
 

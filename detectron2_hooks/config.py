@@ -34,6 +34,7 @@ __all__ = [
     "default_layer",
     "model_default_layer",
     "config_methods",
+    "config_score",
 ]
 
 #: The conventional layer per detector: the per-ROI block for Faster R-CNN (a detection's own
@@ -63,6 +64,9 @@ def add_gradcam_config(cfg: CfgNode) -> CfgNode:
         PERIOD (int): iterations between two CAM passes during training.
         NUM_IMAGES (int): images explained per pass.
         MAX_DETECTIONS (int): top detections explained per image.
+        SCORE (str): the scalar differentiated per detection: ``"logit"`` (its class logit
+            before the softmax / sigmoid; does not saturate) or ``"probability"`` (the score
+            detectron2 reports); checked by ``config_score``.
     """
     if "GRADCAM" in cfg:
         node = cfg.GRADCAM
@@ -80,6 +84,7 @@ def add_gradcam_config(cfg: CfgNode) -> CfgNode:
         "PERIOD": 100,
         "NUM_IMAGES": 4,
         "MAX_DETECTIONS": 5,
+        "SCORE": "logit",
     }
     missing = {k: v for k, v in defaults.items() if k not in node}
     if missing:
@@ -243,3 +248,13 @@ def config_methods(cfg: CfgNode) -> tuple[str, ...]:
         return check_methods(tuple(m.strip() for m in methods), detectors=True)
     except ValueError as exc:
         raise ValueError(f"cfg.GRADCAM.METHODS: {exc}") from None
+
+
+def config_score(cfg: CfgNode) -> str:
+    """``cfg.GRADCAM.SCORE`` checked (``"logit"`` or ``"probability"``)."""
+    from .selection import check_score
+
+    try:
+        return check_score(str(cfg.GRADCAM.SCORE))
+    except ValueError as exc:
+        raise ValueError(f"cfg.GRADCAM.SCORE: {exc}") from None

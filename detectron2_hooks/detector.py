@@ -41,11 +41,20 @@ class ForwardOutput:
         instances: one ``Instances`` per image, scores still on the autograd graph.
         image_sizes: ``(height, width)`` of every image before padding.
         padded_size: ``(height, width)`` of the padded batch tensor.
+        output_sizes: ``(height, width)`` the detections are reported in, per image, once
+            post-processed (``postprocess.postprocess_like_detectron2``); None before.
     """
 
     instances: list[Instances]
     image_sizes: list[tuple[int, int]]
     padded_size: tuple[int, int]
+    output_sizes: list[tuple[int, int]] | None = None
+
+    def scale(self, image_index: int) -> tuple[float, float]:
+        """``(x, y)`` factors from the preprocessed image's pixels to the output's."""
+        height, width = self.image_sizes[image_index]
+        out_h, out_w = (self.output_sizes or self.image_sizes)[image_index]
+        return out_w / width, out_h / height
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,18 @@
 """DetectionCAM: one class-activation map per detection, per layer and per method.
 
-For every top detection of every image, the scalar differentiated is exactly the score the
-detector reports for it (the softmax probability of its class at its own proposal for
-Faster R-CNN, the sigmoid of its class logit at its own level and anchor for RetinaNet);
-``Detection.target_score`` is that scalar and equals ``Detection.score``.
+The detections are those detectron2 reports (``model(inputs)``, ``DefaultPredictor``):
+post-processed as ``GeneralizedRCNN``/``RetinaNet`` do (boxes rescaled to the input dict's
+``height``/``width`` when given, empty boxes dropped), with every map in those pixels.
+
+For every top detection of every image, the scalar differentiated (``score=``) is by default
+its class logit ``z_k``: at its own proposal row before the softmax (Faster R-CNN), at its own
+level, anchor and class before the sigmoid (RetinaNet). Grad-CAM differentiates the class
+score before the softmax (Selvaraju et al., ICCV 2017); a probability saturates (its
+gradient vanishes as it nears 1, an all-zero map) and, at low confidence, the softmax's
+cross terms can make Grad-CAM negative everywhere. ``score="probability"`` differentiates
+the reported score. ``Detection.target_score`` is exactly the scalar differentiated,
+``Detection.score`` always detectron2's reported score. A map with no positive evidence (zero
+everywhere after the ReLU) is marked ``Detection.evidence[method] = False``.
 
 Three kinds of layer, told apart by where the layer sits and what it outputs:
 
@@ -46,6 +55,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 
 from lightning_gradcam.core.capture import ActivationCapture
@@ -56,10 +66,17 @@ from lightning_gradcam.core.state import cam_mode, preserve_model_state
 
 from .assembly import Detection, assemble_detections, paste_in_boxes
 from .detector import describe_detector
+from .postprocess import postprocess_like_detectron2
 from .pullback import InputRecorder, gather_evidence, locate_layers
-from .selection import select_detections
+from .selection import check_score, select_detections
 
-__all__ = ["DetectionCAM", "Detection", "paste_in_boxes"]
+__all__ = ["DetectionCAM", "Detection", "paste_in_boxes", "DETECTOR_LAYER_HINT"]
+
+#: How a detector's user chooses a layer, for the "no such layer" message.
+DETECTOR_LAYER_HINT = (
+    "or layer=None for the detector's default (roi_heads.res5 for C4, roi_heads.box_pooler "
+    "for FPN, head.cls_subnet.7 for RetinaNet)"
+)
 
 
 class DetectionCAM:
@@ -67,8 +84,8 @@ class DetectionCAM:
 
     ``cam = DetectionCAM(model, layer="roi_heads.res5", methods=("gradcam", "gradcam++"))``;
     ``out = cam.explain(inputs, max_detections=10)`` gives one list of :class:`Detection` per
-    image, highest score first, with ``det.maps[method]`` an ``(H, W)`` map in [0, 1] over the
-    input's ``"image"`` tensor.
+    image, highest score first, with ``det.maps[method]`` an ``(H, W)`` map in [0, 1] in the
+    output's pixels (the input dict's ``height``/``width``, else its ``"image"`` tensor's).
 
     Args:
         model: a ``GeneralizedRCNN`` or ``PanopticFPN`` with ``CAMRes5ROIHeads`` /
@@ -86,6 +103,9 @@ class DetectionCAM:
             backward pass to the input, which DetectionCAM does not run).
             At image-level and RetinaNet head layers use ``hirescam`` for a map specific to the
             detection (see the module docstring).
+        score: the scalar differentiated per detection: ``"logit"`` (default), its class
+            logit before the softmax / sigmoid, which does not saturate; ``"probability"``,
+            the score detectron2 reports.
         reshape: a callable turning an image-level layer's output into ``(N, C, h, w)``;
             ``(N, h, w, C)`` outputs (ViTDet, Swin backbones) are recognised without it.
 
@@ -99,6 +119,7 @@ class DetectionCAM:
         model: nn.Module,
         layer: str | Sequence[str] | None = None,
         methods: str | Sequence[str] = ("gradcam", "gradcam++"),
+        score: str = "logit",
         reshape: Reshape | None = None,
     ):
         self.model = unwrap_model(model)
@@ -109,7 +130,10 @@ class DetectionCAM:
         self.layers: tuple[str, ...] = (layer,) if isinstance(layer, str) else tuple(layer)
         if not self.layers:
             raise ValueError("layer is an empty sequence; name at least one layer")
-        self.modules = {name: resolve_layer(self.model, name) for name in self.layers}
+        self.score = check_score(score)
+        self.modules = {
+            name: resolve_layer(self.model, name, hint=DETECTOR_LAYER_HINT) for name in self.layers
+        }
         self.methods = check_methods(
             tuple(methods) if not isinstance(methods, str) else methods, detectors=True
         )
@@ -119,7 +143,9 @@ class DetectionCAM:
 
         Args:
             inputs: detectron2 inputs, a list of dicts with an ``"image"`` ``(C, H, W)`` tensor
-                in the model's input format (as a ``DatasetMapper`` makes them).
+                in the model's input format (as a ``DatasetMapper`` makes them), and
+                optionally ``"height"``/``"width"``: the size to report detections and maps
+                in, as detectron2 does.
 
         Returns:
             One list per image of :class:`Detection`, highest score first; an image with no
@@ -133,6 +159,14 @@ class DetectionCAM:
             raise ValueError(f"max_detections must be >= 0 or None, got {max_detections}")
         if not isinstance(inputs, (list, tuple)) or not inputs:
             raise ValueError("inputs must be a non-empty list of detectron2 input dicts")
+        for item in inputs:
+            if not isinstance(item, dict) or not isinstance(item.get("image"), torch.Tensor):
+                got = type(item.get("image") if isinstance(item, dict) else item).__name__
+                raise ValueError(
+                    "each input must be a dict with an 'image' (C, H, W) tensor in the model's "
+                    f"input format, as a DatasetMapper makes it; got {got}. For an (H, W, 3) "
+                    "uint8 image as cv2.imread gives it, use detectron2_hooks.CAMPredictor"
+                )
         with (
             preserve_model_state(self.model),
             cam_mode(),
@@ -141,8 +175,10 @@ class DetectionCAM:
         ):
             # Inputs made under inference_mode cannot be saved for backward: copy them here.
             inputs = [{**item, "image": item["image"].clone()} for item in inputs]
-            forward = self.detector.forward(inputs)
-            selection = select_detections(forward, self.detector.provenance, max_detections)
+            forward = postprocess_like_detectron2(self.detector.forward(inputs), inputs)
+            selection = select_detections(
+                forward, self.detector.provenance, max_detections, self.score
+            )
             if selection is None:
                 return [[] for _ in inputs]
             sites = locate_layers(self.detector, self.modules, capture, reader)

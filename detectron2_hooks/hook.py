@@ -15,6 +15,10 @@ into the trainer's ``EventStorage`` (``put_image`` / ``put_scalar``), where dete
                                        first); with several layers one row per detection and
                                        one column per layer (e.g. RetinaNet's eight
                                        ``head.cls_subnet.N``)
+``P/image_NN/<method>/filmstrip``      one row per tracked detection (matched across passes as
+                                       for drift): the input with its box, then its overlay at
+                                       each pass (iterations as columns, at most
+                                       ``filmstrip_columns``, evenly spaced)
 ``P/image_NN/num_detections``          scalar: detections explained
 ``P/image_NN/<method>/energy_in_box``  scalar: mean share of a detection's map inside its box
 ``P/image_NN/<method>/drift_vs_prev``  scalar: mean ``1 - pearson`` between the maps of the
@@ -25,7 +29,10 @@ into the trainer's ``EventStorage`` (``put_image`` / ``put_scalar``), where dete
 
 Detections are matched across passes by class and box overlap (greedy, highest score first,
 IoU >= ``match_iou``); a scalar without any matched pair is not written. Scalars use the first
-layer's maps.
+layer's maps. A map with no positive evidence (zero everywhere after the ReLU) is captioned
+"no positive evidence" and left out of ``energy_in_box`` and drift, not counted as 0 (a mean
+over no map is not written). The scalar differentiated is the detection's class logit by
+default (``score="logit"``), which does not saturate as the probability does.
 
 Getting everything written: one rule, the one detectron2's own ``EvalHook`` follows.
 
@@ -68,12 +75,20 @@ from lightning_gradcam.core.render import to_chw
 from lightning_gradcam.core.resilience import PassGuard, check_on_error
 from lightning_gradcam.core.state import preserve_rng
 from lightning_gradcam.core.tracking import DriftTracker
-from lightning_gradcam.pictures import input_picture, pass_pictures
+from lightning_gradcam.pictures import DetectionFilmStrips, input_picture, pass_pictures
 
-from .config import config_methods
-from .explain import Detection, DetectionCAM
+from .config import config_methods, config_score
+from .explain import DETECTOR_LAYER_HINT, Detection, DetectionCAM
+from .selection import check_score
 
 __all__ = ["GradCAMHook", "parse_layers"]
+
+
+def _output_size(item: dict) -> tuple[int, int] | None:
+    """The input dict's ``(height, width)``, when it has them."""
+    if "height" in item and "width" in item:
+        return int(item["height"]), int(item["width"])
+    return None
 
 
 def parse_layers(layer: str | Sequence[str] | None) -> tuple[str, ...] | None:
@@ -138,6 +153,10 @@ class GradCAMHook(HookBase):
             on; after 3 failed passes in a row the hook switches itself off (out of memory,
             a pass is first retried on fewer images at a time). ``"raise"``: the error stops
             the run. The unlogged pass in ``before_train`` always raises.
+        score: the scalar differentiated per detection: ``"logit"`` (default; the class logit
+            before the softmax / sigmoid) or ``"probability"`` (the reported score).
+        filmstrip_columns: most passes shown in each ``<method>/filmstrip`` (evenly spaced,
+            first and latest included); 0: no film strips.
 
     The pass runs on the main process only, on the unwrapped model, with no barrier and no
     copy of the model; the model is back in train mode afterwards, parameters' ``.grad`` are
@@ -165,6 +184,8 @@ class GradCAMHook(HookBase):
         alpha: float = 0.5,
         writers: Sequence[EventWriter] = (),
         on_error: str = "warn",
+        score: str = "logit",
+        filmstrip_columns: int = 10,
     ):
         if (inputs is None) == (dataset is None):
             raise ValueError(
@@ -178,6 +199,7 @@ class GradCAMHook(HookBase):
             ("period", period, 0),
             ("max_detections", max_detections, 1),
             ("max_image_size", max_image_size, 16),
+            ("filmstrip_columns", filmstrip_columns, 0),
         ):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -198,6 +220,8 @@ class GradCAMHook(HookBase):
                 f"instantiate(cfg.dataloader.test.mapper)), got {type(mapper).__name__}"
             )
         self.methods = check_methods(methods, detectors=True)
+        self.score = check_score(score)
+        self.filmstrip_columns = filmstrip_columns
         self._source_inputs = list(inputs) if inputs is not None else None
         self.dataset = dataset
         self.num_images = num_images
@@ -223,8 +247,10 @@ class GradCAMHook(HookBase):
         self.latest_images: dict[str, np.ndarray] = {}  # tag -> uint8 (H, W, 3) RGB
         self._cam: DetectionCAM | None = None
         self._pictures: list[np.ndarray] = []
-        # one key per (image, method); detections matched across passes by class and box
-        self._tracker = DriftTracker(match_iou=self.match_iou)
+        # one key per (image, method); detections matched across passes by class and box;
+        # maps with no positive evidence are left out of drift and energy
+        self._tracker = DriftTracker(match_iou=self.match_iou, leave_out_empty=True)
+        self._strips: dict[tuple[int, str], DetectionFilmStrips] = {}
 
     @classmethod
     def from_config(
@@ -266,6 +292,7 @@ class GradCAMHook(HookBase):
             max_detections=int(node.MAX_DETECTIONS),
             cfg=cfg,
             writers=writers,
+            score=config_score(cfg),
         )
 
     # ------------------------------------------------------------------ detectron2 hook API
@@ -275,9 +302,13 @@ class GradCAMHook(HookBase):
         if not self.enabled:
             return
         model = unwrap_model(self.trainer.model)
-        layers = expand_layer_names(model, self.layer) if self.layer is not None else None
+        layers = (
+            expand_layer_names(model, self.layer, DETECTOR_LAYER_HINT)
+            if self.layer is not None
+            else None
+        )
         # Builds and checks the layers now: a wrong name fails here, with close matches.
-        self._cam = DetectionCAM(model, layer=layers, methods=self.methods)
+        self._cam = DetectionCAM(model, layer=layers, methods=self.methods, score=self.score)
         self.layers = self._cam.layers
         with preserve_rng():
             self.inputs = self._take_inputs()
@@ -288,8 +319,12 @@ class GradCAMHook(HookBase):
         # take, fail before the first iteration instead of at the first period.
         self._cam.explain(self.inputs[:1], max_detections=1)
         input_format = getattr(model, "input_format", "BGR")
-        self._pictures = [input_picture(item["image"], input_format) for item in self.inputs]
-        self._tracker = DriftTracker(match_iou=self.match_iou)
+        # In the pixels the detections are reported in (the dicts' height/width, if any).
+        self._pictures = [
+            input_picture(item["image"], input_format, _output_size(item)) for item in self.inputs
+        ]
+        self._tracker = DriftTracker(match_iou=self.match_iou, leave_out_empty=True)
+        self._strips = {}
         self._guard = PassGuard("GradCAMHook", self.on_error)  # a fresh count per run
 
     def after_step(self) -> None:
@@ -384,6 +419,7 @@ class GradCAMHook(HookBase):
         for index, detections in enumerate(results):
             base = f"{self.tag_prefix}/image_{index:02d}"
             pictures = self._render(index, detections, step)
+            pictures.update(self._film_strips(index, detections, step))
             for name, picture in pictures.items():
                 tag = f"{base}/{name}"
                 storage.put_image(tag, to_chw(picture))
@@ -406,11 +442,38 @@ class GradCAMHook(HookBase):
         classes = torch.tensor([det.class_id for det in detections])
         for method in self.methods:
             maps = torch.stack([det.maps_by_layer[layer][method] for det in detections])
-            tracked = self._tracker.update((index, method), maps, boxes=boxes, classes=classes)
+            evidence = torch.tensor([det.evidence_by_layer[layer][method] for det in detections])
+            tracked = self._tracker.update(
+                (index, method), maps, boxes=boxes, classes=classes, evidence=evidence
+            )
             values.update({f"{method}/{name}": value for name, value in tracked.items()})
         return values
 
     # ------------------------------------------------------------------ pictures
+
+    def _film_strips(
+        self, index: int, detections: list[Detection], step: int
+    ) -> dict[str, np.ndarray]:
+        """``{"<method>/filmstrip": picture}`` after adding this pass (first layer's maps)."""
+        if not self.filmstrip_columns:
+            return {}
+        out = {}
+        for method in self.methods:
+            strips = self._strips.get((index, method))
+            if strips is None:
+                strips = DetectionFilmStrips(
+                    self._pictures[index],
+                    match_iou=self.match_iou,
+                    max_tracks=self.max_detections,
+                    max_columns=self.filmstrip_columns,
+                    thumb=min(self.max_image_size, 160),
+                    colormap=self.colormap,
+                    alpha=self.alpha,
+                )
+                self._strips[(index, method)] = strips
+            strips.add_pass(step, detections, self.layers[0], method)
+            out[f"{method}/filmstrip"] = strips.picture(self.class_names)
+        return out
 
     def _score_threshold(self) -> float | None:
         model = self._cam.model

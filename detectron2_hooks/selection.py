@@ -18,6 +18,8 @@ from detectron2.structures import Instances
 from .detector import ANCHOR, PROPOSAL, ForwardOutput
 
 __all__ = [
+    "SCORES",
+    "check_score",
     "AnchorOrigin",
     "ProposalOrigin",
     "SelectedDetections",
@@ -25,6 +27,21 @@ __all__ = [
     "select_detections",
     "target_scores",
 ]
+
+
+#: What ``score=`` may name: the scalar differentiated for each detection.
+SCORES = ("logit", "probability")
+
+
+def check_score(score: str) -> str:
+    """``score`` if it is one of :data:`SCORES`, else a ValueError that says what to pass."""
+    if score not in SCORES:
+        raise ValueError(
+            f"score must be 'logit' (the detection's class logit, before the softmax or "
+            f"sigmoid: Grad-CAM's y^c, does not saturate) or 'probability' (the score "
+            f"detectron2 reports), got {score!r}"
+        )
+    return score
 
 
 def _stack_field(instances: list[Instances], picks: Sequence[tuple[int, int]], name: str):
@@ -101,9 +118,11 @@ class SelectedDetections:
     Attributes:
         picks: ``(image index, row in that image's Instances)`` per detection.
         image_of: ``(D,)`` long, the image index of every detection.
-        targets: ``(D,)`` the scalars to differentiate, on the autograd graph.
+        targets: ``(D,)`` the scalars to differentiate, on the autograd graph (the class
+            logit or the reported probability, see :func:`target_scores`).
         origin: where each detection came from (proposal or level and anchor).
-        forward: the forward the detections were read from (instances, image sizes).
+        forward: the forward the detections were read from (instances post-processed as
+            detectron2 does, image and output sizes).
     """
 
     picks: list[tuple[int, int]]
@@ -130,22 +149,39 @@ def pick_top_detections(
     return picks
 
 
-def target_scores(instances: list[Instances], picks: Sequence[tuple[int, int]]) -> torch.Tensor:
-    """The scalars differentiated, one per pick: the score detectron2 reports (the softmax
-    probability at the detection's proposal; the sigmoid of its logit at its anchor).
+def target_scores(
+    instances: list[Instances], picks: Sequence[tuple[int, int]], score: str = "logit"
+) -> torch.Tensor:
+    """The scalars differentiated, one per pick; the one place where they are chosen.
 
-    The one place where the explained scalar is chosen.
+    ``score="logit"``: the detection's class logit ``z_k`` (the adapters' ``cam_logit``): at
+    its own proposal row, before the softmax (Faster R-CNN; Cascade R-CNN: the last stage's),
+    or at its own level, anchor and class, before the sigmoid (RetinaNet, FCOS). Grad-CAM
+    (Selvaraju et al., ICCV 2017) differentiates ``y^c``, the class score before the softmax:
+    a probability ``p = softmax(z)_k`` or ``sigmoid(z_k)`` saturates, and its gradient
+    ``dp/dz = p (1 - p)`` (sigmoid) vanishes as ``p -> 1``, leaving an all-zero map, while at
+    low ``p`` the softmax's ``-p_k p_j`` terms can make it negative everywhere.
+
+    ``score="probability"``: the score detectron2 reports (``Instances.scores``).
     """
-    targets = torch.stack([instances[i].scores[r] for i, r in picks])
+    field = "cam_logit" if check_score(score) == "logit" else "scores"
+    missing = [i for i, _ in picks if not instances[i].has(field)]
+    if missing:
+        raise RuntimeError(
+            f"the detector's Instances have no {field!r} field; build it with the CAM adapters "
+            "(to_cam_config) or use score='probability'"
+        )
+    targets = torch.stack([instances[i].get(field)[r] for i, r in picks])
     if not targets.requires_grad:
         raise RuntimeError("detection scores carry no gradient; was the forward run detached?")
     return targets
 
 
 def select_detections(
-    forward: ForwardOutput, provenance: str, max_detections: int | None
+    forward: ForwardOutput, provenance: str, max_detections: int | None, score: str = "logit"
 ) -> SelectedDetections | None:
-    """The detections to explain, or None when no image has any."""
+    """The detections to explain, or None when no image has any; ``score``: see
+    :func:`target_scores`."""
     instances = forward.instances
     picks = pick_top_detections(instances, max_detections)
     if not picks:
@@ -154,7 +190,7 @@ def select_detections(
     return SelectedDetections(
         picks=picks,
         image_of=torch.tensor([i for i, _ in picks], device=device),
-        targets=target_scores(instances, picks),
+        targets=target_scores(instances, picks, score),
         origin=ORIGINS[provenance].read(instances, picks),
         forward=forward,
     )

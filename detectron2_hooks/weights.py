@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import zipfile
 from collections.abc import Mapping
 from contextlib import contextmanager
 from urllib.parse import urlparse
@@ -142,6 +143,13 @@ def load_pickled_arrays(path: str | os.PathLike) -> object:
         WeightsError: the file holds any other Python object (it could run code), or is not
             a pickle.
     """
+    if zipfile.is_zipfile(path):
+        # torch.save writes a zip archive: a .pth / .pt checkpoint with the wrong ending.
+        raise WeightsError(
+            f"cannot read weights {path}: it is a torch checkpoint (a zip archive written by "
+            "torch.save), not a pickle of arrays; rename it to .pth, which is read with "
+            "torch.load(weights_only=True)"
+        )
     try:
         with open(path, "rb") as file:
             return _ArrayUnpickler(file, encoding="latin1").load()

@@ -8,10 +8,12 @@ Circles, squares and triangles on a cluttered background are registered as two d
 datasets (``shapes_train``, ``shapes_val``; PNG files under ``<out>/data``). A tiny ResNet-18
 detector, randomly initialised, trains on the CPU with a ``DefaultTrainer`` built from config;
 ``GradCAMTrainerMixin`` adds the hook from ``cfg.GRADCAM.*``. Every ``--period`` iterations
-and at the end, the hook explains the top detections of 4 validation images and logs, next to
-detectron2's losses: the detections, one Grad-CAM / Grad-CAM++ overlay per detection, and the
-drift and in-box energy of the maps. Early on, when nothing clears the score threshold, the
-hook logs the input captioned "no detections".
+and at the end, the hook explains the top detections of 4 validation images (each one's class
+logit) and logs, next to detectron2's losses: the detections, one Grad-CAM / Grad-CAM++ overlay
+per detection, a film strip per tracked detection across the passes, and the drift and in-box
+energy of the maps. Early on, when nothing clears the score threshold, the hook logs the input
+captioned "no detections". The default run is short; ``python docs/make_hook_images.py`` trains
+longer, until the detector finds the shapes.
 """
 
 from __future__ import annotations

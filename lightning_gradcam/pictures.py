@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import cv2
 import numpy as np
 import torch
 
@@ -25,10 +26,15 @@ from .core.render import (
     resize_max,
     to_uint8_image,
 )
+from .core.tracking import match_detections
 
 __all__ = [
     "GREEN",
     "WHITE",
+    "NO_EVIDENCE",
+    "has_positive_evidence",
+    "evidence_caption",
+    "DetectionFilmStrips",
     "SHEET_COLUMNS",
     "SamplePictures",
     "NO_EVIDENCE",
@@ -53,6 +59,9 @@ __all__ = [
 
 GREEN = (0, 255, 0)
 WHITE = (255, 255, 255)
+#: What a map with no positive evidence (zero everywhere after the ReLU) is captioned with:
+#: said, not drawn as a blank overlay that reads as "attention nowhere in the box".
+NO_EVIDENCE = "no positive evidence"
 #: Most tiles in one row of a sheet of samples.
 SHEET_COLUMNS = 8
 
@@ -86,15 +95,22 @@ def sheet(tiles: Sequence[np.ndarray], ncols: int | None = None) -> np.ndarray:
     return grid(tiles, ncols=ncols or min(len(tiles), SHEET_COLUMNS))
 
 
-def input_picture(image: torch.Tensor, input_format: str = "BGR") -> np.ndarray:
+def input_picture(
+    image: torch.Tensor, input_format: str = "BGR", size: tuple[int, int] | None = None
+) -> np.ndarray:
     """A detector's input ``(C, H, W)`` in [0, 255] (``input_format`` ``BGR`` or ``RGB``, as
-    detectron2's ``INPUT.FORMAT``) as ``uint8 (H, W, 3)`` RGB."""
+    detectron2's ``INPUT.FORMAT``) as ``uint8 (H, W, 3)`` RGB; ``size``: ``(height, width)``
+    to resize it to (the input dict's ``height``/``width``, the pixels detectron2 reports
+    detections in)."""
     array = image.detach().float().cpu().clamp(0, 255).round().byte().permute(1, 2, 0).numpy()
     if array.shape[2] == 1:
         array = np.repeat(array, 3, axis=2)
     if input_format == "BGR":
         array = array[:, :, ::-1]
-    return np.ascontiguousarray(array[:, :, :3])
+    array = np.ascontiguousarray(array[:, :, :3])
+    if size is not None and tuple(size) != array.shape[:2]:
+        array = cv2.resize(array, (int(size[1]), int(size[0])), interpolation=cv2.INTER_LINEAR)
+    return array
 
 
 def inputs_sheet(
@@ -281,6 +297,21 @@ class DetectionLike(Protocol):
     maps_by_layer: dict[str, dict[str, torch.Tensor]]
 
 
+def has_positive_evidence(det: DetectionLike, layer: str, method: str) -> bool:
+    """Whether ``det``'s map at ``layer`` for ``method`` has positive evidence: its
+    ``evidence_by_layer`` mark when it has one, else whether the map has a positive value."""
+    marks = getattr(det, "evidence_by_layer", None) or {}
+    found = marks.get(layer, {}).get(method)
+    if found is None:
+        return bool(torch.as_tensor(det.maps_by_layer[layer][method]).max() > 0)
+    return bool(found)
+
+
+def evidence_caption(text: str, found: bool) -> str:
+    """``text``, or ``text: no positive evidence`` for a map without any."""
+    return text if found else f"{text}: {NO_EVIDENCE}"
+
+
 def detection_label(det: DetectionLike, class_names: Sequence[str] | None = None) -> str:
     """``<class> <score>``, as drawn beside a detection's box."""
     return f"{class_text(det.class_id, class_names)} {det.score:.2f}"
@@ -303,7 +334,8 @@ def pass_pictures(
     and label, captioned ``iter <step>: <n> detections``) and per method a sheet of the
     detections' overlays, highest score first (``#<rank> <label>``), or with several layers
     one row per detection, one column per layer. With no detection, every picture is the
-    input captioned ``iter <step>: no detections [above <threshold>]``."""
+    input captioned ``iter <step>: no detections [above <threshold>]``. A map with no
+    positive evidence is captioned ``...: no positive evidence``."""
     if not detections:
         above = f" above {threshold:g}" if threshold is not None else ""
         empty = no_detections_picture(image, f"iter {step}: no detections{above}", max_size)
@@ -313,11 +345,17 @@ def pass_pictures(
     header = f"iter {step}: {len(detections)} detections"
     pictures = {"detections": detections_picture(image, boxes, labels, header, max_size)}
     many = len(layers) > 1
-    texts = [
-        [short_layer(layer) if many else f"#{rank} {label}" for layer in layers]
-        for rank, label in enumerate(labels)
-    ]
     for method in methods:
+        texts = [
+            [
+                evidence_caption(
+                    short_layer(layer) if many else f"#{rank} {label}",
+                    has_positive_evidence(det, layer, method),
+                )
+                for layer in layers
+            ]
+            for rank, (det, label) in enumerate(zip(detections, labels))
+        ]
         pictures[method] = detection_sheet(
             image,
             [(det.box, label) for det, label in zip(detections, labels)],
@@ -366,12 +404,16 @@ def detection_pictures(
     an overlay with the box, captioned ``<title> | <method label>`` (``@ <layer>`` with several
     layers), keyed ``(layer, method)``; for the ``strip`` layers one sheet, keyed ``"strip"``,
     a row per method and a column per layer (cells shrunk to ``strip_cell``), captioned with
-    ``title`` and the detection's feature ``level`` when it has one."""
+    ``title`` and the detection's feature ``level`` when it has one. A map with no positive
+    evidence is captioned so (``...: no positive evidence``)."""
     pictures: dict[tuple[str, str] | str, np.ndarray] = {}
     for layer in single:
         for method in methods:
             where = f" @ {layer}" if len(single) > 1 else ""  # one layer: printed, not drawn
-            text = f"{title} | {method_labels[method]}{where}"
+            text = evidence_caption(
+                f"{title} | {method_labels[method]}{where}",
+                has_positive_evidence(det, layer, method),
+            )
             cam = det.maps_by_layer[layer][method]
             pictures[(layer, method)] = _detection_cell(image, det, cam, text, colormap)
     if strip:
@@ -380,7 +422,10 @@ def detection_pictures(
                 image,
                 det,
                 det.maps_by_layer[layer][method],
-                f"{method_labels[method]} {layer.removeprefix('head.')}",
+                evidence_caption(
+                    f"{method_labels[method]} {layer.removeprefix('head.')}",
+                    has_positive_evidence(det, layer, method),
+                ),
                 colormap,
                 strip_cell,
             )
@@ -391,6 +436,129 @@ def detection_pictures(
         where = f", level {level}" if level is not None else ""
         pictures["strip"] = caption(grid(cells, ncols=len(strip)), f"{title}{where}", height=28)
     return pictures
+
+
+@dataclass
+class _Track:
+    box: torch.Tensor
+    class_id: int
+    first: np.ndarray
+    cells: dict[int, np.ndarray]
+
+
+class DetectionFilmStrips:
+    """Film strips of one image's detections across the detectron2 hook's passes: one row
+    per tracked detection, the input with the detection's first box, then one column per
+    pass (its overlay, captioned ``iter <step>`` and ``no positive evidence`` where so).
+
+    A detection of a pass continues the track of the previous one it matches (same class,
+    IoU >= ``match_iou`` with the track's latest box, greedy from the highest score, as the
+    drift scalars match them: ``core.tracking.match_detections``); an unmatched one starts a
+    track, up to ``max_tracks``. A track missing from a pass has a black cell there (a pass
+    before the first detection: one row, black cells). At most
+    ``max_columns`` passes are shown, evenly spaced, the first and the latest always (at most
+    ``2 * max_columns`` are kept in memory: every ``2^k``-th pass and the latest).
+    """
+
+    def __init__(
+        self,
+        image: np.ndarray,
+        match_iou: float = 0.5,
+        max_tracks: int = 5,
+        max_columns: int = 10,
+        thumb: int = 128,
+        colormap: str | int = "jet",
+        alpha: float = 0.5,
+    ):
+        self.image = image
+        self.match_iou = match_iou
+        self.max_tracks = max_tracks
+        self.max_columns = max(2, max_columns)
+        self.thumb = thumb
+        self.colormap = colormap
+        self.alpha = alpha
+        self.passes = 0
+        self.stride = 1  # passes kept: multiples of it, and the latest
+        #: pass number -> iteration, for the passes kept (thinned to bound the memory)
+        self.steps: dict[int, int] = {}
+        self.tracks: list[_Track] = []
+
+    def add_pass(
+        self, step: int, detections: Sequence[DetectionLike], layer: str, method: str
+    ) -> None:
+        """Record one pass's detections (highest score first) and their maps."""
+        column = self.passes
+        self.passes += 1
+        self.steps[column] = step
+        self._thin()
+        if not detections:
+            return
+        boxes = torch.stack([det.box.detach().float().cpu() for det in detections])
+        classes = torch.tensor([det.class_id for det in detections])
+        matched: dict[int, int] = {}
+        if self.tracks:
+            ref_boxes = torch.stack([t.box for t in self.tracks])
+            ref_classes = torch.tensor([t.class_id for t in self.tracks])
+            matched = dict(match_detections(boxes, classes, ref_boxes, ref_classes, self.match_iou))
+        for index, det in enumerate(detections):
+            found = has_positive_evidence(det, layer, method)
+            cell = overlay_tile(
+                self.image,
+                det.maps_by_layer[layer][method],
+                evidence_caption(f"iter {step} {det.score:.2f}", found),
+                boxes=boxes[index : index + 1],
+                colormap=self.colormap,
+                alpha=self.alpha,
+                max_size=self.thumb,
+            )
+            if index in matched:
+                track = self.tracks[matched[index]]
+            elif len(self.tracks) < self.max_tracks:
+                first = draw_boxes(self.image, boxes[index : index + 1])
+                track = _Track(boxes[index], det.class_id, first, {})
+                self.tracks.append(track)
+            else:
+                continue
+            track.box = boxes[index]
+            track.cells[column] = cell
+
+    def _thin(self) -> None:
+        """Keep the passes whose number is a multiple of a stride, and the latest; the stride
+        doubles when more than ``2 * max_columns`` are kept, so a long run's strips take
+        bounded memory and stay evenly spaced."""
+        latest = self.passes - 1
+        while True:
+            kept = [c for c in self.steps if c % self.stride == 0 or c == latest]
+            if len(kept) <= 2 * self.max_columns:
+                break
+            self.stride *= 2
+        for column in [c for c in self.steps if c not in kept]:
+            del self.steps[column]
+            for track in self.tracks:
+                track.cells.pop(column, None)
+
+    def _columns(self) -> list[int]:
+        kept = list(self.steps)
+        if len(kept) <= self.max_columns:
+            return kept
+        picked = np.linspace(0, len(kept) - 1, self.max_columns).round().astype(int)
+        return [kept[i] for i in sorted(set(picked.tolist()))]
+
+    def picture(self, class_names: Sequence[str] | None = None) -> np.ndarray:
+        """The strip; before any detection was tracked, one row: the input captioned
+        ``no detections yet`` and a black cell per pass."""
+        columns = self._columns()
+        if not self.tracks:
+            first = caption(resize_max(self.image, self.thumb), "no detections yet")
+            return film_strip([first], [[None] for _ in columns])
+        firsts = [
+            caption(
+                resize_max(t.first, self.thumb), f"input: {class_text(t.class_id, class_names)}"
+            )
+            for t in self.tracks
+        ]
+        passes = [[t.cells.get(c) for t in self.tracks] for c in columns]
+        return film_strip(firsts, passes)
 
 
 def short_layer(layer: str) -> str:

@@ -65,6 +65,17 @@ def expand_image_paths(spec: str | os.PathLike) -> list[Path]:
     raise ImageInputError(f"image path {text} does not exist (give a file, a folder or a glob)")
 
 
+def _quiet_decode(data: np.ndarray) -> np.ndarray | None:
+    """``cv2.imdecode`` with OpenCV's own log silenced: a truncated file would print its
+    ``[ WARN ]`` line beside our one-line error."""
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        return cv2.imdecode(data, cv2.IMREAD_COLOR)
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Decode an image file to ``uint8 (H, W, 3)`` RGB (grey and alpha images converted).
 
@@ -75,7 +86,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         data = np.fromfile(os.fspath(path), dtype=np.uint8)  # unlike cv2.imread, any path
     except OSError as exc:
         raise ImageInputError(f"cannot read image {path}: {exc.strerror or exc}") from None
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    image = _quiet_decode(data) if data.size else None
     if image is None:
         raise ImageInputError(
             f"cannot read image {path}: not a decodable image file (empty, truncated, or a "

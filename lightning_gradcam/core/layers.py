@@ -146,11 +146,14 @@ def _pattern_regex(pattern: str) -> re.Pattern:
     return re.compile("".join(parts))
 
 
-def expand_layer_names(model: nn.Module, names: Sequence[str]) -> tuple[str, ...]:
+def expand_layer_names(
+    model: nn.Module, names: Sequence[str], hint: str | None = DEFAULT_LAYER_HINT
+) -> tuple[str, ...]:
     """Layer names with globs expanded, in module order: ``*`` matches any part of one
     dotted component, ``?`` one character (``"head.cls_subnet.*"``: every direct child of
     RetinaNet's classification subnet, ``head.cls_subnet.0`` ... ``.7``). Plain names are
-    checked with :func:`resolve_layer` and kept as given; duplicates are dropped.
+    checked with :func:`resolve_layer` and kept as given; duplicates are dropped. ``hint``:
+    as for :func:`resolve_layer`.
 
     Raises:
         LayerNotFoundError: a plain name or the fixed part of a pattern that names no layer
@@ -160,7 +163,7 @@ def expand_layer_names(model: nn.Module, names: Sequence[str]) -> tuple[str, ...
     out: list[str] = []
     for name in names:
         if not is_layer_pattern(name):
-            resolve_layer(model, name)
+            resolve_layer(model, name, hint)
             out.append(name)
             continue
         regex = _pattern_regex(_plain_name(name))
@@ -168,7 +171,7 @@ def expand_layer_names(model: nn.Module, names: Sequence[str]) -> tuple[str, ...
         if not matched:
             fixed = name.split("*")[0].split("?")[0].rsplit(".", 1)[0]
             if fixed and fixed != name:
-                resolve_layer(model, fixed)  # a wrong parent: report it with close matches
+                resolve_layer(model, fixed, hint)  # a wrong parent: report it with close matches
             raise LayerNotFoundError(
                 f"no layer of {type(unwrap_model(model)).__name__} matches {name!r}"
                 + (f" (the children of {fixed!r} are not named so)" if fixed else "")

@@ -74,11 +74,12 @@ def _decode(path: Path) -> np.ndarray:
 
 
 def _check_outputs(out_dir: Path, methods: tuple[str, ...], singles: tuple[str, ...], strip: bool):
-    """Every image has its detections picture at the resized size; detections come in
-    complete, contiguous sets of files of the right sizes. Returns {stem: detection count}."""
+    """Every image has its detections picture at the original image's size (drawn on it, as
+    DefaultPredictor reports boxes in its pixels); detections come in complete, contiguous
+    sets of files of the right sizes. Returns {stem: detection count}."""
     names = sorted(p.name for p in out_dir.iterdir())
     counts = {}
-    for image_name, (_, (height, width)) in IMAGES.items():
+    for image_name, ((height, width), _) in IMAGES.items():
         stem = Path(image_name).stem
         assert _decode(out_dir / f"{stem}-detections.png").shape == (height, width, 3)
         per_det: dict[int, set[str]] = {}
@@ -92,7 +93,7 @@ def _check_outputs(out_dir: Path, methods: tuple[str, ...], singles: tuple[str, 
                     # 2 method rows x 8 layer columns of captioned overlays, 2 px apart.
                     assert picture.shape[1] == 8 * width + 7 * 2
                     assert picture.shape[0] > 2 * height + 2
-                else:  # an overlay at the resized size, with a caption band below
+                else:  # an overlay at the original size, with a caption band below
                     assert picture.shape[1] == width
                     assert height < picture.shape[0] <= height + 28
         expected = set()
@@ -156,7 +157,7 @@ def test_end_to_end(kind, files, tmp_path, capsys):
 
 
 def test_detections_picture_shows_the_boxes(files, tmp_path, capsys):
-    """The detections picture differs from the resized input exactly where boxes are drawn."""
+    """The detections picture differs from the original input exactly where boxes are drawn."""
     out_dir = tmp_path / "out"
     image = files["images"] / "scene_a.png"
     status, _, err = _run(
@@ -175,8 +176,8 @@ def test_detections_picture_shows_the_boxes(files, tmp_path, capsys):
     )
     assert status == 0, err
     drawn = _decode(out_dir / "scene_a-detections.png").astype(int)
-    resized = cv2.resize(_decode(image), (128, 128), interpolation=cv2.INTER_LINEAR).astype(int)
-    changed = np.abs(drawn - resized).max(axis=2) > 40
+    original = _decode(image).astype(int)
+    changed = np.abs(drawn - original).max(axis=2) > 40
     assert changed.any()
     assert changed.mean() < 0.3  # box outlines and a label, not a repainted picture
 
@@ -201,7 +202,7 @@ def test_python_dash_m(files, tmp_path):
     ]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert _decode(out_dir / "scene_a-detections.png").shape == (128, 128, 3)
+    assert _decode(out_dir / "scene_a-detections.png").shape == (160, 160, 3)  # the original
     assert len(list(out_dir.glob("scene_a-det00-*-gradcam.png"))) == 1
     assert len(list(out_dir.glob("scene_a-det00-*-gradcam++.png"))) == 1
     assert "scene_a.png: 1 detections explained" in proc.stdout
@@ -258,7 +259,8 @@ def test_model_zoo_name_with_coco_class_names(files, tmp_path, capsys):
     written = [DET_FILE.match(p.name) for p in out_dir.iterdir()]
     classes = {m["cls"] for m in written if m}
     assert classes and classes <= coco
-    assert _decode(out_dir / "scene_a-detections.png").shape == (64, 64, 3)
+    assert "(model input 64x64 px)" in out  # the test-time resize, as DefaultPredictor's
+    assert _decode(out_dir / "scene_a-detections.png").shape == (160, 160, 3)  # the original
 
 
 # ------------------------------------------------------------------------------ bad input
@@ -484,3 +486,55 @@ def test_pkl_of_other_objects_is_refused(tmp_path):
     path.write_bytes(pickle.dumps({"model": {"w": Path("x")}}))
     with pytest.raises(WeightsError, match=r"refusing to load .*pathlib"):
         load_detector_weights(build("c4"), str(path))
+
+
+# ------------------------------------------------------------------------------ issue 11
+
+
+def test_score_option(files, tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    argv = _args(files, "c4", None, files["images"] / "scene_a.png", "--max-detections", 1)
+    status, out, err = _run(capsys, "--output-dir", out_dir, "--score", "probability", *argv)
+    assert status == 0, err
+    assert "score probability" in out.splitlines()[0]
+    status, out, err = _run(capsys, "--output-dir", out_dir, *argv)
+    assert status == 0 and "score logit" in out.splitlines()[0], err
+    status, _, err = _run(capsys, "--score", "softmax", *argv)
+    assert status == 2 and "invalid choice: 'softmax'" in err
+
+
+def test_truncated_png_gives_one_line_on_stderr(files, tmp_path, out_dir, capfd):
+    """OpenCV's own [ WARN ] line (written by C++ to the stderr file descriptor) is silenced:
+    our line is the only one."""
+    ok, encoded = cv2.imencode(".png", sample_image(64, seed=4))
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(encoded.tobytes()[:300])
+    status = cli.main(
+        [str(a) for a in ["--output-dir", out_dir, *_args(files, "c4", None, truncated)]]
+    )
+    err = capfd.readouterr().err
+    assert status == 2
+    assert err.strip().splitlines() == [
+        f"{PROG}: error: cannot read image {truncated}: not a decodable image file (empty, "
+        "truncated, or a format OpenCV does not read)"
+    ]
+
+
+def test_layer_not_found_names_the_detector_default(files, out_dir, capsys):
+    line = _assert_refused(
+        capsys, out_dir, _args(files, "c4", None, None, "--layer-name", "roi_heads.res6")
+    )
+    assert "leave out --layer-name for the detector's default (roi_heads.res5 for C4" in line
+    assert "4-D" not in line
+
+
+def test_torch_zip_named_pkl_gets_a_precise_message(files, tmp_path, out_dir, capsys):
+    misnamed = tmp_path / "model_final.pkl"
+    misnamed.write_bytes(files["c4.pth"].read_bytes())  # torch.save's zip archive
+    _assert_refused(
+        capsys,
+        out_dir,
+        _args(files, "c4", misnamed),
+        f"cannot read weights {misnamed}: it is a torch checkpoint",
+        "rename it to .pth",
+    )

@@ -76,7 +76,10 @@ def explained(request, models):
     kind, batch = request.param
     model = models[kind]
     inputs = make_inputs(batch)
-    out = DetectionCAM(model, LAYERS[kind], methods=METHODS).explain(inputs, max_detections=3)
+    # The probability: the per-detection reference below differentiates the reported score
+    # (the logit is checked against the model's own head in test_d2_postprocess.py).
+    cam = DetectionCAM(model, LAYERS[kind], methods=METHODS, score="probability")
+    out = cam.explain(inputs, max_detections=3)
     return kind, model, inputs, out
 
 

@@ -120,7 +120,15 @@ def test_dataparallel_wrapper_is_unwrapped(shapes, c4_model):
     assert hook.layers == ("roi_heads.res5",)
     with hook.trainer.storage:
         (detections,) = hook.run()
-    assert detections and detections[0].maps["gradcam"].shape[-2:] == (MIN_SIZE, MIN_SIZE)
+    # Maps in the pixels detectron2 reports detections in: the dataset image's own 128 px
+    # (the mapper's height/width), not the 96 px the model saw.
+    item = hook.inputs[0]
+    assert tuple(item["image"].shape[-2:]) == (MIN_SIZE, MIN_SIZE)
+    assert detections and detections[0].maps["gradcam"].shape[-2:] == (
+        item["height"],
+        item["width"],
+    )
+    assert (item["height"], item["width"]) == (128, 128)
 
 
 def _written(storage, log_dir):
@@ -166,13 +174,20 @@ def test_no_detections_logs_the_captioned_input(shapes, silent_model, tmp_path):
     expected = [
         f"gradcam/image_{i:02d}/{what}"
         for i in range(2)
-        for what in ("detections", "gradcam", "gradcam++")
+        for what in (
+            "detections",
+            "gradcam",
+            "gradcam++",
+            "gradcam/filmstrip",  # one row: "no detections yet", a black cell for this pass
+            "gradcam++/filmstrip",
+        )
     ]
     assert list(hook.latest_images) == expected
     assert sorted(_written(storage, tmp_path).Tags()["images"]) == sorted(expected)
     for index in range(2):
         picture = hook.latest_images[f"gradcam/image_{index:02d}/detections"]
-        source = input_picture(hook.inputs[index]["image"], "BGR")
+        item = hook.inputs[index]  # drawn in the dataset image's pixels (its height/width)
+        source = input_picture(item["image"], "BGR", (item["height"], item["width"]))
         height = source.shape[0]
         assert picture.shape[0] > height  # a caption band under the input
         np.testing.assert_array_equal(picture[:height], source)

@@ -33,7 +33,13 @@ def test_example_writes_tensorboard_logs_and_a_picture(tmp_path):
     assert set(steps) == {
         f"gradcam/image_{i:02d}/{what}"
         for i in range(4)
-        for what in ("detections", "gradcam", "gradcam++")
+        for what in (
+            "detections",
+            "gradcam",
+            "gradcam++",
+            "gradcam/filmstrip",
+            "gradcam++/filmstrip",
+        )
     }
     assert all(s == [1, 2] for s in steps.values())
     image = cv2.imread(str(picture))

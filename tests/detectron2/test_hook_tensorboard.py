@@ -89,9 +89,8 @@ def test_image_tags_at_the_expected_steps(run, request):
     steps = image_steps(events)
     images = 2 if run == "c4_run" else 1
     methods = ("gradcam", "gradcam++") if run == "c4_run" else ("gradcam", "hirescam")
-    expected = {
-        f"gradcam/image_{i:02d}/{what}" for i in range(images) for what in ("detections", *methods)
-    }
+    pictures = ("detections", *methods, *(f"{m}/filmstrip" for m in methods))
+    expected = {f"gradcam/image_{i:02d}/{what}" for i in range(images) for what in pictures}
     assert set(steps) == expected
     for tag, tag_steps in steps.items():
         assert tag_steps == STEPS, tag  # every pass, the last iteration's included
@@ -132,6 +131,26 @@ def test_retinanet_strip_has_one_column_per_subnet_layer(retina_run):
     assert strip.shape[0] == detections * tile_h + (detections - 1) * pad
 
 
+@pytest.mark.parametrize("run", ["c4_run", "retina_run"])
+def test_film_strip_gains_one_column_per_pass(run, request):
+    """The film strip in the event file: the input column, then one column per pass so far
+    (iterations as columns), at least one tracked detection per row."""
+    owner, events = request.getfixturevalue(run)[:2]
+    hook = owner.gradcam_hook if run == "c4_run" else owner
+    for method in hook.methods:
+        tag = f"gradcam/image_00/{method}/filmstrip"
+        logged = events.Images(tag)
+        assert [e.step for e in logged] == STEPS
+        widths = [decode(e.encoded_image_string).shape[1] for e in logged]
+        # grid: ncols cells of equal width with 2-px gaps
+        column = widths[1] - widths[0]
+        assert column > 0 and widths[2] - widths[1] == column
+        assert widths[0] == 2 * column - 2  # input + first pass
+        strip = hook.latest_images[tag]
+        tile = strip.shape[1] // 4
+        assert strip.shape[0] >= tile // 2  # at least one row
+
+
 def test_hook_registered_after_the_writer_still_gets_its_final_pictures_written(shapes, tmp_path):
     # register_hooks([PeriodicWriter, GradCAMHook]): the writer writes first in every step and
     # closes in after_train; the hook does not reorder the trainer's hooks, and the last pass's
@@ -142,7 +161,9 @@ def test_hook_registered_after_the_writer_still_gets_its_final_pictures_written(
     train(cfg, dicts, 3, [hook], log_dir=str(tmp_path), writer_first=True)
     events = read_events(str(tmp_path))
     steps = image_steps(events)
-    assert set(steps) == {f"gradcam/image_00/{w}" for w in ("detections", "gradcam", "gradcam++")}
+    methods = ("gradcam", "gradcam++")
+    pictures = ("detections", *methods, *(f"{m}/filmstrip" for m in methods))
+    assert set(steps) == {f"gradcam/image_00/{w}" for w in pictures}
     for tag, picture in hook.latest_images.items():
         assert steps[tag] == [2], tag
         decoded = decode(events.Images(tag)[-1].encoded_image_string)[:, :, ::-1]

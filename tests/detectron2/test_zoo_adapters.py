@@ -243,9 +243,8 @@ def test_lazy_only_detectors_explained_at_the_per_roi_layer(kind):
     # ViTDet and the new LSJ baselines are CAMStandardROIHeads models: DetectionCAM explains
     # them per ROI today (their image-level ViT layers wait for the channels-last layouts).
     model = _build("lazy", kind, cam=True, seed=0)
-    (dets,) = DetectionCAM(model, "roi_heads.box_pooler", methods=("gradcam",)).explain(
-        _inputs()[:1], max_detections=2
-    )
+    cam = DetectionCAM(model, "roi_heads.box_pooler", methods=("gradcam",), score="probability")
+    (dets,) = cam.explain(_inputs()[:1], max_detections=2)
     assert len(dets) == 2
     for det in dets:
         assert det.target_score == pytest.approx(det.score, abs=1e-6)

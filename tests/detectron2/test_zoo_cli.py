@@ -84,7 +84,7 @@ def test_lazy_config_file_with_overrides_writes_pictures(kind, tmp_path, image, 
     )  # fmt: skip
     assert status == 0, err
     assert out.startswith(f"{adapter}: weights random")
-    assert "(128x128 px)" in out  # the file's test resize, not detectron2's default 800
+    assert "(model input 128x128 px)" in out  # the file's test resize, not detectron2's default 800
     names = sorted(p.name for p in out_dir.iterdir())
     assert "shapes-detections.png" in names
     # COCO's class names come from the file's dataloader.test.dataset.names.

@@ -1,0 +1,84 @@
+"""Maps with no positive evidence are said, not drawn blank or counted as 0: a saturated
+probability has a zero gradient (all-zero Grad-CAM) where its logit still explains."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from d2_helpers import build, make_inputs
+from hook_helpers import fake_trainer
+
+from detectron2_hooks import DetectionCAM, GradCAMHook
+from lightning_gradcam.pictures import pass_pictures
+
+
+@pytest.fixture(scope="module")
+def saturated():
+    """A tiny FPN Faster R-CNN whose classifier logits are scaled by 1000: every reported
+    probability rounds to 1.0 (or 0), as in a confident detector."""
+    model = build("fpn", seed=4)
+    layer = model.roi_heads.box_predictor.cls_score
+    with torch.no_grad():
+        layer.weight.mul_(1000.0)
+        layer.bias.mul_(1000.0)
+    return model
+
+
+def _explain(model, score):
+    cam = DetectionCAM(model, methods=("gradcam", "gradcam++"), score=score)
+    return [d for dets in cam.explain(make_inputs(2), max_detections=4) for d in dets]
+
+
+def test_saturated_probability_is_marked_no_evidence_and_the_logit_explains(saturated):
+    by_prob = _explain(saturated, "probability")
+    assert by_prob and all(d.score == pytest.approx(1.0) for d in by_prob)
+    for det in by_prob:
+        assert det.evidence == {"gradcam": False, "gradcam++": False}
+        assert det.no_evidence == ["gradcam", "gradcam++"]
+        for cam in det.maps.values():
+            assert float(cam.abs().max()) == 0.0  # exactly zero, never jitter
+    by_logit = _explain(saturated, "logit")
+    assert sum(d.evidence["gradcam"] for d in by_logit) >= len(by_logit) // 2 + 1
+    for det in by_logit:
+        if det.evidence["gradcam"]:
+            assert float(det.maps["gradcam"].max()) > 0.5
+
+
+def test_pictures_caption_maps_without_positive_evidence(saturated):
+    dets = _explain(saturated, "probability")[:2]
+    image = np.full((128, 160, 3), 90, np.uint8)
+    kwargs = dict(layers=[dets[0].layer], methods=["gradcam"], step=5)
+    marked = pass_pictures(image, dets, **kwargs)["gradcam"]
+    unmarked = [
+        dataclasses.replace(d, evidence_by_layer={d.layer: {"gradcam": True, "gradcam++": True}})
+        for d in dets
+    ]
+    plain = pass_pictures(image, unmarked, **kwargs)["gradcam"]
+    assert marked.shape == plain.shape
+    differs = np.flatnonzero((marked != plain).any(axis=(1, 2)))
+    # only the caption bands differ (below each 128-px overlay): the caption says so
+    assert differs.size and differs.min() >= 128
+
+
+def test_hook_leaves_maps_without_evidence_out_of_energy_and_drift(saturated):
+    inputs = make_inputs(1)
+    hook = GradCAMHook(inputs=inputs, num_images=1, max_detections=3, score="probability")
+    hook.trainer = fake_trainer(saturated, 0)
+    hook.before_train()
+    for step in (0, 1):
+        hook.trainer.storage = type(hook.trainer.storage)(step)
+        with hook.trainer.storage:
+            hook.run()
+    scalars = hook.history[-1]["scalars"]
+    assert scalars["gradcam/image_00/num_detections"] >= 1
+    # every map lacks evidence: no energy of 0, no drift of 1, nothing written
+    assert not [k for k in scalars if "energy_in_box" in k or "drift" in k]
+    hook = GradCAMHook(inputs=inputs, num_images=1, max_detections=3)  # the logit
+    hook.trainer = fake_trainer(saturated, 0)
+    hook.before_train()
+    with hook.trainer.storage:
+        hook.run()
+    assert 0 < hook.history[-1]["scalars"]["gradcam/image_00/gradcam/energy_in_box"] <= 1
