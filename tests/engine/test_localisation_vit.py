@@ -65,6 +65,17 @@ class TinyViT(nn.Module):
 
 @pytest.fixture(scope="module")
 def trained() -> TinyViT:
+    # One thread: the same float reductions, hence the same trained model, on any machine
+    # (CI's default thread count trained a ViT whose Grad-CAM was measurably weaker).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train() -> TinyViT:
     torch.manual_seed(0)
     train = make_shapes(STEPS * BATCH, size=SIZE, seed=1)
     model = TinyViT()
