@@ -19,6 +19,8 @@ import torch
 from detectron2.config import instantiate
 from detectron2.modeling import build_model
 from detectron2.modeling.meta_arch.panoptic_fpn import PanopticFPN
+from detectron2.modeling.postprocessing import detector_postprocess
+from detectron2.structures import Boxes
 
 from detectron2_hooks import CAMFCOS, CAMCascadeROIHeads, DetectionCAM
 from detectron2_hooks.tiny import tiny_lazy_config, tiny_zoo_config
@@ -56,14 +58,21 @@ def two_images() -> list[dict]:
 
 
 def reference_forward(model, inputs):
-    """The model's own inference forward, scores on the graph, no post-processing."""
+    """The model's own inference forward, scores on the graph, then detectron2's own
+    ``detector_postprocess`` (which drops empty boxes), as the model's ``forward`` reports."""
     if hasattr(model, "head"):
         images = model.preprocess_image(inputs)
         features = model.backbone(images.tensor)
         features = [features[f] for f in model.head_in_features]
-        return model.forward_inference(images, features, model.head(features))
-    out = model.inference(inputs, do_postprocess=False)
-    return out[0] if isinstance(model, PanopticFPN) else out
+        raw = model.forward_inference(images, features, model.head(features))
+    else:
+        raw = model.inference(inputs, do_postprocess=False)
+        raw = raw[0] if isinstance(model, PanopticFPN) else raw
+    out = []
+    for inst in raw:
+        inst.pred_boxes = Boxes(inst.pred_boxes.tensor.detach().clone())  # scaled in place
+        out.append(detector_postprocess(inst, *inst.image_size))  # no height/width given
+    return out
 
 
 @contextlib.contextmanager

@@ -28,7 +28,7 @@ STEPS = [1, 3, 4]
 TAGS = {
     f"gradcam/image_{i:02d}/{what}"
     for i in range(2)
-    for what in ("detections", "gradcam", "hirescam")
+    for what in ("detections", "gradcam", "hirescam", "gradcam/filmstrip", "hirescam/filmstrip")
 }
 
 
