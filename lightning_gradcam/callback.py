@@ -7,7 +7,6 @@ from the ``Callback`` base of every installed Lightning package (see ``lightning
 from __future__ import annotations
 
 import hashlib
-import math
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -17,6 +16,13 @@ import torch
 from torch import nn
 
 from .batch import Samples, default_batch_parser, make_samples, to_samples
+from .callback_args import (
+    channel_stats,
+    check_model,
+    check_target,
+    optional_size,
+    positive_int,
+)
 from .core.faithfulness import check_metrics, mean_scalars
 from .core.layers import full_layer_name, resolve_layer, unwrap_model
 from .core.layouts import check_reshape
@@ -38,47 +44,7 @@ from .sinks import Sink, sinks_for
 
 __all__ = ["GradCAMCallback"]
 
-_TARGET_POLICIES = ("auto", "label", "prediction")
 _STATE_VERSION = 1
-
-
-def _positive_int(value: object, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _optional_size(value: object, name: str) -> int | None:
-    if value is None:
-        return None
-    return _positive_int(value, name, minimum=16)
-
-
-def _channel_stats(value: object, name: str) -> tuple[float, ...] | None:
-    if value is None:
-        return None
-    if isinstance(value, (int, float)):
-        value = (value,)
-    try:
-        stats = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"{name} must be a sequence of per-channel floats, got {value!r}"
-        ) from None
-    if not stats or not all(math.isfinite(v) for v in stats):
-        raise ValueError(f"{name} must be a non-empty sequence of finite floats, got {value!r}")
-    return stats
-
-
-def _check_model(model: object) -> str | Callable[[Any], nn.Module] | None:
-    if model is None or callable(model):
-        return model
-    if isinstance(model, str) and model.strip(". ") and all(model.split(".")):
-        return model
-    raise ValueError(
-        f"model must be an attribute path of the network inside the LightningModule "
-        f"('model', 'net.backbone'), a callable pl_module -> nn.Module, or None, got {model!r}"
-    )
 
 
 def _first_loader(loaders: object) -> object | None:
@@ -236,14 +202,14 @@ class GradCAMCallback(*CALLBACK_BASES):
             )
         self.layer = layer
         self.methods = check_methods(methods)
-        self.num_samples = _positive_int(num_samples, "num_samples")
-        self.every_n_epochs = _positive_int(every_n_epochs, "every_n_epochs")
-        self.target = self._check_target(target)
+        self.num_samples = positive_int(num_samples, "num_samples")
+        self.every_n_epochs = positive_int(every_n_epochs, "every_n_epochs")
+        self.target = check_target(target)
         if batch_parser is not None and not callable(batch_parser):
             raise TypeError(f"batch_parser must be callable, got {type(batch_parser).__name__}")
         self.batch_parser = batch_parser or default_batch_parser
-        self.mean = _channel_stats(mean, "mean")
-        self.std = _channel_stats(std, "std")
+        self.mean = channel_stats(mean, "mean")
+        self.std = channel_stats(std, "std")
         if self.std is not None and min(self.std) <= 0:
             raise ValueError(f"std must be positive, got {self.std}")
         if self.mean and self.std and len(self.mean) != len(self.std):
@@ -259,8 +225,8 @@ class GradCAMCallback(*CALLBACK_BASES):
         if not isinstance(tag_prefix, str) or not tag_prefix.strip("/ "):
             raise ValueError(f"tag_prefix must be a non-empty string, got {tag_prefix!r}")
         self.tag_prefix = tag_prefix.strip("/ ")
-        self.max_image_size = _optional_size(max_image_size, "max_image_size")
-        self.filmstrip_size = _optional_size(filmstrip_size, "filmstrip_size")
+        self.max_image_size = optional_size(max_image_size, "max_image_size")
+        self.filmstrip_size = optional_size(filmstrip_size, "filmstrip_size")
         self.reshape = check_reshape(reshape)
         if class_names is not None and (
             isinstance(class_names, str) or not all(isinstance(n, str) for n in class_names)
@@ -281,7 +247,7 @@ class GradCAMCallback(*CALLBACK_BASES):
             self._set_samples(samples)
         self._pending: list[Samples] = []
 
-        self.model = _check_model(model)
+        self.model = check_model(model)
         self.on_error = check_on_error(on_error)
         self._guard = PassGuard("GradCAMCallback", self.on_error)
         self._last_step: int | None = None
@@ -298,42 +264,6 @@ class GradCAMCallback(*CALLBACK_BASES):
         self._sink: Sink | None = None
         self._warned: set[str] = set()
         self.history: list[dict[str, Any]] = []
-
-    # ------------------------------------------------------------------ validation helpers
-
-    @staticmethod
-    def _check_target(target: object) -> object:
-        if isinstance(target, str):
-            if target not in _TARGET_POLICIES:
-                raise ValueError(
-                    f"target {target!r} is not a policy; use one of {', '.join(_TARGET_POLICIES)}, "
-                    "a class id, a sequence of class ids (one per image) or a callable"
-                )
-            return target
-        if isinstance(target, bool):
-            raise TypeError("target must be a class id, not a bool")
-        if isinstance(target, int):
-            if target < 0:
-                raise ValueError(f"target class id must be >= 0, got {target}")
-            return target
-        if isinstance(target, torch.Tensor) or (
-            isinstance(target, Sequence) and not isinstance(target, str)
-        ):
-            ids = torch.as_tensor(target)
-            if ids.dim() != 1 or ids.is_floating_point() or ids.dtype == torch.bool:
-                raise ValueError(
-                    f"a target sequence must hold one integer class id per image, got shape "
-                    f"{tuple(ids.shape)} {ids.dtype}"
-                )
-            if bool((ids < 0).any()):
-                raise ValueError(f"target class ids must be >= 0, got {ids.tolist()}")
-            return ids.long()
-        if callable(target):
-            return target
-        raise TypeError(
-            f"target must be 'auto', 'label', 'prediction', a class id, a sequence of class "
-            f"ids or a callable, got {type(target).__name__}"
-        )
 
     def _set_samples(self, samples: Samples) -> None:
         if isinstance(self.target, torch.Tensor) and self.target.numel() != len(samples):
