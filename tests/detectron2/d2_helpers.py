@@ -10,6 +10,7 @@ from detectron2.modeling import build_model
 
 import detectron2_hooks  # noqa: F401  (registers the adapters)
 from detectron2_hooks.tiny import tiny_config
+from lightning_gradcam.core.layers import resolve_layer
 
 warnings.filterwarnings("ignore", category=UserWarning)
 
@@ -56,3 +57,25 @@ def record_outputs(module: torch.nn.Module):
         yield outputs
     finally:
         handle.remove()
+
+
+@contextlib.contextmanager
+def recording(model, names):
+    """Every call of each layer; consumers get a clone (as ActivationCapture does)."""
+    records = {name: [] for name in names}
+    handles = []
+
+    def hook(name):
+        def record(_module, _inputs, output):
+            records[name].append(output)
+            return output.clone()
+
+        return record
+
+    try:
+        for name in names:
+            handles.append(resolve_layer(model, name).register_forward_hook(hook(name)))
+        yield records
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
-from d2_helpers import build, make_inputs
+from d2_helpers import build, make_inputs, recording
 from torch import nn
 
 from detectron2_hooks import DetectionCAM
 from detectron2_hooks.explain import paste_in_boxes
 from lightning_gradcam.core.drift import energy_in_boxes
-from lightning_gradcam.core.layers import LayerNotFoundError, resolve_layer
+from lightning_gradcam.core.layers import LayerNotFoundError
 from lightning_gradcam.core.methods import compute_cam, method_names
 
 LAYERS = {
@@ -43,28 +41,6 @@ def _reference_forward(model, inputs):
         features = [features[f] for f in model.head_in_features]
         return model.forward_inference(images, features, model.head(features))
     return model.inference(inputs, do_postprocess=False)
-
-
-@contextlib.contextmanager
-def _recording(model, names):
-    """Record every call of each layer; consumers get a clone (as ActivationCapture does)."""
-    records = {name: [] for name in names}
-    handles = []
-
-    def hook(name):
-        def record(_module, _inputs, output):
-            records[name].append(output)
-            return output.clone()
-
-        return record
-
-    try:
-        for name in names:
-            handles.append(resolve_layer(model, name).register_forward_hook(hook(name)))
-        yield records
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 @pytest.fixture(
@@ -107,7 +83,7 @@ def test_target_score_is_the_reported_score_and_maps_match_a_per_detection_loop(
     the targets, the locality of each gradient and the maps must agree with DetectionCAM."""
     kind, model, inputs, out = explained
     names = LAYERS[kind]
-    with torch.enable_grad(), _recording(model, names) as calls:
+    with torch.enable_grad(), recording(model, names) as calls:
         instances = _reference_forward(model, inputs)
     for det in (d for dets in out for d in dets):
         inst = instances[det.image_index]

@@ -12,10 +12,9 @@ was pooled (a cascade: the box the last stage pooled).
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
+from d2_helpers import recording
 from detectron2.config import instantiate
 from detectron2.modeling import build_model
 from detectron2.modeling.meta_arch.panoptic_fpn import PanopticFPN
@@ -24,7 +23,6 @@ from detectron2.structures import Boxes
 
 from detectron2_hooks import CAMFCOS, CAMCascadeROIHeads, DetectionCAM
 from detectron2_hooks.tiny import tiny_lazy_config, tiny_zoo_config
-from lightning_gradcam.core.layers import resolve_layer
 from lightning_gradcam.core.methods import compute_cam
 
 METHODS = ("gradcam", "gradcam++", "hirescam")
@@ -73,28 +71,6 @@ def reference_forward(model, inputs):
         inst.pred_boxes = Boxes(inst.pred_boxes.tensor.detach().clone())  # scaled in place
         out.append(detector_postprocess(inst, *inst.image_size))  # no height/width given
     return out
-
-
-@contextlib.contextmanager
-def recording(model, names):
-    """Every call of each layer; consumers get a clone (as ActivationCapture does)."""
-    records = {name: [] for name in names}
-    handles = []
-
-    def hook(name):
-        def record(_module, _inputs, output):
-            records[name].append(output)
-            return output.clone()
-
-        return record
-
-    try:
-        for name in names:
-            handles.append(resolve_layer(model, name).register_forward_hook(hook(name)))
-        yield records
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 class Explained:
