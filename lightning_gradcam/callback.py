@@ -32,12 +32,12 @@ from .core.resilience import (
     PassGuard,
     check_on_error,
     concat_batches,
-    is_out_of_memory,
     run_in_chunks,
 )
 from .core.state import preserve_rng
 from .core.tracking import DriftTracker, has_evidence
 from .engine import CAMEngine, CAMResult
+from .explained import ForwardWatch, explained_network, not_callable_on_images
 from .lightning_compat import CALLBACK_BASES, sharded_strategy_name
 from .pictures import SamplePictures, evidence_text, sheet
 from .sinks import Sink, sinks_for
@@ -54,26 +54,6 @@ def _first_loader(loaders: object) -> object | None:
     if isinstance(loaders, (list, tuple)):
         return loaders[0] if loaders else None
     return loaders
-
-
-class _ForwardWatch:
-    """Whether a module's forward was entered and whether it returned, during a block: an
-    exception raised between the two came from calling the module on the images."""
-
-    def __init__(self, module: nn.Module):
-        self.module = module
-        self.entered = self.returned = False
-
-    def __enter__(self) -> _ForwardWatch:
-        self._handles = [
-            self.module.register_forward_pre_hook(lambda *_: setattr(self, "entered", True)),
-            self.module.register_forward_hook(lambda *_: setattr(self, "returned", True)),
-        ]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for handle in self._handles:
-            handle.remove()
 
 
 def _images_digest(images: torch.Tensor) -> str:
@@ -327,33 +307,7 @@ class GradCAMCallback(*CALLBACK_BASES):
         )
 
     def _network(self, pl_module: Any) -> nn.Module:
-        """The module explained: the LightningModule, or what ``model=`` names in it."""
-        if self.model is None:
-            return pl_module
-        if callable(self.model):
-            network = self.model(pl_module)
-            what = "the model= callable returned"
-        else:
-            network = unwrap_model(pl_module)
-            done: list[str] = []
-            for part in self.model.split("."):
-                if not hasattr(network, part):
-                    children = [name for name, _ in network.named_children()]
-                    where = ".".join(done) or type(pl_module).__name__
-                    raise AttributeError(
-                        f"model={self.model!r}: {where} has no attribute {part!r}; its "
-                        f"submodules are {children}. Pass the attribute path of the network "
-                        "inside the LightningModule, or a callable pl_module -> nn.Module"
-                    )
-                network = getattr(network, part)
-                done.append(part)
-            what = f"model={self.model!r} names"
-        if not isinstance(network, nn.Module):
-            raise TypeError(
-                f"{what} a {type(network).__name__}, not a torch.nn.Module; name the network "
-                "whose forward maps images to class scores"
-            )
-        return network
+        return explained_network(pl_module, self.model)
 
     def _skip_outside_fit(self, trainer: Any) -> bool:
         if trainer.state.fn == "fit":
@@ -527,23 +481,15 @@ class GradCAMCallback(*CALLBACK_BASES):
         samples = self._samples if samples is None else samples
         network = self._network(pl_module)
         try:
-            with _ForwardWatch(unwrap_model(network)) as watch:
+            with ForwardWatch(unwrap_model(network)) as watch:
                 run_in_chunks(
                     lambda start, stop: self._explain(pl_module, samples, start, stop),
                     len(samples),
                     concat_batches,
                 )
         except Exception as error:
-            if watch.entered and not watch.returned and not is_out_of_memory(error):
-                raise TypeError(
-                    f"GradCAMCallback could not call {type(network).__name__} on the images "
-                    f"{tuple(samples.images.shape)} it explains ({type(error).__name__}: "
-                    f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}). "
-                    "The module explained must map images (B, C, H, W) to class scores: pass "
-                    "model= (the attribute path of the network inside the LightningModule, "
-                    "e.g. model='model' or model='net.backbone', or a callable pl_module -> "
-                    "nn.Module), or a callable target= that picks the scores from its output."
-                ) from error
+            if watch.failed_inside(error):
+                raise not_callable_on_images(network, samples.images.shape, error) from error
             if hasattr(error, "add_note"):  # Python 3.11+
                 error.add_note(
                     "GradCAMCallback: the trial CAM pass before training failed; fix the "
