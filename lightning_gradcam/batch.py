@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -153,3 +153,33 @@ def make_samples(images, labels=None, boxes=None, masks=None) -> Samples:
             )
         masks = masks.bool()
     return Samples(images=images, labels=labels, boxes=boxes, masks=masks)
+
+
+class SampleCollector:
+    """Gathers the first ``count`` images (with labels, boxes, masks) of the batches it is
+    shown, each parsed by ``parser`` (see :func:`default_batch_parser`)."""
+
+    def __init__(self, count: int, parser: Callable[[object], object]):
+        self.count = count
+        self.parser = parser
+        self._parts: list[Samples] = []
+
+    @property
+    def wants_more(self) -> bool:
+        return sum(len(part) for part in self._parts) < self.count
+
+    def add(self, batch: object) -> None:
+        if self.wants_more:
+            self._parts.append(to_samples(self.parser(batch)))
+
+    def add_from(self, batches: Iterable[object]) -> None:
+        """Batches from ``batches`` (a dataloader) until enough images are gathered."""
+        for batch in batches:
+            self.add(batch)
+            if not self.wants_more:
+                break
+
+    def collect(self) -> Samples | None:
+        """The first ``count`` images gathered so far (None if none), and start afresh."""
+        parts, self._parts = self._parts, []
+        return Samples.concat(parts).head(self.count) if parts else None

@@ -15,10 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .batch import Samples, default_batch_parser, make_samples, to_samples
+from .batch import SampleCollector, Samples, default_batch_parser, make_samples, to_samples
 from .callback_args import (
     channel_stats,
     check_model,
+    check_samples,
     check_target,
     optional_size,
     positive_int,
@@ -225,7 +226,7 @@ class GradCAMCallback(*CALLBACK_BASES):
         if images is not None:
             samples = make_samples(images, labels, boxes, masks).head(self.num_samples)
             self._set_samples(samples)
-        self._pending: list[Samples] = []
+        self._collector = SampleCollector(self.num_samples, self.batch_parser)
 
         self.model = check_model(model)
         self.on_error = check_on_error(on_error)
@@ -246,22 +247,7 @@ class GradCAMCallback(*CALLBACK_BASES):
         self.history: list[dict[str, Any]] = []
 
     def _set_samples(self, samples: Samples) -> None:
-        if isinstance(self.target, torch.Tensor) and self.target.numel() != len(samples):
-            raise ValueError(
-                f"target gives {self.target.numel()} class ids but {len(samples)} images are "
-                "explained; give one class id per image"
-            )
-        if isinstance(self.target, str) and self.target == "label" and samples.labels is None:
-            raise ValueError(
-                "target='label' but the images come without labels; pass labels=..., return "
-                "(images, labels) from batch_parser, or use target='auto'/'prediction'"
-            )
-        channels = samples.images.shape[1]
-        for name, stats in (("mean", self.mean), ("std", self.std)):
-            if stats is not None and len(stats) not in (1, channels):
-                raise ValueError(
-                    f"{name} has {len(stats)} values but the images have {channels} channels"
-                )
+        check_samples(samples, self.target, self.mean, self.std)
         self._samples = samples
 
     def _warn_once(self, key: str, message: str) -> None:
@@ -331,19 +317,15 @@ class GradCAMCallback(*CALLBACK_BASES):
         self._skip_outside_fit(trainer)
 
     def _take(self, batch: object) -> None:
-        if self._samples is not None or not self._wants_more():
-            return
-        self._pending.append(to_samples(self.batch_parser(batch)))
-        if sum(len(p) for p in self._pending) >= self.num_samples:
-            self._finish_taking()
-
-    def _wants_more(self) -> bool:
-        return sum(len(p) for p in self._pending) < self.num_samples
+        if self._samples is None and self._collector.wants_more:
+            self._collector.add(batch)
+            if not self._collector.wants_more:
+                self._finish_taking()
 
     def _finish_taking(self) -> None:
-        if self._pending and self._samples is None:
-            self._set_samples(Samples.concat(self._pending).head(self.num_samples))
-        self._pending = []
+        samples = self._collector.collect()
+        if samples is not None and self._samples is None:
+            self._set_samples(samples)
 
     def on_validation_batch_end(
         self,
@@ -374,10 +356,7 @@ class GradCAMCallback(*CALLBACK_BASES):
         if loader is None:
             return  # not set up yet: the trial uses the first training batch instead
         with preserve_rng():  # a fresh iterator draws a seed: not from the run's streams
-            for batch in loader:
-                self._take(batch)
-                if not self._wants_more():
-                    break
+            self._collector.add_from(loader)
         self._finish_taking()
 
     def on_train_batch_start(

@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .batch import Samples
+
 __all__ = [
     "TARGET_POLICIES",
     "positive_int",
@@ -17,6 +19,7 @@ __all__ = [
     "channel_stats",
     "check_model",
     "check_target",
+    "check_samples",
 ]
 
 TARGET_POLICIES = ("auto", "label", "prediction")
@@ -95,3 +98,29 @@ def check_target(target: object) -> object:
         f"target must be 'auto', 'label', 'prediction', a class id, a sequence of class "
         f"ids or a callable, got {type(target).__name__}"
     )
+
+
+def check_samples(
+    samples: Samples,
+    target: object,
+    mean: tuple[float, ...] | None,
+    std: tuple[float, ...] | None,
+) -> None:
+    """The images to explain against the other arguments: one class id per image, labels
+    for ``target="label"``, one ``mean``/``std`` value per channel (or one for all)."""
+    if isinstance(target, torch.Tensor) and target.numel() != len(samples):
+        raise ValueError(
+            f"target gives {target.numel()} class ids but {len(samples)} images are "
+            "explained; give one class id per image"
+        )
+    if isinstance(target, str) and target == "label" and samples.labels is None:
+        raise ValueError(
+            "target='label' but the images come without labels; pass labels=..., return "
+            "(images, labels) from batch_parser, or use target='auto'/'prediction'"
+        )
+    channels = samples.images.shape[1]
+    for name, stats in (("mean", mean), ("std", std)):
+        if stats is not None and len(stats) not in (1, channels):
+            raise ValueError(
+                f"{name} has {len(stats)} values but the images have {channels} channels"
+            )
