@@ -428,15 +428,27 @@ def _two_stage_evidence(
             )
             for (call_inputs, _), call_grads in zip(reader.calls, pooled_grads)
         ]
-        for site in image_sites:
-            evidence[site.name] = pull_back_to_layer(
-                site.name,
-                capture.activations[site.name][0],
-                reader_inputs,
-                reader_grads,
-                selection,
-            )
+        evidence.update(
+            _image_level_evidence(image_sites, capture, reader_inputs, reader_grads, selection)
+        )
     return evidence
+
+
+def _image_level_evidence(
+    image_sites: list[LayerSite],
+    capture: ActivationCapture,
+    reader_inputs: list[torch.Tensor],
+    reader_grads: LevelGradients | Sequence[LevelGradients],
+    selection: SelectedDetections,
+) -> dict[str, LayerEvidence]:
+    """Each image-level layer's evidence, pulled back from the per-detection gradients at
+    the feature reader's inputs (``pull_back_to_layer``)."""
+    return {
+        site.name: pull_back_to_layer(
+            site.name, capture.activations[site.name][0], reader_inputs, reader_grads, selection
+        )
+        for site in image_sites
+    }
 
 
 def _pooled_boxes(
@@ -483,12 +495,7 @@ def _one_stage_evidence(
             idx = (levels == level).nonzero()[:, 0]
             grads = batched_gradients(targets[idx], reader_inputs[level], retain_graph=True)
             reader_grads[level] = (idx, grads[torch.arange(len(idx)), image_of[idx]])
-        for site in image_sites:
-            evidence[site.name] = pull_back_to_layer(
-                site.name,
-                capture.activations[site.name][0],
-                reader_inputs,
-                reader_grads,
-                selection,
-            )
+        evidence.update(
+            _image_level_evidence(image_sites, capture, reader_inputs, reader_grads, selection)
+        )
     return evidence
