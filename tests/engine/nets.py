@@ -124,3 +124,23 @@ def assert_same_state(before: dict, after: dict) -> None:
     assert torch.equal(after["rng"], before["rng"]), "the CPU RNG state changed"
     assert after["grad_mode"] == before["grad_mode"]
     assert after["inference_mode"] == before["inference_mode"]
+
+
+def train_on_shapes(model: nn.Module, steps: int, batch: int, size: int) -> nn.Module:
+    """Train ``model`` for ``steps`` Adam steps (one-cycle schedule) on generated shapes of
+    ``size`` pixels (seeded data; the batch order from torch's global stream, which the
+    caller seeds before building the model). Returns it in eval mode."""
+    from lightning_gradcam.synthetic import make_shapes
+
+    train = make_shapes(steps * batch, size=size, seed=1)
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=5e-3, total_steps=steps)
+    order = torch.randperm(len(train))
+    for step in range(steps):
+        index = order[step * batch : (step + 1) * batch]
+        loss = F.cross_entropy(model(train.images[index]), train.labels[index])
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+    return model.eval()

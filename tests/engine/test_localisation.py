@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lightning_gradcam import CAMEngine
 from lightning_gradcam.synthetic import SHAPE_NAMES, make_shapes
+
+from .nets import train_on_shapes
 
 STEPS, BATCH = 80, 32
 
@@ -43,20 +44,8 @@ class ShapesNet(nn.Module):
 
 @pytest.fixture(scope="module")
 def trained():
-    torch.manual_seed(0)
-    train = make_shapes(STEPS * BATCH, size=64, seed=1)
-    model = ShapesNet()
-    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=5e-3, total_steps=STEPS)
-    order = torch.randperm(len(train))
-    for step in range(STEPS):
-        index = order[step * BATCH : (step + 1) * BATCH]
-        loss = F.cross_entropy(model(train.images[index]), train.labels[index])
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-    return model.eval()
+    torch.manual_seed(0)  # the initial weights and the batch order
+    return train_on_shapes(ShapesNet(), STEPS, BATCH, size=64)
 
 
 def test_map_peaks_inside_the_deciding_object(trained):

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lightning_gradcam import CAMEngine
 from lightning_gradcam.synthetic import SHAPE_NAMES, make_shapes
+
+from .nets import train_on_shapes
 
 timm_vit = pytest.importorskip("timm.models.vision_transformer")
 
@@ -70,26 +71,10 @@ def trained() -> TinyViT:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _train()
+        torch.manual_seed(0)
+        return train_on_shapes(TinyViT(), STEPS, BATCH, size=SIZE)
     finally:
         torch.set_num_threads(threads)
-
-
-def _train() -> TinyViT:
-    torch.manual_seed(0)
-    train = make_shapes(STEPS * BATCH, size=SIZE, seed=1)
-    model = TinyViT()
-    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=5e-3, total_steps=STEPS)
-    order = torch.randperm(len(train))
-    for step in range(STEPS):
-        index = order[step * BATCH : (step + 1) * BATCH]
-        loss = F.cross_entropy(model(train.images[index]), train.labels[index])
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-    return model.eval()
 
 
 def test_tiny_vit_maps_sit_on_the_deciding_shape(trained):
