@@ -188,7 +188,7 @@ def detectron2_gradcam_options() -> str:
 
 
 def callback_args() -> str:
-    from lightning_gradcam.callback import GradCAMCallback
+    from lightning_gradcam.lightning.callback import GradCAMCallback
 
     return signature_table(GradCAMCallback)
 

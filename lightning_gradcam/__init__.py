@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str):
     # The callback imports Lightning; keep `import lightning_gradcam` light for engine users.
     if name == "GradCAMCallback":
-        from .callback import GradCAMCallback
+        from .lightning.callback import GradCAMCallback
 
         return GradCAMCallback
     raise AttributeError(f"module 'lightning_gradcam' has no attribute {name!r}")

@@ -36,7 +36,7 @@ from .core.render import COLORMAPS
 from .core.targets import logits_of
 from .engine import CAMEngine, CAMResult
 from .io import sample_image as make_sample_image
-from .networks import (
+from .models.networks import (
     SEED_NETWORKS,
     DownloadError,
     NetworkError,

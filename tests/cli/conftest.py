@@ -9,7 +9,7 @@ import torch
 from cli_weights import random_state_dict
 
 from lightning_gradcam.io import sample_image, write_images
-from lightning_gradcam.networks import SEED_NETWORKS
+from lightning_gradcam.models.networks import SEED_NETWORKS
 
 
 @pytest.fixture(scope="session")

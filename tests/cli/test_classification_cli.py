@@ -17,7 +17,7 @@ from cli_weights import random_state_dict
 from lightning_gradcam.cli import DEFAULT_METHODS, main, picture_suffixes
 from lightning_gradcam.core.render import heatmap
 from lightning_gradcam.io import read_image, sample_image, write_images
-from lightning_gradcam.networks import SEED_NETWORKS, prepare_network, pretrained_cache_path
+from lightning_gradcam.models.networks import SEED_NETWORKS, prepare_network, pretrained_cache_path
 
 SMALL = "shufflenet_v2_x1_0"  # the fastest of the eight
 KINDS = [kind for method in DEFAULT_METHODS for kind in picture_suffixes(method)]

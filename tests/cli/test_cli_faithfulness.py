@@ -9,7 +9,7 @@ import pytest
 from lightning_gradcam import CAMEngine
 from lightning_gradcam.cli import main
 from lightning_gradcam.io import read_image
-from lightning_gradcam.networks import materialize, prepare_network
+from lightning_gradcam.models.networks import materialize, prepare_network
 
 SMALL = "shufflenet_v2_x1_0"
 LINE = re.compile(r"^  faithfulness (\S+): deletion_auc (\S+), insertion_auc (\S+)$")

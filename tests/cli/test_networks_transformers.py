@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from lightning_gradcam.networks import RANDOM_WEIGHTS, prepare_network
+from lightning_gradcam.models.networks import RANDOM_WEIGHTS, prepare_network
 
 
 @pytest.mark.parametrize(

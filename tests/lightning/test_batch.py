@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_gradcam.batch import default_batch_parser, make_samples, to_samples
+from lightning_gradcam.lightning.batch import default_batch_parser, make_samples, to_samples
 
 
 def test_default_batch_parser_forms():

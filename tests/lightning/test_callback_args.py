@@ -12,7 +12,7 @@ from cam_events import make_trainer
 from cam_tiny import LAYER, TinyPL, val_loader
 
 from lightning_gradcam import GradCAMCallback, LayerNotFoundError
-from lightning_gradcam.lightning_compat import sharded_strategy_name
+from lightning_gradcam.lightning.compat import sharded_strategy_name
 
 
 @pytest.mark.parametrize(

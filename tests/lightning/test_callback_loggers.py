@@ -19,7 +19,7 @@ from cam_loggers import read_png_rgb, wandb_history, wandb_run_dir
 from cam_tiny import LAYER, SIZE, STEPS_PER_EPOCH, TinyL, TinyPL, val_loader
 
 from lightning_gradcam import GradCAMCallback
-from lightning_gradcam.sinks import mlflow_key, sinks_for
+from lightning_gradcam.lightning.sinks import mlflow_key, sinks_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -183,7 +183,7 @@ def test_no_logger_that_takes_pictures_falls_back_to_pngs_with_one_warning(tmp_p
 
 
 def test_mlflow_names_that_would_merge_two_series_are_refused(tmp_path):
-    from lightning_gradcam.sinks import MLflowSink
+    from lightning_gradcam.lightning.sinks import MLflowSink
 
     sink = MLflowSink(logger=None)  # refused before the logger is touched
     sink.scalar("p/gradcam_plus_plus/x", 0.5, 1)
@@ -196,9 +196,9 @@ def test_tensorboard_and_csv_work_without_wandb_and_mlflow(tmp_path, monkeypatch
     # A None entry in sys.modules makes "import wandb" fail, as if it were not installed.
     monkeypatch.setitem(sys.modules, "wandb", None)
     monkeypatch.setitem(sys.modules, "mlflow", None)
-    import lightning_gradcam.sinks
+    import lightning_gradcam.lightning.sinks
 
-    fresh = importlib.reload(lightning_gradcam.sinks)  # the module itself imports neither
+    fresh = importlib.reload(lightning_gradcam.lightning.sinks)  # the module itself imports neither
     tb = pl.loggers.TensorBoardLogger(str(tmp_path), name="tb", version=0)
     csv_logger = pl.loggers.CSVLogger(str(tmp_path), name="csv", version=0)
     sink = fresh.sinks_for([tb, csv_logger], str(tmp_path), warn=pytest.fail)

@@ -93,7 +93,7 @@ def test_compiled_submodule(tmp_path):
 
 
 def test_prediction_target_is_fixed_at_the_first_cam_epoch(tmp_path, monkeypatch):
-    from lightning_gradcam import callback as callback_module
+    from lightning_gradcam import engine as callback_module
 
     calls = []
     explain = callback_module.CAMEngine.explain

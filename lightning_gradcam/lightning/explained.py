@@ -8,8 +8,8 @@ from typing import Any
 
 from torch import nn
 
-from .core.layers import unwrap_model
-from .core.resilience import is_out_of_memory
+from ..core.layers import unwrap_model
+from ..core.resilience import is_out_of_memory
 
 __all__ = ["explained_network", "ForwardWatch", "not_callable_on_images"]
 

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from .lightning_compat import (
+from .compat import (
     csv_logger_types,
     dummy_logger_types,
     mlflow_logger_types,

@@ -31,9 +31,9 @@ import torchvision
 import torchvision.transforms.functional as TF
 from torch import nn
 
-from .core.checkpoints import RANDOM_WEIGHTS, WeightsError, download_file, load_state_dict_file
-from .core.command_line import first_line
-from .core.layers import resolve_layer
+from ..core.checkpoints import RANDOM_WEIGHTS, WeightsError, download_file, load_state_dict_file
+from ..core.command_line import first_line
+from ..core.layers import resolve_layer
 
 __all__ = [
     "SEED_NETWORKS",

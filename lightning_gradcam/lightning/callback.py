@@ -1,7 +1,7 @@
 """GradCAMCallback: watch where a Lightning model looks, and how that moves, while it trains.
 
 One class serves ``pytorch_lightning.Trainer`` and ``lightning.pytorch.Trainer``: it derives
-from the ``Callback`` base of every installed Lightning package (see ``lightning_compat``).
+from the ``Callback`` base of every installed Lightning package (see ``compat``).
 """
 
 from __future__ import annotations
@@ -15,8 +15,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from .batch import SampleCollector, Samples, default_batch_parser, make_samples, to_samples
-from .callback_args import (
+from ..core.faithfulness import check_metrics, mean_scalars
+from ..core.layers import full_layer_name, resolve_layer, unwrap_model
+from ..core.layouts import check_reshape
+from ..core.methods import check_methods
+from ..core.render import colormap_code, to_uint8_image
+from ..core.resilience import (
+    PassGuard,
+    check_on_error,
+    concat_batches,
+    run_in_chunks,
+)
+from ..core.state import preserve_rng
+from ..core.tracking import DriftTracker, has_evidence
+from ..engine import CAMEngine, CAMResult
+from ..pictures import SamplePictures, evidence_text, sheet
+from .arguments import (
     channel_stats,
     check_model,
     check_samples,
@@ -24,23 +38,9 @@ from .callback_args import (
     optional_size,
     positive_int,
 )
-from .core.faithfulness import check_metrics, mean_scalars
-from .core.layers import full_layer_name, resolve_layer, unwrap_model
-from .core.layouts import check_reshape
-from .core.methods import check_methods
-from .core.render import colormap_code, to_uint8_image
-from .core.resilience import (
-    PassGuard,
-    check_on_error,
-    concat_batches,
-    run_in_chunks,
-)
-from .core.state import preserve_rng
-from .core.tracking import DriftTracker, has_evidence
-from .engine import CAMEngine, CAMResult
+from .batch import SampleCollector, Samples, default_batch_parser, make_samples, to_samples
+from .compat import CALLBACK_BASES, sharded_strategy_name
 from .explained import ForwardWatch, explained_network, not_callable_on_images
-from .lightning_compat import CALLBACK_BASES, sharded_strategy_name
-from .pictures import SamplePictures, evidence_text, sheet
 from .sinks import Sink, sinks_for
 
 __all__ = ["GradCAMCallback"]

@@ -1,0 +1,206 @@
+"""The per-task protocol between ``GradCAMCallback`` and what a model's output means.
+
+The callback knows *when* to explain, *which* fixed samples, *where* to log and what to do
+on failure. A task knows the rest: how a batch holds images and ground truth, which scalar a
+map explains (a class logit, one detection's logit, a class's logits over its pixels), what
+is drawn and which numbers are measured. A new task is a subclass of :class:`CAMTask` added
+with :func:`register_task`; the callback is not touched.
+
+One pass, as the callback runs it::
+
+    samples = task.parse_batch(batch)        # per validation batch, until num_samples
+    task.check_samples(samples)              # arguments against the samples (before training)
+    part = task.explain(network, samples)    # on chunks of the samples when memory runs short
+    result = task.combine([part, ...])
+    report = task.report(result, samples, step=..., epoch=...)   # pictures + scalars, drift
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..core.resilience import concat_batches
+from ..core.state import cam_mode, preserve_model_state
+
+__all__ = [
+    "CAMTask",
+    "PassReport",
+    "TaskOptions",
+    "TaskSamples",
+    "probe_output",
+    "register_task",
+    "registered_tasks",
+    "task_named",
+]
+
+
+class TaskSamples(Protocol):
+    """The fixed samples a task explains, on the CPU: images and their ground truth."""
+
+    def __len__(self) -> int: ...
+
+    def head(self, n: int) -> TaskSamples:
+        """The first ``n`` samples."""
+
+    def slice(self, start: int, stop: int | None) -> TaskSamples:
+        """Samples ``start:stop`` (a chunk, when memory runs short)."""
+
+    @classmethod
+    def concat(cls, parts: Sequence[TaskSamples]) -> TaskSamples:
+        """The samples of several batches, in order."""
+
+    def to_state(self) -> dict[str, Any]:
+        """Tensors and lists only (a checkpoint holds them); ``from_state`` reads them back."""
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> TaskSamples: ...
+
+    def digest(self) -> str:
+        """A hash of the images: the same images give the same digest."""
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """The callback's arguments that every task reads (already checked by the callback)."""
+
+    methods: tuple[str, ...]
+    layer: str | None = None
+    reshape: Callable[[torch.Tensor], torch.Tensor] | None = None
+    target: object = "auto"
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    colormap: str | int = "jet"
+    alpha: float = 0.5
+    max_image_size: int | None = 256
+    class_names: tuple[str, ...] | None = None
+    filmstrip_size: int | None = 96
+    faithfulness: tuple[str, ...] = ()
+
+
+@dataclass
+class PassReport:
+    """What one pass produced, all computed before anything is written.
+
+    ``images``: ``(tag, uint8 (H, W, 3) RGB, caption)``; ``scalars``: ``{tag: value}``; tags
+    are relative to ``<tag_prefix>/<layer>`` (``"gradcam/sample_00"``,
+    ``"gradcam/energy_in_box"``). ``summary``: ``{method: {name: value}}`` for the
+    callback's ``history``. ``per_image``: ``{scalar tag: [value or None per sample]}`` for
+    the scalars that are means over the samples, so an alarm can name the images.
+    """
+
+    images: list[tuple[str, np.ndarray, str | None]] = field(default_factory=list)
+    scalars: dict[str, float] = field(default_factory=dict)
+    summary: dict[str, dict[str, float]] = field(default_factory=dict)
+    per_image: dict[str, list[float | None]] = field(default_factory=dict)
+
+
+class CAMTask(ABC):
+    """One kind of model: what its batches hold, what one map explains, what is logged.
+
+    Subclasses set ``name`` and implement the abstract methods; ``recognises`` lets the
+    callback choose the task by itself (``GradCAMCallback(task=None)``). A task instance
+    belongs to one callback and holds its state across passes (fixed targets, drift).
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, options: TaskOptions):
+        self.options = options
+        self.layer_name: str | None = options.layer  # the full name, once resolved
+
+    # ---------------------------------------------------------------- recognition
+
+    @classmethod
+    @abstractmethod
+    def recognises(cls, network: nn.Module, batch: Any) -> bool:
+        """Whether this task is the one for ``network`` fed batches like ``batch``: look at
+        types and shapes first; :func:`probe_output` runs the network once if needed."""
+
+    # ---------------------------------------------------------------- samples
+
+    @abstractmethod
+    def parse_batch(self, batch: Any) -> TaskSamples:
+        """The images and ground truth of one batch, on the CPU; a clear error when the
+        batch does not hold what this task needs."""
+
+    def check_samples(self, samples: TaskSamples) -> None:  # noqa: B027 - optional hook
+        """Raise when the samples contradict the callback's arguments (before training)."""
+
+    # ---------------------------------------------------------------- the pass
+
+    @abstractmethod
+    def explain(self, network: nn.Module, samples: TaskSamples) -> Any:
+        """The maps of ``samples`` (one chunk); sets ``layer_name`` to the layer's full
+        name. Raise on a model, layer or target that cannot be explained."""
+
+    def combine(self, parts: Sequence[Any]) -> Any:
+        """The result of all chunks, from the results of each (in order)."""
+        return concat_batches(parts)
+
+    @abstractmethod
+    def report(self, result: Any, samples: TaskSamples, step: int, epoch: int) -> PassReport:
+        """Pictures and scalars of one pass; updates the task's drift state."""
+
+    def faithfulness(  # noqa: B027 - optional hook
+        self, network: nn.Module, samples: TaskSamples, result: Any
+    ) -> dict[str, dict[str, float]]:
+        """``{method or "random": {metric: value}}`` when ``options.faithfulness`` is set and
+        the task can measure it; ``{}`` otherwise."""
+        return {}
+
+    @abstractmethod
+    def filmstrip(self, method: str) -> np.ndarray:
+        """Rows = samples (or objects), columns = passes, as ``uint8 (H, W, 3)`` RGB."""
+
+    # ---------------------------------------------------------------- checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """What resuming needs (fixed targets, the drift references)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Restore ``state_dict()``'s output."""
+
+
+_TASKS: list[type[CAMTask]] = []
+
+
+def register_task(task: type[CAMTask], *, first: bool = True) -> type[CAMTask]:
+    """Add a task the callback may choose by itself. Tasks are asked in order (the most
+    specific first: a newly registered task goes before the built-in ones unless
+    ``first=False``); registering the same name again replaces it. Usable as a decorator."""
+    if not (isinstance(task, type) and issubclass(task, CAMTask)):
+        raise TypeError(f"register_task takes a CAMTask subclass, got {task!r}")
+    if not getattr(task, "name", None):
+        raise ValueError(f"{task.__name__} must set a class attribute name")
+    _TASKS[:] = [t for t in _TASKS if t.name != task.name]
+    _TASKS.insert(0 if first else len(_TASKS), task)
+    return task
+
+
+def registered_tasks() -> tuple[type[CAMTask], ...]:
+    """The tasks in the order they are asked."""
+    return tuple(_TASKS)
+
+
+def task_named(name: str) -> type[CAMTask]:
+    """The registered task called ``name``; the error lists the names."""
+    for task in _TASKS:
+        if task.name == name:
+            return task
+    names = ", ".join(repr(t.name) for t in _TASKS)
+    raise ValueError(f"no task is called {name!r}; the tasks are {names}, or pass a CAMTask")
+
+
+def probe_output(network: nn.Module, inputs: Any) -> Any:
+    """The network's output on ``inputs`` in eval mode under ``no_grad``, leaving no trace
+    (modes, RNG, BatchNorm statistics as they were): for ``recognises`` to look at."""
+    with preserve_model_state(network), cam_mode(), torch.no_grad():
+        return network(inputs)
