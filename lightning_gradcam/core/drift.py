@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["map_drift", "box_masks", "energy_share", "energy_in_boxes"]
+__all__ = ["map_drift", "box_masks", "energy_share", "energy_in_boxes", "pointing_hits"]
 
 _EPS = 1e-12
 
@@ -113,3 +113,20 @@ def energy_in_boxes(
     """``energy_share`` with regions given as boxes (see ``box_masks``): ``(N,)``."""
     masks = box_masks(boxes, tuple(maps.shape[-2:]))
     return energy_share(maps, masks)
+
+
+def pointing_hits(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """The pointing game (Zhang et al., "Top-down Neural Attention by Excitation Backprop",
+    ECCV 2016): ``(N,)`` bool, whether the maximum of ``maps[i]`` ``(N, H, W)`` lies inside
+    ``masks[i]`` ``(N, H, W)`` bool. A tie for the maximum counts as a hit when any of the
+    tied pixels is inside (the paper's tolerance, without its 15-pixel margin); a map that is
+    zero everywhere has no maximum to point with and never hits."""
+    maps = _check_maps(maps, "maps")
+    masks = torch.as_tensor(masks).to(torch.bool).cpu()
+    if masks.shape != maps.shape:
+        raise ValueError(
+            f"masks {tuple(masks.shape)} must have the maps' shape {tuple(maps.shape)}"
+        )
+    peak = maps.flatten(1).amax(dim=1)
+    at_peak = (maps >= peak[:, None, None]) & (peak[:, None, None] > 0)
+    return (at_peak & masks).flatten(1).any(dim=1)

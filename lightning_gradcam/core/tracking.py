@@ -12,6 +12,13 @@ Per update of key ``k`` with maps ``m`` ``(N, H, W)``:
   detections matched (same class, IoU >= ``match_iou``, greedy from the highest score, each
   earlier detection used once) for detections; no pair, no value.
 - ``energy_in_box``: mean over maps of ``core.drift.energy_share`` in the map's box or mask.
+- ``pointing_game``: share of the maps whose maximum lies in the map's box or mask
+  (``core.drift.pointing_hits``).
+- ``no_evidence_rate``: share of all maps without positive evidence (given with the two above,
+  when regions are known); the maps left out of them.
+
+``last_per_image`` holds, after each update, ``energy_in_box`` and ``pointing_game`` per map
+(``None`` for a map left out), so a caller can name the images behind a low mean.
 
 With ``leave_out_empty=True``, a map with no positive evidence (zero everywhere after the
 ReLU: Grad-CAM's signal can vanish, e.g. when a probability saturates) is left out of both
@@ -28,7 +35,7 @@ from typing import Any
 import torch
 from torchvision.ops import box_iou
 
-from .drift import energy_in_boxes, energy_share, map_drift
+from .drift import box_masks, energy_share, map_drift, pointing_hits
 
 __all__ = ["DriftTracker", "TrackedMaps", "match_detections", "has_evidence"]
 
@@ -88,6 +95,7 @@ class DriftTracker:
         self.leave_out_empty = bool(leave_out_empty)
         self.first: dict[Hashable, TrackedMaps] = {}
         self.previous: dict[Hashable, TrackedMaps] = {}
+        self.last_per_image: dict[str, list[float | None]] = {}
 
     def update(
         self,
@@ -122,9 +130,7 @@ class DriftTracker:
             drift = self._drift(current, reference)
             if drift is not None:
                 values[f"drift_vs_{name}"] = drift
-        energy = self._energy(current, masks)
-        if energy is not None:
-            values["energy_in_box"] = energy
+        values |= self._localisation(current, masks)
         self.previous[key] = current
         self.first.setdefault(key, current)
         return values
@@ -158,17 +164,27 @@ class DriftTracker:
         before = reference.maps[[j for _, j in pairs]]
         return float(map_drift(now, before).mean())
 
-    def _energy(self, current: TrackedMaps, masks: torch.Tensor | None) -> float | None:
+    def _localisation(self, current: TrackedMaps, masks: torch.Tensor | None) -> dict[str, float]:
+        """``energy_in_box``, ``pointing_game``, ``no_evidence_rate`` (module docstring)."""
+        self.last_per_image = {}
         if masks is None and current.boxes is None:
-            return None
-        kept = [i for i in range(len(current.maps)) if self._counted(current, i)]
-        if not kept:
-            return None
-        if masks is not None:
-            shares = energy_share(current.maps[kept], torch.as_tensor(masks).cpu()[kept])
-        else:
-            shares = energy_in_boxes(current.maps[kept], current.boxes[kept])
-        return float(shares.mean())
+            return {}
+        if masks is None:
+            masks = box_masks(current.boxes, tuple(current.maps.shape[-2:]))
+        masks = torch.as_tensor(masks).cpu()
+        counted = [self._counted(current, i) for i in range(len(current.maps))]
+        energy = energy_share(current.maps, masks).tolist()
+        hits = pointing_hits(current.maps, masks).float().tolist()
+        self.last_per_image = {
+            "energy_in_box": [e if c else None for e, c in zip(energy, counted)],
+            "pointing_game": [h if c else None for h, c in zip(hits, counted)],
+        }
+        values = {"no_evidence_rate": float((~current.evidence).float().mean())}
+        if any(counted):
+            for name, per_image in self.last_per_image.items():
+                kept = [v for v in per_image if v is not None]
+                values[name] = float(sum(kept) / len(kept))
+        return values
 
     # ------------------------------------------------------------------ saved state
 

@@ -82,6 +82,8 @@ class TaskOptions:
     class_names: tuple[str, ...] | None = None
     filmstrip_size: int | None = 96
     faithfulness: tuple[str, ...] = ()
+    # The user's batch_parser (or None): a task applies it to each batch before its own parsing.
+    batch_parser: Callable[[Any], Any] | None = None
 
 
 @dataclass
