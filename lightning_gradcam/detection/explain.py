@@ -26,7 +26,7 @@ on 16 different proposals cost one backward through the ROI head.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -204,8 +204,20 @@ class DetectionCAM:
             n: resolve_layer(self.network, n, hint=DETECTION_LAYER_HINT) for n in self.layers
         }
 
-    def explain(self, images, max_detections: int | None = 10) -> list[list[Detection]]:
-        """One list of detections per image (see the class docstring)."""
+    def explain(
+        self,
+        images,
+        max_detections: int | None = 10,
+        *,
+        choose: Callable[[list[dict[str, torch.Tensor]]], Sequence[Sequence[int]]] | None = None,
+    ) -> list[list[Detection]]:
+        """One list of detections per image (see the class docstring).
+
+        ``choose``: instead of the first ``max_detections``, the detections to explain,
+        chosen from the model's outputs (one dict of ``boxes``/``labels``/``scores`` per
+        image, boxes in the input's pixels): it returns, per image, output rows; each list of
+        detections is then in that order.
+        """
         images = _check_images(images)
         if max_detections is not None and max_detections < 0:
             raise ValueError(f"max_detections must be >= 0 or None, got {max_detections}")
@@ -226,7 +238,14 @@ class DetectionCAM:
                         outputs = network(inputs)
                 else:
                     outputs = network(inputs)
-            origins = recover_origins(network, self.family, record, max_detections)
+            if choose is None:
+                limit = max_detections
+                ranks = [list(range(len(o["scores"])))[:limit] for o in outputs]
+            else:
+                ranks = [[int(r) for r in rows] for rows in choose(outputs)]
+                if len(ranks) != len(images):
+                    raise ValueError(f"choose returned {len(ranks)} lists for {len(images)} images")
+            origins = recover_origins(network, self.family, record, ranks)
             image_sizes = [tuple(int(s) for s in size) for size in record.args[-1]]
             original_sizes = [tuple(int(s) for s in image.shape[-2:]) for image in images]
             results = [

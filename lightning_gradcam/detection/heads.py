@@ -37,6 +37,7 @@ __all__ = [
     "Origin",
     "PostprocessRecord",
     "detector_family",
+    "find_detector",
     "recording_postprocess",
     "recover_origins",
 ]
@@ -72,6 +73,16 @@ def detector_family(model: nn.Module) -> Family:
         f"RetinaNet, FCOS, SSD); got {type(model).__name__}. For detectron2 models use "
         "detectron2_hooks.DetectionCAM."
     )
+
+
+def find_detector(network: nn.Module) -> tuple[str, nn.Module] | None:
+    """``(path, detector)``: ``network`` itself (path ``""``) when it is a torchvision
+    detector, else its outermost torchvision detector submodule (a LightningModule holding
+    ``self.model = fasterrcnn_...()``: path ``"model"``); None when there is none."""
+    for path, module in network.named_modules():
+        if isinstance(module, (FasterRCNN, RetinaNet, FCOS, SSD)):
+            return path, module
+    return None
 
 
 @dataclass
@@ -255,9 +266,9 @@ def _match(levels: list[_Level], box: torch.Tensor, score: torch.Tensor, label: 
 
 
 def recover_origins(
-    model: nn.Module, family: Family, record: PostprocessRecord, max_detections: int | None
+    model: nn.Module, family: Family, record: PostprocessRecord, ranks: list[list[int]]
 ) -> list[list[Origin]]:
-    """One list of :class:`Origin` per image: the first ``max_detections`` output rows.
+    """One list of :class:`Origin` per image: those of the output rows ``ranks[image]``.
 
     Raises:
         RuntimeError: when post-processing did not run exactly once, or an output row has
@@ -276,9 +287,8 @@ def recover_origins(
         for proposals in record.args[2]:
             offsets.append(offsets[-1] + len(proposals))
     for image_index, ((boxes, scores, labels), levels) in enumerate(zip(outputs, candidates)):
-        count = len(scores) if max_detections is None else min(len(scores), max_detections)
         image_origins = []
-        for rank in range(count):
+        for rank in ranks[image_index]:
             label = int(labels[rank])
             found = _match(levels, boxes[rank].detach(), scores[rank].detach(), label)
             if found is None or found[0][0] > _SCORE_TOLERANCE * max(
