@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_gradcam.core.drift import energy_in_boxes, energy_share, map_drift
+from lightning_gradcam.core.drift import energy_in_boxes, energy_share, map_drift, pointing_hits
 from lightning_gradcam.core.tracking import DriftTracker, has_evidence, match_detections
 
 
@@ -31,7 +31,8 @@ def test_samples_drift_against_previous_and_first_and_energy_in_box():
     boxes = torch.tensor([[0.0, 0.0, 4.0, 4.0]] * 3)
     tracker = DriftTracker()
     first = tracker.update("gradcam", maps[0], boxes=boxes)
-    assert set(first) == {"energy_in_box"}  # nothing to compare with yet
+    # nothing to compare with yet
+    assert set(first) == {"energy_in_box", "pointing_game", "no_evidence_rate"}
     assert first["energy_in_box"] == pytest.approx(float(energy_in_boxes(maps[0], boxes).mean()))
     second = tracker.update("gradcam", maps[1], boxes=boxes)
     assert second["drift_vs_prev"] == pytest.approx(second["drift_vs_first"])
@@ -85,7 +86,7 @@ def test_detections_are_matched_by_class_and_overlap():
     far = [(0, [8, 8, 24, 24], _blob(16, 16))]  # IoU 0.22 with the last one
     values = _update(tracker, 0, far)
     assert "drift_vs_prev" not in values and "drift_vs_first" not in values
-    assert set(values) == {"energy_in_box"}
+    assert set(values) == {"energy_in_box", "pointing_game", "no_evidence_rate"}
 
 
 def test_matching_is_greedy_and_uses_each_earlier_detection_once():
@@ -119,7 +120,7 @@ def test_maps_without_positive_evidence_are_left_out_only_when_asked():
     assert said["energy_in_box"] == pytest.approx(energy)
     # no evidence anywhere: no value rather than a made-up one
     nothing = left_out.update("m", torch.zeros(2, 32, 32), boxes=boxes)
-    assert nothing == {}
+    assert nothing == {"no_evidence_rate": 1.0}
     # an explicit flag overrides the maps: a map marked empty is left out even if non-zero
     marked = DriftTracker(leave_out_empty=True)
     values = marked.update("m", torch.stack([blob, moved]), boxes=boxes, evidence=[True, False])
@@ -148,3 +149,25 @@ def test_state_round_trip_continues_the_series():
     assert old.update("gradcam", maps[2])["drift_vs_first"] == pytest.approx(
         float(map_drift(maps[2], maps[0]).mean())
     )
+
+
+def test_pointing_game_on_hand_made_maps():
+    maps = torch.zeros(4, 10, 10)
+    maps[0, 2, 3] = 1.0  # peak inside the box
+    maps[1, 8, 8], maps[1, 2, 2] = 1.0, 0.5  # peak outside, the box only has the second best
+    maps[2, 1, 1] = maps[2, 9, 9] = 0.7  # a tie, one of the tied pixels inside
+    boxes = torch.tensor([[0.0, 0.0, 4.0, 4.0]] * 4)  # pixels x, y in 0..4
+    masks = torch.zeros(4, 10, 10, dtype=torch.bool)
+    masks[:, :5, :5] = True
+    assert pointing_hits(maps, masks).tolist() == [True, False, True, False]  # zero map: no hit
+
+    tracker = DriftTracker(leave_out_empty=True)
+    values = tracker.update("gradcam", maps, boxes=boxes)
+    # the flat 4th map has no evidence: left out of the game, counted in the rate
+    assert values["pointing_game"] == pytest.approx(2 / 3)
+    assert values["no_evidence_rate"] == pytest.approx(1 / 4)
+    assert tracker.last_per_image["pointing_game"] == [1.0, 0.0, 1.0, None]
+    counted = DriftTracker().update("gradcam", maps, masks=masks)
+    assert counted["pointing_game"] == pytest.approx(2 / 4)
+    with pytest.raises(ValueError, match="must have the maps' shape"):
+        pointing_hits(maps, masks[:, :5])

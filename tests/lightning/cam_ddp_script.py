@@ -42,6 +42,10 @@ def main(out: str) -> None:
         "eval_count": state["eval_count"],
         "has_samples": state["samples"] is not None,
         "global_step": trainer.global_step,
+        # What a monitor (ModelCheckpoint, EarlyStopping) sees on this rank.
+        "metrics": {
+            k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("gradcam/")
+        },
     }
     with open(os.path.join(out, f"rank_{trainer.global_rank}.json"), "w") as handle:
         json.dump(report, handle)

@@ -45,6 +45,10 @@ def test_ddp_two_cpu_processes_write_one_set_of_images(tmp_path):
     assert reports[0]["cam_count"] == 2 and reports[0]["has_samples"]
     assert reports[1]["cam_count"] == 0 and not reports[1]["has_samples"]
     assert reports[0]["eval_count"] == reports[1]["eval_count"] == 2
+    # Every rank sees the callback's scalars, with rank zero's values.
+    drift = f"gradcam/{LAYER}/gradcam/drift_vs_prev"
+    assert drift in reports[0]["metrics"]
+    assert reports[1]["metrics"] == reports[0]["metrics"]
 
     events = list(tmp_path.rglob("events.out.tfevents.*"))
     assert len(events) == 1, events  # rank zero's writer only
