@@ -7,12 +7,15 @@ recognises anything, last). ``register_task`` puts a new task before them.
 
 from .base import CAMTask, PassReport, TaskOptions, register_task, registered_tasks, task_named
 from .classification import ClassificationTask
+from .detection import DetectionTask
 
+register_task(DetectionTask, first=False)
 register_task(ClassificationTask, first=False)
 
 __all__ = [
     "CAMTask",
     "ClassificationTask",
+    "DetectionTask",
     "PassReport",
     "TaskOptions",
     "register_task",

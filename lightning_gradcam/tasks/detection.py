@@ -36,6 +36,8 @@ from ..core.detections import Detection
 from ..core.layers import unwrap_model
 from ..core.render import caption, draw_boxes, resize_max, to_uint8_image
 from ..core.tracking import DriftTracker
+from ..detection.explain import DetectionCAM
+from ..detection.heads import find_detector
 from ..pictures import class_text, evidence_caption, film_strip, overlay_tile, sheet
 from .base import CAMTask, PassReport, probe_output
 
@@ -166,6 +168,7 @@ class DetectionTask(CAMTask):
     """torchvision detectors with ``(images, targets)`` batches (module docstring)."""
 
     name: ClassVar[str] = "detection"
+    samples_class = DetectionSamples
 
     def __init__(self, options):
         super().__init__(options)
@@ -179,8 +182,6 @@ class DetectionTask(CAMTask):
 
     @classmethod
     def recognises(cls, network: nn.Module, batch: Any) -> bool:
-        from ..detection.heads import find_detector
-
         if find_detector(unwrap_model(network)) is not None:
             return True
         try:
@@ -240,9 +241,6 @@ class DetectionTask(CAMTask):
     # ---------------------------------------------------------------- the pass
 
     def _detection_cam(self, network: nn.Module):
-        from ..detection import DetectionCAM
-        from ..detection.heads import find_detector
-
         network = unwrap_model(network)
         if self._cam is not None and self._cam_for == id(network):
             return self._cam
