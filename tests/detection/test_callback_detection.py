@@ -1,0 +1,148 @@
+"""GradCAMCallback() on a torchvision detector in a real Lightning fit: the detection task is
+recognised by itself from the model and the (images, targets) batches, and the per-object
+overlays, energy_in_box and drift land in the TensorBoard event files."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_fpn
+
+from lightning_gradcam import GradCAMCallback
+from lightning_gradcam.detection.shapes import DETECTION_CLASS_NAMES, shapes_detection_batch
+from lightning_gradcam.tasks.detection import DetectionTask
+
+LAYER = "model.roi_heads.box_roi_pool"
+
+
+def _collate(items):
+    return tuple(zip(*items))  # torchvision's (images, targets) of tuples
+
+
+def _loader(seed: int, count: int, batch_size: int) -> DataLoader:
+    images, targets = shapes_detection_batch(
+        count, 96, seed=seed, num_objects=1, size_range=(40, 56)
+    )
+    return DataLoader(list(zip(images, targets)), batch_size=batch_size, collate_fn=_collate)
+
+
+class DetectorModule(pl.LightningModule):
+    """A LightningModule holding a torchvision detector as ``self.model``."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.model = fasterrcnn_mobilenet_v3_large_fpn(
+            weights=None,
+            weights_backbone=None,
+            num_classes=len(DETECTION_CLASS_NAMES),
+            min_size=96,
+            max_size=96,
+            box_score_thresh=0.0,
+            rpn_post_nms_top_n_test=100,
+            box_detections_per_img=20,
+        )
+
+    def training_step(self, batch, _index):
+        images, targets = batch
+        return sum(self.model(list(images), list(targets)).values())
+
+    def validation_step(self, batch, _index):
+        self.model(list(batch[0]))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9)
+
+
+def _read(log_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    images, scalars = {}, {}
+    for path in glob.glob(
+        os.path.join(str(log_dir), "**", "events.out.tfevents.*"), recursive=True
+    ):
+        acc = EventAccumulator(path, size_guidance={"images": 0, "scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags()["images"]:
+            images[tag] = [(e.step, e.height, e.width) for e in acc.Images(tag)]
+        for tag in acc.Tags()["scalars"]:
+            scalars[tag] = [(e.step, e.value) for e in acc.Scalars(tag)]
+    return images, scalars
+
+
+def test_fit_logs_per_object_overlays_energy_and_drift(tmp_path):
+    callback = GradCAMCallback(num_samples=3, class_names=DETECTION_CLASS_NAMES)
+    trainer = pl.Trainer(
+        callbacks=[callback],
+        max_epochs=2,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        accelerator="cpu",
+        devices=1,
+        logger=pl.loggers.TensorBoardLogger(str(tmp_path), name="tb", version=0),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+    )
+    module = DetectorModule()
+    trainer.fit(module, _loader(0, 4, 2), _loader(7, 3, 3))
+
+    assert isinstance(callback.task, DetectionTask)
+    images, scalars = _read(tmp_path)
+    prefix = f"gradcam/{LAYER}"
+    with_energy, energy_steps = [], {}
+    for method in ("gradcam", "gradcam++"):
+        for number in range(3):  # one object per sample
+            series = images[f"{prefix}/{method}/object_{number:02d}"]
+            assert len(series) >= 2 and series[0][1] > 0
+        assert f"{prefix}/{method}/grid" in images
+        # Means over the found objects whose map has positive evidence; a method whose maps
+        # all have none (a detector two steps into training) says so and logs no energy.
+        empty = scalars[f"{prefix}/{method}/no_evidence_rate"]
+        energy = scalars.get(f"{prefix}/{method}/energy_in_box", [])
+        assert len(energy) == sum(v < 1.0 for _, v in empty)
+        assert all(0.0 <= v <= 1.0 for _, v in energy)
+        if energy:
+            with_energy.append(method)
+            energy_steps[method] = [step for step, _ in energy]
+            assert f"{prefix}/{method}/energy_in_box" in trainer.callback_metrics
+        assert f"{prefix}/{method}/found_rate" in scalars
+    assert with_energy  # at least one method's maps were measured
+    for method in with_energy:  # found with evidence at both passes: drift per object
+        for name in ("drift_vs_prev", "drift_vs_first"):
+            series = scalars[f"{prefix}/{method}/{name}"]
+            assert [step for step, _ in series] == [energy_steps[method][-1]]
+            assert 0.0 <= series[0][1] <= 2.0
+    strip = callback.filmstrip("gradcam")
+    assert strip.dtype == np.uint8 and strip.ndim == 3
+    assert module.model.training  # given back in train mode
+
+
+def test_a_batch_without_boxes_stops_the_fit_with_a_clear_message(tmp_path):
+    images, _ = shapes_detection_batch(2, 96, seed=3)
+    empty = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}] * 2
+    loader = DataLoader(list(zip(images, empty)), batch_size=2, collate_fn=_collate)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        limit_train_batches=1,
+        limit_val_batches=1,
+        accelerator="cpu",
+        devices=1,
+        logger=pl.loggers.TensorBoardLogger(str(tmp_path), name="tb"),
+        default_root_dir=str(tmp_path),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.callbacks.append(GradCAMCallback(num_samples=2))
+    with pytest.raises(ValueError, match="no image of the batch has a ground-truth box"):
+        trainer.fit(DetectorModule(), _loader(0, 2, 2), loader)
