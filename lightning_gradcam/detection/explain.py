@@ -49,6 +49,8 @@ DETECTION_LAYER_HINT = (
 
 # Elements of gradient one batched backward may produce (256 MB float32).
 _GRADIENT_BUDGET = 1 << 26
+# The capture name of a two-stage pooler recorded for image-level layers.
+_POOLED = "\0pooled"
 
 
 def _check_images(images) -> list[torch.Tensor]:
@@ -101,6 +103,29 @@ class _InputSize:
 
     def __exit__(self, *exc_info) -> None:
         self._handle.remove()
+
+
+class _PoolerInputs:
+    """Forward pre-hook on a two-stage pooler: its positional inputs (features, proposals,
+    image sizes), for image-level layers' pull-back; nothing when ``module`` is None."""
+
+    def __init__(self, module: nn.Module | None):
+        self.module = module
+        self.args: tuple | None = None
+        self._handle = None
+
+    def _hook(self, _module, args):
+        if self.args is None:
+            self.args = tuple(args)
+
+    def __enter__(self) -> _PoolerInputs:
+        if self.module is not None:
+            self._handle = self.module.register_forward_pre_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._handle is not None:
+            self._handle.remove()
 
 
 def own_gradients(
@@ -200,6 +225,7 @@ class DetectionCAM:
         if not names:
             raise ValueError("layer is an empty sequence; pass a layer name or None")
         self.layers = [full_layer_name(self.network, n, hint=DETECTION_LAYER_HINT) for n in names]
+        self._pooled = None
         self.modules = {
             n: resolve_layer(self.network, n, hint=DETECTION_LAYER_HINT) for n in self.layers
         }
@@ -228,10 +254,15 @@ class DetectionCAM:
                 image.detach().clone().to(device=device, dtype=torch.float32) for image in images
             ]
             single = len(self.layers) == 1
+            modules = dict(self.modules)
+            pooler = network.roi_heads.box_roi_pool if self.family.two_stage else None
+            if pooler is not None and all(m is not pooler for m in modules.values()):
+                modules[_POOLED] = pooler  # image-level layers pull back through its rows
             with (
                 recording_postprocess(network, self.family) as record,
                 _InputSize(network.backbone) as padded,
-                ActivationCapture(self.modules, grad_from_layer=single) as capture,
+                _PoolerInputs(pooler) as pool_inputs,
+                ActivationCapture(modules, grad_from_layer=single) as capture,
             ):
                 if single:  # autograd records only what runs after the layer
                     with torch.no_grad():
@@ -254,17 +285,23 @@ class DetectionCAM:
             ]
             flat = [(o, d) for per_o, per_d in zip(origins, results) for o, d in zip(per_o, per_d)]
             if flat:
-                for name in self.layers:
-                    self._explain_layer(
-                        name,
-                        capture.activations[name],
-                        flat,
-                        len(images),
-                        record,
-                        padded.size,
-                        image_sizes,
-                        original_sizes,
-                    )
+                if pooler is not None:
+                    pooled_name = next(n for n, m in modules.items() if m is pooler)
+                    self._pooled = (capture.activations[pooled_name], pool_inputs.args)
+                try:
+                    for name in self.layers:
+                        self._explain_layer(
+                            name,
+                            capture.activations[name],
+                            flat,
+                            len(images),
+                            record,
+                            padded.size,
+                            image_sizes,
+                            original_sizes,
+                        )
+                finally:
+                    self._pooled = None
         return results
 
     def _record(self, origin: Origin, output: dict, image_sizes, original_sizes) -> Detection:
@@ -326,6 +363,67 @@ class DetectionCAM:
             "image-level layer (once), " + DETECTION_LAYER_HINT
         )
 
+    def _pooler_pullback(
+        self, name: str, activation: torch.Tensor, origins: list[Origin]
+    ) -> torch.Tensor:
+        """Two-stage detections' gradients at an image-level layer: ``(D, C, h, w)``.
+
+        Each detection's gradient at its own pooled row (one backward through the ROI head
+        for all), then through ROIAlign for that row alone: the pooler is run again on the
+        recorded features with only the detections' proposal boxes (ROIAlign pools every box
+        on its own, so each row is the one the detection was pooled from), and one batched
+        backward carries the D rows' gradients up to the layer. Backpropagating each score
+        through all the proposals' rows instead costs one full backward per detection.
+        """
+        (pooled,), (features, proposals, image_shapes) = self._pooled[0], self._pooled[1]
+        rows = own_gradients(
+            [o.logit for o in origins], [o.roi_row for o in origins], pooled, name
+        )  # (D, C, 7, 7)
+        boxes: list[list[torch.Tensor]] = [[] for _ in proposals]
+        slots = []
+        for origin in origins:
+            slots.append((origin.image_index, len(boxes[origin.image_index])))
+            boxes[origin.image_index].append(proposals[origin.image_index][origin.proposal_index])
+        starts = [0]
+        for image_boxes in boxes:
+            starts.append(starts[-1] + len(image_boxes))
+        box_lists = [torch.stack(b) if b else proposals[i][:0] for i, b in enumerate(boxes)]
+        repooled = self.network.roi_heads.box_roi_pool(features, box_lists, image_shapes)
+        count = len(origins)
+        positions = torch.tensor([starts[image] + k for image, k in slots], device=rows.device)
+        out = activation.new_zeros((count, *activation.shape[1:]))
+        chunk = max(1, _GRADIENT_BUDGET // max(1, activation.numel(), repooled.numel()))
+        for start in range(0, count, chunk):
+            stop = min(count, start + chunk)
+            grad_outputs = rows.new_zeros((stop - start, *repooled.shape))
+            picks = torch.arange(stop - start, device=rows.device)
+            grad_outputs[picks, positions[start:stop]] = rows[start:stop].to(rows)
+            try:
+                (grads,) = torch.autograd.grad(
+                    repooled,
+                    activation,
+                    grad_outputs=grad_outputs,
+                    is_grads_batched=True,
+                    retain_graph=True,
+                    allow_unused=True,
+                )
+            except RuntimeError:  # no batching rule on the path: one backward per detection
+                parts = [
+                    torch.autograd.grad(
+                        repooled, activation, grad_outputs=g, retain_graph=True, allow_unused=True
+                    )[0]
+                    for g in grad_outputs
+                ]
+                grads = None if parts[0] is None else torch.stack(parts)
+            if grads is None:
+                raise ValueError(
+                    f"the detection scores do not depend on layer {name!r}; choose a layer "
+                    "on the classification path, " + DETECTION_LAYER_HINT
+                )
+            images = torch.tensor([o.image_index for o in origins[start:stop]], device=grads.device)
+            out[start:stop] = grads[picks.to(grads.device), images].to(out)
+        return out
+
     def _explain_layer(
         self, name, calls, flat, num_images, record, padded_size, image_sizes, original_sizes
     ) -> None:
@@ -341,7 +439,11 @@ class DetectionCAM:
             owners = [
                 flat[i][0].roi_row if kind == "roi" else flat[i][0].image_index for i in members
             ]
-            grads = own_gradients([flat[i][0].logit for i in members], owners, activation, name)
+            if kind == "image" and self.family.two_stage:
+                grads = self._pooler_pullback(name, activation, [flat[i][0] for i in members])
+            else:
+                targets = [flat[i][0].logit for i in members]
+                grads = own_gradients(targets, owners, activation, name)
             for j, i in enumerate(members):
                 origin, det = flat[i]
                 a = activation[owners[j]][None].detach()
