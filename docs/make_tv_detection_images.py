@@ -1,5 +1,6 @@
 """Regenerate the picture of docs/torchvision-detection.md from a torchvision detector that has
-learned the shapes briefly (about 2 minutes on one CPU core; run it by hand, not in tests).
+learned the shapes briefly (about 2 minutes on one CPU core, 139 s on a shared one; run it by
+hand, not in tests).
 
     python docs/make_tv_detection_images.py      # writes docs/images/tv_detection.png
 
