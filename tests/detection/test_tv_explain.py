@@ -87,7 +87,7 @@ def test_detections_are_the_models_own_and_target_score_is_their_logit(detectors
                 assert float(F.softmax(row, -1)[det.class_id]) == pytest.approx(det.score, 1e-5)
                 continue
             head = raw["head"][0]
-            if family == "ssdlite":
+            if family.startswith("ssd"):
                 row = head["cls_logits"][index, det.anchor_index]
                 assert det.target_score == pytest.approx(float(row[det.class_id]), abs=1e-6)
                 assert float(F.softmax(row, -1)[det.class_id]) == pytest.approx(det.score, 1e-5)

@@ -10,13 +10,14 @@ from torchvision.models.detection import (
     MaskRCNN,
     RetinaNet,
     fasterrcnn_mobilenet_v3_large_fpn,
+    ssd300_vgg16,
     ssdlite320_mobilenet_v3_large,
 )
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 SIZES = {"min_size": 96, "max_size": 128}
-FAMILIES = ("faster_rcnn", "mask_rcnn", "keypoint_rcnn", "retinanet", "fcos", "ssdlite")
+FAMILIES = ("faster_rcnn", "mask_rcnn", "keypoint_rcnn", "retinanet", "fcos", "ssdlite", "ssd300")
 
 
 def _fpn(one_stage: bool = False) -> nn.Module:
@@ -67,8 +68,9 @@ def tiny_detector(family: str, num_classes: int = 4, seed: int = 0) -> nn.Module
         return RetinaNet(_fpn(True), num_classes, score_thresh=0.0, detections_per_img=10, **SIZES)
     if family == "fcos":
         return FCOS(_fpn(True), num_classes, score_thresh=0.0, detections_per_img=10, **SIZES)
-    if family == "ssdlite":
-        model = ssdlite320_mobilenet_v3_large(
+    if family in ("ssdlite", "ssd300"):
+        build = ssdlite320_mobilenet_v3_large if family == "ssdlite" else ssd300_vgg16
+        model = build(
             weights=None,
             weights_backbone=None,
             num_classes=num_classes,
@@ -80,7 +82,8 @@ def tiny_detector(family: str, num_classes: int = 4, seed: int = 0) -> nn.Module
         with torch.no_grad():
             for module in model.head.classification_head.modules():
                 if isinstance(module, nn.Conv2d):
-                    module.weight.normal_(0.0, 0.3)
+                    # VGG's features are large: a smaller spread keeps the softmax unsaturated.
+                    module.weight.normal_(0.0, 0.3 if family == "ssdlite" else 0.002)
         return model
     raise ValueError(family)
 
