@@ -146,3 +146,31 @@ def test_a_batch_without_boxes_stops_the_fit_with_a_clear_message(tmp_path):
     trainer.callbacks.append(GradCAMCallback(num_samples=2))
     with pytest.raises(ValueError, match="no image of the batch has a ground-truth box"):
         trainer.fit(DetectorModule(), _loader(0, 2, 2), loader)
+
+
+def test_model_names_the_detector_as_for_classifiers(tmp_path):
+    callback = GradCAMCallback(
+        model="model", layer="backbone.body.13", methods=("hirescam",), num_samples=2
+    )
+    trainer = pl.Trainer(
+        callbacks=[callback],
+        max_epochs=1,
+        limit_train_batches=1,
+        limit_val_batches=1,
+        accelerator="cpu",
+        devices=1,
+        logger=pl.loggers.TensorBoardLogger(str(tmp_path), name="tb", version=0),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+    )
+    trainer.fit(DetectorModule(), _loader(0, 2, 2), _loader(7, 2, 2))
+    images, scalars = _read(tmp_path)
+    # Tags name the layer relative to the module explained: the detector itself here.
+    assert {
+        "gradcam/backbone.body.13/hirescam/object_00",
+        "gradcam/backbone.body.13/hirescam/grid",
+    } <= set(images)
+    assert "gradcam/backbone.body.13/hirescam/found_rate" in scalars
