@@ -174,3 +174,32 @@ def test_model_names_the_detector_as_for_classifiers(tmp_path):
         "gradcam/backbone.body.13/hirescam/grid",
     } <= set(images)
     assert "gradcam/backbone.body.13/hirescam/found_rate" in scalars
+
+
+def _fit_weights(tmp_path, callbacks) -> dict[str, torch.Tensor]:
+    trainer = pl.Trainer(
+        callbacks=callbacks,
+        max_epochs=2,
+        limit_train_batches=1,  # a pass between the two steps
+        limit_val_batches=1,
+        accelerator="cpu",
+        devices=1,
+        logger=pl.loggers.TensorBoardLogger(str(tmp_path), name="tb"),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic=True,
+    )
+    module = DetectorModule()
+    trainer.fit(module, _loader(0, 4, 2), _loader(7, 2, 2))
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_training_with_the_callback_gives_bit_identical_weights(tmp_path):
+    _fit_weights(tmp_path / "warm", [])  # first-call effects out of the way
+    plain = _fit_weights(tmp_path / "plain", [])
+    watched = _fit_weights(tmp_path / "cam", [GradCAMCallback(num_samples=2)])
+    assert plain.keys() == watched.keys()
+    assert all(torch.equal(plain[k], watched[k]) for k in plain)
+    assert glob.glob(str(tmp_path / "cam" / "**" / "events.out.tfevents.*"), recursive=True)
