@@ -228,6 +228,12 @@ class DetectionTask(CAMTask):
         return DetectionSamples([i.detach().float().cpu().clone() for i in images], boxes, labels)
 
     def check_samples(self, samples: DetectionSamples) -> None:
+        if not (isinstance(self.options.target, str) and self.options.target == "auto"):
+            raise ValueError(
+                f"target={self.options.target!r} chooses a class for classifiers; the detection "
+                "task explains, per ground-truth object, the detection that finds it: leave "
+                "target at its default"
+            )
         if self.options.faithfulness:
             raise ValueError(
                 "faithfulness metrics are not measured for detections (a detector's proposals "

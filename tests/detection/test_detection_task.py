@@ -181,11 +181,13 @@ def test_bad_batches_say_what_is_wrong(batch, message):
         _task().parse_batch(batch)
 
 
-def test_faithfulness_is_refused_for_detections():
-    task = _task(faithfulness=("deletion",))
+def test_classifier_only_arguments_are_refused_for_detections():
     samples = DetectionSamples([torch.rand(3, 8, 8)], [torch.ones(1, 4)], [torch.ones(1).long()])
     with pytest.raises(ValueError, match="not measured for detections"):
-        task.check_samples(samples)
+        _task(faithfulness=("deletion",)).check_samples(samples)
+    with pytest.raises(ValueError, match="leave target at its default"):
+        _task(target=2).check_samples(samples)
+    _task().check_samples(samples)  # the defaults pass
 
 
 def test_samples_round_trip_and_digest():
