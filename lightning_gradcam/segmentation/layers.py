@@ -11,9 +11,10 @@ segmentation head, found from what the model library says first.
   stage's feature map, ``segformer.stages.3``. Its layout comes from the hidden state:
   ``(B, C, h, w)`` as it is, or tokens ``(B, h*w, C)`` / channels-last ``(B, h, w, C)`` with
   the grid the model reported.
-- Anything else: the last module with a spatial 4-D output that is not part of the head's
-  tail, i.e. after dropping the trailing outputs with the logits' ``K`` channels (the final
-  classifier, an upsampling of the logits, the containers around them).
+- Anything else: the last module with a spatial 4-D output that finishes before the final
+  classifier starts, the classifier being the last layer with parameters of its own whose
+  output has the logits' ``K`` channels (a 1x1 conv, usually): ``features`` for
+  ``head(features(x))``, ``decoder`` for a segmentation_models_pytorch U-Net.
 """
 
 from __future__ import annotations
@@ -133,34 +134,50 @@ def _hugging_face_layer(
 
 def _last_feature_map(network: nn.Module, run_forward: Callable[[], object]) -> str:
     layers = named_layers(network)
-    outputs: dict[str, tuple[int, ...] | None] = {}
+    started: dict[str, int] = {}
+    finished: dict[str, tuple[int, tuple[int, ...] | None]] = {}
+    clock = [0]
     handles = []
 
-    def make_hook(name: str):
-        def hook(_module, _inputs, output):
-            outputs.pop(name, None)
-            outputs[name] = tuple(output.shape) if isinstance(output, torch.Tensor) else None
+    def make_hooks(name: str):
+        def before(_module, _inputs):
+            clock[0] += 1
+            started[name] = clock[0]
 
-        return hook
+        def after(_module, _inputs, output):
+            clock[0] += 1
+            shape = tuple(output.shape) if isinstance(output, torch.Tensor) else None
+            finished[name] = (clock[0], shape)
+
+        return before, after
 
     try:
         for name, module in layers.items():
-            handles.append(module.register_forward_hook(make_hook(name)))
+            before, after = make_hooks(name)
+            handles.append(module.register_forward_pre_hook(before))
+            handles.append(module.register_forward_hook(after))
         with torch.no_grad():
             classes = segmentation_logits(run_forward()).shape[1]
     finally:
         for handle in handles:
             handle.remove()
-    in_head_tail = True
-    for name in reversed(list(outputs)):
-        shape = outputs[name]
+
+    def is_leaf_with_parameters(name: str) -> bool:
+        module = layers[name]
+        return not any(True for _ in module.children()) and any(
+            True for _ in module.parameters(recurse=False)
+        )
+
+    by_finish = sorted(finished, key=lambda n: finished[n][0])
+    leaves = [n for n in by_finish if is_leaf_with_parameters(n)]
+    scoring = [n for n in leaves if (finished[n][1] or (0, 0))[1:2] == (classes,)]
+    classifier = (scoring or leaves or [None])[-1]
+    limit = started[classifier] if classifier is not None else float("inf")
+    for name in reversed(by_finish):
+        when, shape = finished[name]
         spatial = shape is not None and len(shape) == 4 and shape[-1] * shape[-2] > 1
-        if not spatial or isinstance(layers[name], _PASS_THROUGH):
-            continue
-        if in_head_tail and shape[1] == classes:
-            continue
-        in_head_tail = False
-        return name
+        if when < limit and spatial and not isinstance(layers[name], _PASS_THROUGH):
+            return name
     raise LayerNotFoundError(
         f"{type(unwrap_model(network)).__name__} has no (B, C, h, w) feature map before its "
         "segmentation head; name the layer to explain with layer=..."
