@@ -167,7 +167,12 @@ class SegmentationCAM:
         layer: dotted name of the layer to explain, or ``None``: the last feature map
             before the segmentation head (``segmentation.layers``), logged on first use.
         methods: ``gradcam``, ``gradcam++``, ``xgradcam``, ``layercam``, ``hirescam`` or a
-            registered method; guided methods are not offered for segmentation.
+            registered method; guided methods are not offered for segmentation. The
+            default leaves Grad-CAM++ out: its closed form assumes the exponential of one
+            logit, and for a sum over many pixels (``S_k G >> 2``) its weights become
+            ``~ |R| / sum_ab A_k`` for every channel with a positive gradient, whatever the
+            channel's part in the class: on the shapes segmenter of docs/segmentation.md its
+            maps put no more in the mask than a uniform map does.
         reshape: a callable turning the layer's output into ``(B, C, h, w)``.
 
     The model is left as found (modes, ``requires_grad``, ``.grad``, RNG, BatchNorm
@@ -178,7 +183,7 @@ class SegmentationCAM:
         self,
         model: nn.Module,
         layer: str | None = None,
-        methods: str | Sequence[str] = ("gradcam", "gradcam++"),
+        methods: str | Sequence[str] = ("gradcam", "hirescam"),
         reshape: Reshape | None = None,
     ):
         if not isinstance(model, nn.Module):

@@ -36,12 +36,15 @@ def outlined_tile(
     colormap: str | int = "jet",
     alpha: float = 0.5,
     max_size: int | None = None,
+    missing: str | None = None,
 ) -> np.ndarray:
     """The map ``cam`` ``(H, W)`` over ``image`` with ``mask`` outlined, shrunk to
     ``max_size``, captioned ``text``. Without evidence (or no map) the image alone, outlined,
-    captioned ``text: no positive evidence``: said, never a blank overlay."""
+    captioned ``text: no positive evidence`` (or ``text: <missing>``): said, never a blank
+    overlay."""
     if cam is None or not evidence:
-        picture, text = image, evidence_text(text, False)
+        picture = image
+        text = evidence_text(text, False) if missing is None else f"{text}: {missing}"
     else:
         picture = overlay(image, cam, colormap, alpha)
     return caption(resize_max(outline_mask(picture, mask), max_size), text)

@@ -279,6 +279,7 @@ class SegmentationTask(CAMTask):
                             colormap=self.options.colormap,
                             alpha=self.options.alpha,
                             max_size=self.options.filmstrip_size,
+                            missing="none",  # short: a thumbnail's caption is small
                         )
                     )
             report.images.append((f"{method}/grid", sheet(tiles), None))

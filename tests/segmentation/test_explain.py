@@ -149,7 +149,7 @@ def test_class_absent_from_the_prediction():
     regions = SegmentationCAM(model).explain(images, classes=[[2, 1], [2]])
     absent, present = regions[0][0], regions[0][1]
     assert (absent.class_id, absent.pixels, absent.target_score) == (2, 0, 0.0)
-    assert absent.evidence == {"gradcam": False, "gradcam++": False}
+    assert absent.evidence == {"gradcam": False, "hirescam": False}
     assert all(float(m.abs().max()) == 0.0 for m in absent.maps.values())
     assert present.class_id == 1 and present.pixels == 30
     assert [r.class_id for r in regions[1]] == [2]
