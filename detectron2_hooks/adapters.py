@@ -79,21 +79,27 @@ ROI_META_ARCHS = ("GeneralizedRCNN", "PanopticFPN")
 
 
 def _register(registry, cls: type) -> type:
-    """Register ``cls`` once; a second import (``importlib.reload``, or the module loaded
-    under two paths) replaces its own earlier entry instead of failing."""
-    existing = registry._obj_map.get(cls.__name__)
-    if existing is None:
+    """Register ``cls`` once per process, and return the class the registry holds.
+
+    A second import of this module (``importlib.reload``, or the file loaded under two
+    module names) defines the classes again; fvcore's registries refuse a second entry under
+    a name and have no public way to replace one, so the first registration stays and the
+    module's names are bound to it (``CAMRes5ROIHeads = _register(...)`` below): every copy
+    of the module then builds the very class the registry builds. A different class under
+    one of these names (a user's own) is refused."""
+    if cls.__name__ not in registry:
         registry.register(cls)
-    elif existing is not cls:
-        if getattr(existing, "__qualname__", None) != cls.__qualname__ or not getattr(
-            existing, "cam_provenance", False
-        ):
-            raise RuntimeError(
-                f"{registry._name} registry already holds an unrelated {cls.__name__!r} "
-                f"({existing!r}); rename one of them."
-            )
-        registry._obj_map[cls.__name__] = cls
-    return cls
+        return cls
+    existing = registry.get(cls.__name__)
+    if existing is not cls and (
+        getattr(existing, "__qualname__", None) != cls.__qualname__
+        or not getattr(existing, "cam_provenance", False)
+    ):
+        raise RuntimeError(
+            f"a detectron2 registry already holds an unrelated {cls.__name__!r} "
+            f"({existing!r}); rename one of them."
+        )
+    return existing
 
 
 class _ROIProvenanceMixin:
@@ -405,8 +411,8 @@ CAM_ROI_HEADS_CLASSES = {
 CAM_META_ARCH_CLASSES = {RetinaNet: CAMRetinaNet, FCOS: CAMFCOS}
 ROI_META_ARCH_CLASSES = (GeneralizedRCNN, PanopticFPN)
 
-_register(ROI_HEADS_REGISTRY, CAMRes5ROIHeads)
-_register(ROI_HEADS_REGISTRY, CAMStandardROIHeads)
-_register(ROI_HEADS_REGISTRY, CAMCascadeROIHeads)
-_register(META_ARCH_REGISTRY, CAMRetinaNet)
-_register(META_ARCH_REGISTRY, CAMFCOS)
+CAMRes5ROIHeads = _register(ROI_HEADS_REGISTRY, CAMRes5ROIHeads)
+CAMStandardROIHeads = _register(ROI_HEADS_REGISTRY, CAMStandardROIHeads)
+CAMCascadeROIHeads = _register(ROI_HEADS_REGISTRY, CAMCascadeROIHeads)
+CAMRetinaNet = _register(META_ARCH_REGISTRY, CAMRetinaNet)
+CAMFCOS = _register(META_ARCH_REGISTRY, CAMFCOS)

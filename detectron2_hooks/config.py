@@ -27,6 +27,7 @@ from lightning_gradcam.core.methods import check_methods
 
 from . import adapters
 from .adapters import CAM_META_ARCHS, CAM_ROI_HEADS, ROI_META_ARCHS
+from .scores import check_score
 
 __all__ = [
     "add_gradcam_config",
@@ -252,8 +253,6 @@ def config_methods(cfg: CfgNode) -> tuple[str, ...]:
 
 def config_score(cfg: CfgNode) -> str:
     """``cfg.GRADCAM.SCORE`` checked (``"logit"`` or ``"probability"``)."""
-    from .selection import check_score
-
     try:
         return check_score(str(cfg.GRADCAM.SCORE))
     except ValueError as exc:

@@ -16,6 +16,7 @@ import torch
 from detectron2.structures import Instances
 
 from .detector import ANCHOR, PROPOSAL, ForwardOutput
+from .scores import SCORES, check_score
 
 __all__ = [
     "SCORES",
@@ -27,21 +28,6 @@ __all__ = [
     "select_detections",
     "target_scores",
 ]
-
-
-#: What ``score=`` may name: the scalar differentiated for each detection.
-SCORES = ("logit", "probability")
-
-
-def check_score(score: str) -> str:
-    """``score`` if it is one of :data:`SCORES`, else a ValueError that says what to pass."""
-    if score not in SCORES:
-        raise ValueError(
-            f"score must be 'logit' (the detection's class logit, before the softmax or "
-            f"sigmoid: Grad-CAM's y^c, does not saturate) or 'probability' (the score "
-            f"detectron2 reports), got {score!r}"
-        )
-    return score
 
 
 def _stack_field(instances: list[Instances], picks: Sequence[tuple[int, int]], name: str):

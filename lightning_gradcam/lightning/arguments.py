@@ -4,22 +4,32 @@ or raises a ``ValueError``/``TypeError`` that says what was wrong and what to pa
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from .batch import Samples
+from ..core.faithfulness import check_metrics
+from ..core.layouts import check_reshape
+from ..core.methods import check_methods
+from ..core.render import colormap_code
+from ..core.resilience import check_on_error
+from ..tasks import CAMTask, TaskOptions, registered_tasks, task_named
+from ..tasks.classification import ClassificationTask
+from ..tasks.classification_samples import Samples, make_samples
 
 __all__ = [
+    "CallbackArguments",
     "TARGET_POLICIES",
+    "check_alarm",
+    "check_task",
     "positive_int",
     "optional_size",
     "channel_stats",
     "check_model",
     "check_target",
-    "check_samples",
 ]
 
 TARGET_POLICIES = ("auto", "label", "prediction")
@@ -100,27 +110,144 @@ def check_target(target: object) -> object:
     )
 
 
-def check_samples(
-    samples: Samples,
-    target: object,
-    mean: tuple[float, ...] | None,
-    std: tuple[float, ...] | None,
-) -> None:
-    """The images to explain against the other arguments: one class id per image, labels
-    for ``target="label"``, one ``mean``/``std`` value per channel (or one for all)."""
-    if isinstance(target, torch.Tensor) and target.numel() != len(samples):
-        raise ValueError(
-            f"target gives {target.numel()} class ids but {len(samples)} images are "
-            "explained; give one class id per image"
+def check_task(task: object) -> str | type[CAMTask] | None:
+    """``None`` (recognise the task), a registered task's name, or a ``CAMTask`` subclass."""
+    if task is None or (isinstance(task, type) and issubclass(task, CAMTask)):
+        return task
+    if isinstance(task, str):
+        task_named(task)  # the error lists the names
+        return task
+    raise TypeError(
+        f"task must be None, a task name or a CAMTask subclass, got {type(task).__name__}"
+    )
+
+
+def check_alarm(alarm: object) -> dict[str, float]:
+    """``{scalar name: floor}``, e.g. ``{"energy_in_box": 0.3}``; names without a method
+    (``energy_in_box``) apply to every method, ``gradcam/energy_in_box`` to one."""
+    if alarm is None:
+        return {}
+    if not isinstance(alarm, Mapping):
+        raise TypeError(
+            f"alarm must be a mapping of scalar names to floors, e.g. {{'energy_in_box': 0.3}}, "
+            f"got {type(alarm).__name__}"
         )
-    if isinstance(target, str) and target == "label" and samples.labels is None:
-        raise ValueError(
-            "target='label' but the images come without labels; pass labels=..., return "
-            "(images, labels) from batch_parser, or use target='auto'/'prediction'"
-        )
-    channels = samples.images.shape[1]
-    for name, stats in (("mean", mean), ("std", std)):
-        if stats is not None and len(stats) not in (1, channels):
+    floors: dict[str, float] = {}
+    for name, floor in alarm.items():
+        if not isinstance(name, str) or not name.strip("/ "):
             raise ValueError(
-                f"{name} has {len(stats)} values but the images have {channels} channels"
+                f"alarm keys must be scalar names such as 'energy_in_box', got {name!r}"
             )
+        if (
+            isinstance(floor, bool)
+            or not isinstance(floor, (int, float))
+            or not math.isfinite(floor)
+        ):
+            raise ValueError(f"alarm[{name!r}] must be a finite number (the floor), got {floor!r}")
+        floors[name.strip("/ ")] = float(floor)
+    return floors
+
+
+@dataclass(frozen=True)
+class CallbackArguments:
+    """``GradCAMCallback``'s arguments, checked (``check``), and the task they make."""
+
+    options: TaskOptions
+    layer: str | None
+    num_samples: int
+    every_n_epochs: int
+    prefix: str
+    model: str | Callable[[Any], nn.Module] | None
+    on_error: str
+    task: str | type[CAMTask] | None
+    alarm_after_epoch: int
+    user_images: Samples | None
+
+    @classmethod
+    def check(cls, **kwargs: Any) -> CallbackArguments:
+        """Every argument checked, before any training time is spent."""
+        layer = kwargs["layer"]
+        if layer is not None and (not isinstance(layer, str) or not layer.strip()):
+            raise ValueError(
+                f"layer must be a dotted module name such as 'layer4' or None, got {layer!r}"
+            )
+        parser = kwargs["batch_parser"]
+        if parser is not None and not callable(parser):
+            raise TypeError(f"batch_parser must be callable, got {type(parser).__name__}")
+        mean, std = channel_stats(kwargs["mean"], "mean"), channel_stats(kwargs["std"], "std")
+        if std is not None and min(std) <= 0:
+            raise ValueError(f"std must be positive, got {std}")
+        if mean and std and len(mean) != len(std):
+            raise ValueError(
+                f"mean has {len(mean)} channels but std has {len(std)}; give one "
+                "value per image channel to both"
+            )
+        colormap_code(kwargs["colormap"])  # raises with the list of names
+        alpha = kwargs["alpha"]
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+            raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
+        prefix = kwargs["tag_prefix"]
+        if not isinstance(prefix, str) or not prefix.strip("/ "):
+            raise ValueError(f"tag_prefix must be a non-empty string, got {prefix!r}")
+        names = kwargs["class_names"]
+        if names is not None and (
+            isinstance(names, str) or not all(isinstance(n, str) for n in names)
+        ):
+            raise ValueError("class_names must be a sequence of strings, one per class id")
+        options = TaskOptions(
+            methods=check_methods(kwargs["methods"]),
+            layer=layer,
+            reshape=check_reshape(kwargs["reshape"]),
+            target=check_target(kwargs["target"]),
+            mean=mean,
+            std=std,
+            colormap=kwargs["colormap"],
+            alpha=float(alpha),
+            max_image_size=optional_size(kwargs["max_image_size"], "max_image_size"),
+            class_names=tuple(names) if names is not None else None,
+            filmstrip_size=optional_size(kwargs["filmstrip_size"], "filmstrip_size"),
+            faithfulness=check_metrics(kwargs["faithfulness"]),
+            batch_parser=parser,
+        )
+        num_samples = positive_int(kwargs["num_samples"], "num_samples")
+        images = kwargs["images"]
+        given = {k: kwargs[k] for k in ("labels", "boxes", "masks") if kwargs[k] is not None}
+        if images is None and given:
+            raise ValueError(
+                "labels, boxes and masks describe the images passed as images=...; pass "
+                "images too, or return them from batch_parser for validation images"
+            )
+        task = check_task(kwargs["task"])
+        if images is not None and task not in (None, "classification", ClassificationTask):
+            raise ValueError(
+                "images=... (with labels, boxes, masks) are classification samples; for "
+                f"task={task!r} let the callback take its samples from the validation batches"
+            )
+        return cls(
+            options=options,
+            layer=layer,
+            num_samples=num_samples,
+            every_n_epochs=positive_int(kwargs["every_n_epochs"], "every_n_epochs"),
+            prefix=prefix.strip("/ "),
+            model=check_model(kwargs["model"]),
+            on_error=check_on_error(kwargs["on_error"]),
+            task=task,
+            alarm_after_epoch=positive_int(kwargs["alarm_after_epoch"], "alarm_after_epoch", 0),
+            user_images=None if images is None else make_samples(images, **given),
+        )
+
+    def make_task(
+        self, network: nn.Module | None, batch: object, name: str | None = None
+    ) -> CAMTask:
+        """The task: the one named by ``task=`` (or ``name``, from a checkpoint), else the
+        first registered task that recognises ``network`` and ``batch`` (classification when
+        neither is known: the callback's own images)."""
+        chosen = self.task or name
+        if isinstance(chosen, str):
+            chosen = task_named(chosen)
+        if chosen is None:
+            if network is None:
+                chosen = ClassificationTask
+            else:
+                chosen = next(t for t in registered_tasks() if t.recognises(network, batch))
+        return chosen(self.options)

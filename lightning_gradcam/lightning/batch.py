@@ -1,185 +1,116 @@
-"""Pull images (and labels, boxes, masks) out of a batch, and keep a CPU copy of them."""
+"""Gather the fixed samples from the batches the callback is shown, whatever the task."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from typing import Any
 
-import torch
+from torch import nn
 
-__all__ = ["Samples", "default_batch_parser"]
+from ..core.state import preserve_rng
+from ..tasks.base import CAMTask, TaskSamples
 
-IMAGE_KEYS = ("image", "images", "img", "x", "input", "inputs", "pixel_values")
-LABEL_KEYS = ("label", "labels", "y", "target", "targets")
-BOX_KEYS = ("box", "boxes")
-MASK_KEYS = ("mask", "masks")
+__all__ = ["FixedSamples", "SampleCollector", "first_loader"]
 
 
-@dataclass
-class Samples:
-    """Fixed images and what is known about them, all on the CPU.
-
-    ``images (N, C, H, W)`` float; ``labels (N,)`` long or None; ``boxes (N, 4)``
-    ``(x0, y0, x1, y1)`` pixels or None; ``masks (N, H, W)`` bool or None.
-    """
-
-    images: torch.Tensor
-    labels: torch.Tensor | None = None
-    boxes: torch.Tensor | None = None
-    masks: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def head(self, n: int) -> Samples:
-        return Samples(*(None if t is None else t[:n] for t in self.fields()))
-
-    def fields(self) -> tuple[torch.Tensor | None, ...]:
-        return (self.images, self.labels, self.boxes, self.masks)
-
-    @staticmethod
-    def concat(parts: Sequence[Samples]) -> Samples:
-        def cat(values):
-            if any(v is None for v in values):
-                return None
-            return torch.cat(values)
-
-        return Samples(*(cat([p.fields()[i] for p in parts]) for i in range(4)))
-
-
-def _first_key(batch: Mapping, keys: Sequence[str]):
-    return next((batch[k] for k in keys if k in batch), None)
-
-
-def default_batch_parser(batch: object) -> dict[str, torch.Tensor | None]:
-    """Find the images (and labels, boxes, masks) in a batch.
-
-    Accepted: an image tensor ``(B, C, H, W)``; a tuple/list whose first element is the
-    images and whose second (if a ``(B,)`` integer tensor) is the labels; a mapping with an
-    image key (``image``, ``images``, ``img``, ``x``, ``input``, ``inputs``,
-    ``pixel_values``), optionally a label key (``label``, ``labels``, ``y``, ``target``,
-    ``targets``), ``boxes`` ``(B, 4)`` and ``masks`` ``(B, H, W)``.
-    """
-    if isinstance(batch, torch.Tensor):
-        return {"images": batch}
-    if isinstance(batch, Mapping):
-        images = _first_key(batch, IMAGE_KEYS)
-        if images is None:
-            raise ValueError(
-                f"cannot find images in a batch dict with keys {sorted(map(str, batch))}; "
-                f"expected one of {IMAGE_KEYS}, or pass batch_parser=lambda b: (images, labels)"
-            )
-        return {
-            "images": images,
-            "labels": _first_key(batch, LABEL_KEYS),
-            "boxes": _first_key(batch, BOX_KEYS),
-            "masks": _first_key(batch, MASK_KEYS),
-        }
-    if isinstance(batch, Sequence) and batch and isinstance(batch[0], torch.Tensor):
-        labels = batch[1] if len(batch) > 1 else None
-        if not (
-            isinstance(labels, torch.Tensor)
-            and labels.dim() == 1
-            and not labels.is_floating_point()
-        ):
-            labels = None  # a second element that is not one class id per image
-        return {"images": batch[0], "labels": labels}
-    raise ValueError(
-        f"cannot find images in a batch of type {type(batch).__name__}; expected a tensor, an "
-        "(images, labels) pair or a dict with an 'image' key, or pass "
-        "batch_parser=lambda batch: (images, labels)"
-    )
-
-
-def _cpu(t: object) -> torch.Tensor | None:
-    if t is None:
-        return None
-    if not isinstance(t, torch.Tensor):
-        t = torch.as_tensor(t)
-    # A clone made outside inference mode is an ordinary tensor, usable with autograd later.
-    with torch.inference_mode(False):
-        return t.detach().to("cpu").clone()
-
-
-def to_samples(parsed: object) -> Samples:
-    """Normalise what a batch parser returned into CPU ``Samples`` (validated)."""
-    if isinstance(parsed, Samples):
-        parts = dict(zip(("images", "labels", "boxes", "masks"), parsed.fields()))
-    elif isinstance(parsed, Mapping):
-        parts = {k: parsed.get(k) for k in ("images", "labels", "boxes", "masks")}
-    elif isinstance(parsed, torch.Tensor):
-        parts = {"images": parsed}
-    elif isinstance(parsed, Sequence) and 1 <= len(parsed) <= 2:
-        parts = {"images": parsed[0], "labels": parsed[1] if len(parsed) > 1 else None}
-    else:
-        raise TypeError(
-            f"a batch parser must return images, (images, labels) or a dict with 'images', "
-            f"got {type(parsed).__name__}"
-        )
-    return make_samples(**parts)
-
-
-def make_samples(images, labels=None, boxes=None, masks=None) -> Samples:
-    """Validated CPU ``Samples`` from user-given or batch-taken tensors."""
-    images = _cpu(images)
-    if images is None or images.dim() != 4 or not images.is_floating_point():
-        shape = None if images is None else (tuple(images.shape), images.dtype)
-        raise ValueError(f"images must be a floating-point (N, C, H, W) tensor, got {shape}")
-    n = images.shape[0]
-    labels = _cpu(labels)
-    if labels is not None:
-        if labels.dim() != 1 or labels.shape[0] != n or labels.is_floating_point():
-            raise ValueError(
-                f"labels must be {n} integer class ids (shape ({n},)), got "
-                f"{tuple(labels.shape)} {labels.dtype}"
-            )
-        labels = labels.long()
-    boxes = _cpu(boxes)
-    if boxes is not None:
-        if boxes.shape != (n, 4):
-            raise ValueError(
-                f"boxes must be ({n}, 4) as (x0, y0, x1, y1) pixels, one per image, got "
-                f"{tuple(boxes.shape)}"
-            )
-        boxes = boxes.float()
-    masks = _cpu(masks)
-    if masks is not None:
-        if masks.dim() == 4 and masks.shape[1] == 1:
-            masks = masks[:, 0]
-        if masks.shape != (n, *images.shape[-2:]):
-            raise ValueError(
-                f"masks must be ({n}, {images.shape[-2]}, {images.shape[-1]}), one per image at "
-                f"the image size, got {tuple(masks.shape)}"
-            )
-        masks = masks.bool()
-    return Samples(images=images, labels=labels, boxes=boxes, masks=masks)
+def first_loader(loaders: object) -> object | None:
+    """The first validation dataloader of ``trainer.val_dataloaders`` (one, a list or a dict)."""
+    if isinstance(loaders, dict):
+        return next(iter(loaders.values()), None)
+    if isinstance(loaders, (list, tuple)):
+        return loaders[0] if loaders else None
+    return loaders
 
 
 class SampleCollector:
-    """Gathers the first ``count`` images (with labels, boxes, masks) of the batches it is
-    shown, each parsed by ``parser`` (see :func:`default_batch_parser`)."""
+    """Gathers the first ``count`` samples of the batches it is shown, each parsed by
+    ``parse`` (a task's ``parse_batch``) into the task's samples."""
 
-    def __init__(self, count: int, parser: Callable[[object], object]):
+    def __init__(self, count: int):
         self.count = count
-        self.parser = parser
-        self._parts: list[Samples] = []
+        self._parts: list[TaskSamples] = []
 
     @property
     def wants_more(self) -> bool:
         return sum(len(part) for part in self._parts) < self.count
 
-    def add(self, batch: object) -> None:
+    def add(self, batch: object, parse: Callable[[Any], TaskSamples]) -> None:
         if self.wants_more:
-            self._parts.append(to_samples(self.parser(batch)))
+            self._parts.append(parse(batch))
 
-    def add_from(self, batches: Iterable[object]) -> None:
-        """Batches from ``batches`` (a dataloader) until enough images are gathered."""
+    def add_from(self, batches: Iterable[object], parse: Callable[[Any], TaskSamples]) -> None:
+        """Batches from ``batches`` (a dataloader) until enough samples are gathered."""
         for batch in batches:
-            self.add(batch)
+            self.add(batch, parse)
             if not self.wants_more:
                 break
 
-    def collect(self) -> Samples | None:
-        """The first ``count`` images gathered so far (None if none), and start afresh."""
+    def collect(self) -> TaskSamples | None:
+        """The first ``count`` samples gathered so far (None if none), and start afresh."""
         parts, self._parts = self._parts, []
-        return Samples.concat(parts).head(self.count) if parts else None
+        return type(parts[0]).concat(parts).head(self.count) if parts else None
+
+
+class FixedSamples:
+    """The task and the fixed samples it explains: the user's images (classification), else
+    the first ``num_samples`` of the batches shown, parsed by the task chosen at the first
+    batch (``CallbackArguments.make_task``)."""
+
+    def __init__(self, args: Any):
+        self.args = args
+        self.task: CAMTask | None = None
+        self.samples: TaskSamples | None = None
+        self.user_given = args.user_images is not None
+        self._collector = SampleCollector(args.num_samples)
+        if self.user_given:
+            self.task = args.make_task(None, None)
+            self.set(args.user_images.head(args.num_samples))
+
+    def set(self, samples: TaskSamples) -> None:
+        """Keep ``samples``, checked against the callback's arguments."""
+        self.task.check_samples(samples)
+        self.samples = samples
+
+    def task_for(self, network: nn.Module, batch: object) -> CAMTask:
+        if self.task is None:
+            self.task = self.args.make_task(network, batch)
+        return self.task
+
+    def take(self, network: nn.Module, batch: object) -> None:
+        """Add ``batch``'s samples while more are wanted."""
+        if self.samples is None and self._collector.wants_more:
+            self._collector.add(batch, self.task_for(network, batch).parse_batch)
+            if not self._collector.wants_more:
+                self.finish()
+
+    def take_from(self, network: nn.Module, loader: Iterable[object]) -> None:
+        """Batches of ``loader`` until enough samples are gathered; a fresh iterator draws a
+        seed, so the run's random streams are left as they were."""
+        with preserve_rng():
+            for batch in loader:
+                self.take(network, batch)
+                if self.samples is not None:
+                    break
+        self.finish()
+
+    def finish(self) -> None:
+        """The samples gathered so far become the fixed ones (if none are yet)."""
+        samples = self._collector.collect()
+        if samples is not None and self.samples is None:
+            self.set(samples)
+
+    def restore(self, state: dict[str, Any], warn: Callable[[str, str], None]) -> bool:
+        """The samples of a checkpoint's ``state`` (and its task), unless the user passed
+        other images now (one warning; the drift series restarts): whether restored."""
+        if self.user_given:
+            if self.samples.digest() != state["images_digest"]:
+                warn(
+                    "other_images",
+                    "GradCAMCallback: the images passed now differ from those in the "
+                    "checkpoint; the drift series restarts from these images",
+                )
+                return False
+        else:
+            self.task = self.args.make_task(None, None, name=state.get("task"))
+            self.set(self.task.samples_from_state(state["samples"]))
+        return True

@@ -103,3 +103,15 @@ def sharded_strategy_name(strategy: object) -> str | None:
         if cls.__name__ in _SHARDED:
             return cls.__name__
     return None
+
+
+def refuse_sharded(strategy: object) -> None:
+    """Raise before training when ``strategy`` shards the model (FSDP, DeepSpeed): a CAM pass
+    runs on global rank zero only, and a sharded model needs every rank in each forward."""
+    sharded = sharded_strategy_name(strategy)
+    if sharded is not None:
+        raise RuntimeError(
+            f"GradCAMCallback does not support the sharded strategy {sharded}: a CAM pass "
+            "runs on global rank zero only, but a sharded model needs every rank in each "
+            "forward pass. Use strategy='ddp' (or a single device) for runs you explain."
+        )

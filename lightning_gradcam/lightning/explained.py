@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..core.layers import unwrap_model
@@ -71,15 +72,24 @@ class ForwardWatch:
         return self.entered and not self.returned and not is_out_of_memory(error)
 
 
-def not_callable_on_images(network: nn.Module, shape: tuple, error: BaseException) -> TypeError:
-    """The error for a module whose forward cannot take the images: say to pass ``model=``
-    or a callable ``target=``, keeping the original error's first line."""
+def not_callable_on_images(
+    network: nn.Module, samples: Any, task: str, error: BaseException
+) -> TypeError:
+    """The error for a module whose forward cannot take the samples: say to pass ``model=``
+    (or a callable ``target=``, or ``task=``), keeping the original error's first line."""
     first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    images = getattr(samples, "images", None)
+    what = (
+        f"the images {tuple(images.shape)}"
+        if isinstance(images, torch.Tensor)
+        else (f"the {len(samples)} images")
+    )
     return TypeError(
-        f"GradCAMCallback could not call {type(network).__name__} on the images "
-        f"{tuple(shape)} it explains ({type(error).__name__}: {first}). "
-        "The module explained must map images (B, C, H, W) to class scores: pass "
-        "model= (the attribute path of the network inside the LightningModule, "
-        "e.g. model='model' or model='net.backbone', or a callable pl_module -> "
-        "nn.Module), or a callable target= that picks the scores from its output."
+        f"GradCAMCallback could not call {type(network).__name__} on {what} it explains "
+        f"as a {task} model ({type(error).__name__}: {first}). "
+        "The module explained must map the images to its outputs (class scores, "
+        "detections or segmentation logits): pass model= (the attribute path of the network "
+        "inside the LightningModule, e.g. model='model' or model='net.backbone', or a "
+        "callable pl_module -> nn.Module), a callable target= that picks the scores from "
+        "its output, or task= when the task was not recognised."
     )

@@ -1,10 +1,18 @@
 """Per-task logic behind ``GradCAMCallback``: what a batch holds, what a map explains, what
-is drawn and measured (``base.CAMTask``); the callback itself is plumbing only."""
+is drawn and measured (``base.CAMTask``); the callback itself is plumbing only.
+
+Built-in tasks are asked in this order (the most specific first; classification, which
+recognises anything, last). ``register_task`` puts a new task before them.
+"""
 
 from .base import CAMTask, PassReport, TaskOptions, register_task, registered_tasks, task_named
+from .classification import ClassificationTask
+
+register_task(ClassificationTask, first=False)
 
 __all__ = [
     "CAMTask",
+    "ClassificationTask",
     "PassReport",
     "TaskOptions",
     "register_task",

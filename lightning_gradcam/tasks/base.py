@@ -10,7 +10,7 @@ One pass, as the callback runs it::
 
     samples = task.parse_batch(batch)        # per validation batch, until num_samples
     task.check_samples(samples)              # arguments against the samples (before training)
-    part = task.explain(network, samples)    # on chunks of the samples when memory runs short
+    part = task.explain_range(network, samples, start, stop)   # explain() on samples[start:stop]
     result = task.combine([part, ...])
     report = task.report(result, samples, step=..., epoch=...)   # pictures + scalars, drift
 """
@@ -112,6 +112,7 @@ class CAMTask(ABC):
     """
 
     name: ClassVar[str]
+    samples_class: ClassVar[type]  # the TaskSamples class parse_batch returns
 
     def __init__(self, options: TaskOptions):
         self.options = options
@@ -132,6 +133,10 @@ class CAMTask(ABC):
         """The images and ground truth of one batch, on the CPU; a clear error when the
         batch does not hold what this task needs."""
 
+    def samples_from_state(self, state: dict[str, Any]) -> TaskSamples:
+        """The samples saved by ``TaskSamples.to_state`` (a checkpoint), read back."""
+        return self.samples_class.from_state(state)
+
     def check_samples(self, samples: TaskSamples) -> None:  # noqa: B027 - optional hook
         """Raise when the samples contradict the callback's arguments (before training)."""
 
@@ -141,6 +146,13 @@ class CAMTask(ABC):
     def explain(self, network: nn.Module, samples: TaskSamples) -> Any:
         """The maps of ``samples`` (one chunk); sets ``layer_name`` to the layer's full
         name. Raise on a model, layer or target that cannot be explained."""
+
+    def explain_range(
+        self, network: nn.Module, samples: TaskSamples, start: int, stop: int | None
+    ) -> Any:
+        """The maps of ``samples[start:stop]``: the callback's call, on chunks when memory
+        runs short. Override when a sample's target depends on its place in the whole set."""
+        return self.explain(network, samples.slice(start, stop))
 
     def combine(self, parts: Sequence[Any]) -> Any:
         """The result of all chunks, from the results of each (in order)."""

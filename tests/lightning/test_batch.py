@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_gradcam.lightning.batch import default_batch_parser, make_samples, to_samples
+from lightning_gradcam.tasks.classification_samples import (
+    default_batch_parser,
+    make_samples,
+    to_samples,
+)
 
 
 def test_default_batch_parser_forms():

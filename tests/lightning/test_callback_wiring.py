@@ -337,7 +337,10 @@ def test_no_drift_or_energy_is_given_when_no_map_has_evidence(tmp_path):
     _fit(tmp_path, [cb])
     images, scalars = read_events(tmp_path / "tb")
     assert steps(images[f"{PREFIX}/gradcam/grid"]) == [3, 6]
-    assert not [tag for tag in scalars if tag.startswith(PREFIX)]
+    # Only the share of maps without evidence: all of them, at each pass.
+    logged = [tag for tag in scalars if tag.startswith(PREFIX)]
+    assert logged == [f"{PREFIX}/gradcam/no_evidence_rate"]
+    assert [value for _, value in scalars[logged[0]]] == [1.0, 1.0]
     assert not any(
         re.search("drift|energy", k) for e in cb.history for k in e["scalars"]["gradcam"]
     )
