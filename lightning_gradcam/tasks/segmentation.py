@@ -31,12 +31,12 @@ from torch import nn
 
 from ..core.render import caption, resize_max, to_uint8_image
 from ..core.tracking import DriftTracker
-from ..lightning.batch import IMAGE_KEYS, MASK_KEYS
 from ..pictures import class_text, film_strip, sheet
 from ..segmentation.explain import Region, SegmentationCAM
 from ..segmentation.outputs import looks_like_segmentation
 from ..segmentation.pictures import outline_mask, outlined_tile
 from .base import CAMTask, PassReport, TaskOptions, probe_output
+from .classification_samples import IMAGE_KEYS, MASK_KEYS
 
 __all__ = ["SegmentationSamples", "SegmentationTask"]
 
@@ -120,6 +120,7 @@ class SegmentationTask(CAMTask):
     """
 
     name: ClassVar[str] = "segmentation"
+    samples_class: ClassVar[type] = SegmentationSamples
 
     def __init__(self, options: TaskOptions, background: int | None = 0):
         super().__init__(options)
@@ -144,7 +145,11 @@ class SegmentationTask(CAMTask):
             return False
         if not images.is_floating_point():
             return False
-        return looks_like_segmentation(probe_output(network, images[:1]))
+        try:
+            output = probe_output(network, images[:1])
+        except Exception:  # a module that does not take images: not for this task to say
+            return False
+        return looks_like_segmentation(output)
 
     # ---------------------------------------------------------------- samples
 
@@ -355,14 +360,12 @@ class SegmentationTask(CAMTask):
     # ---------------------------------------------------------------- checkpoints
 
     def state_dict(self) -> dict[str, Any]:
+        # The callback keeps the layer's name itself (its "layer" key).
         return {
-            "layer": self.layer_name,
             "drift": self._tracker.state_dict(),
             "class_drift": self._class_tracker.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("layer") is not None:
-            self.layer_name = state["layer"]
         self._tracker.load_state_dict(state.get("drift") or {})
         self._class_tracker.load_state_dict(state.get("class_drift") or {})

@@ -42,7 +42,8 @@ def channel_images() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class TinySegmenter(nn.Module):
-    """Three convs at half resolution, a 1x1 head, logits upsampled to the input size."""
+    """Four convs (the last two dilated) at half resolution, a 1x1 head, logits upsampled
+    to the input size."""
 
     def __init__(self, num_classes: int):
         super().__init__()
@@ -52,6 +53,8 @@ class TinySegmenter(nn.Module):
             nn.Conv2d(16, 32, 3, stride=2, padding=1),
             nn.ReLU(),
             nn.Conv2d(32, 32, 3, padding=2, dilation=2),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, 3, padding=4, dilation=4),
             nn.ReLU(),
         )
         self.head = nn.Conv2d(32, num_classes, 1)
