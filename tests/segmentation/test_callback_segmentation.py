@@ -108,3 +108,14 @@ def test_fit_logs_energy_in_mask_high_on_a_model_that_segments(tmp_path):
         assert f"{prefix}/{method}/energy_in_mask" in trainer.callback_metrics
     strip = callback.filmstrip("gradcam")
     assert strip.ndim == 3 and strip.shape[2] == 3
+
+    # A checkpoint brings the task, its samples and the drift references back.
+    path = tmp_path / "state.pt"
+    torch.save(callback.state_dict(), path)
+    resumed = GradCAMCallback(methods=("gradcam", "hirescam"), num_samples=4)
+    resumed.load_state_dict(torch.load(path, weights_only=False))
+    assert isinstance(resumed.task, SegmentationTask)
+    assert torch.equal(
+        resumed.task._tracker.first["gradcam"].maps, callback.task._tracker.first["gradcam"].maps
+    )
+    assert set(resumed.task._class_tracker.previous) == set(callback.task._class_tracker.previous)

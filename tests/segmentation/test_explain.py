@@ -94,6 +94,29 @@ def test_hugging_face_segformer_logits_at_quarter_resolution():
     assert all(r.maps["gradcam"].shape == (64, 64) for r in regions[1])
 
 
+def test_hugging_face_upernet_reads_the_backbone():
+    transformers = pytest.importorskip("transformers")
+    backbone = transformers.ConvNextConfig(
+        num_channels=3,
+        hidden_sizes=[8, 16, 24, 32],
+        depths=[1, 1, 1, 1],
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+    )
+    config = transformers.UperNetConfig(
+        backbone_config=backbone, hidden_size=16, num_labels=3, use_auxiliary_head=False
+    )
+    torch.manual_seed(0)
+    model = transformers.UperNetForSemanticSegmentation(config).eval()
+    images = torch.rand(2, 3, 64, 64)
+    cam = SegmentationCAM(model)
+    regions = cam.explain(images, background=None)
+    # The last stage's feature map, normalised, as the UperNet head reads it.
+    assert cam.layer == "backbone.hidden_states_norms.stage4"
+    with torch.no_grad():
+        logits = model(images).logits
+    _check_regions(model, regions, images, logits, background=None)
+
+
 def test_plain_tensor_output_and_default_layer():
     torch.manual_seed(0)
     model = TinySegmenter(3).eval()
