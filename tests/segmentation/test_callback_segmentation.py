@@ -119,3 +119,33 @@ def test_fit_logs_energy_in_mask_high_on_a_model_that_segments(tmp_path):
         resumed.task._tracker.first["gradcam"].maps, callback.task._tracker.first["gradcam"].maps
     )
     assert set(resumed.task._class_tracker.previous) == set(callback.task._class_tracker.previous)
+
+
+def _fit(root, callbacks) -> dict[str, torch.Tensor]:
+    pl.seed_everything(0, verbose=False)
+    trainer = pl.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        devices=1,
+        logger=pl.loggers.TensorBoardLogger(str(root), name="tb", version=0),
+        callbacks=callbacks,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=1,
+        deterministic=True,
+        log_every_n_steps=1,
+    )
+    module = SegmentationModule()
+    trainer.fit(module, _loader(64, 0, True), _loader(8, 1, False))
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def test_training_with_the_callback_gives_the_same_weights(tmp_path):
+    """Recognising the task (a probing forward), finding the layer and the passes leave no
+    trace: weights bit-identical to a run without the callback."""
+    callback = GradCAMCallback(methods=("gradcam", "hirescam"), num_samples=4)
+    with_cam = _fit(tmp_path / "with", [callback])
+    assert callback.history and isinstance(callback.task, SegmentationTask)
+    without = _fit(tmp_path / "without", [])
+    assert all(torch.equal(with_cam[k], without[k]) for k in without)
