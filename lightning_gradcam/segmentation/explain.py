@@ -156,6 +156,18 @@ def _class_lists(
     return [list(dict.fromkeys(row)) for row in lists]
 
 
+def _refuse_dict_layer(name: str, module: nn.Module) -> None:
+    """torchvision's ``IntermediateLayerGetter`` returns a dict of feature maps, which no
+    hook can read as one: name its child instead."""
+    returned = getattr(module, "return_layers", None)
+    if isinstance(returned, dict) and returned:
+        children = ", ".join(f"'{name}.{child}' ({key})" for child, key in returned.items())
+        raise ValueError(
+            f"layer {name!r} returns a dict of feature maps ({returned}); name the one to "
+            f"explain: {children}"
+        )
+
+
 class SegmentationCAM:
     """Grad-CAM family maps for a semantic segmenter, one per (image, class).
 
@@ -199,6 +211,8 @@ class SegmentationCAM:
             )
         self.reshape = check_reshape(reshape)
         self.layer = None if layer is None else full_layer_name(model, layer)
+        if self.layer is not None:
+            _refuse_dict_layer(self.layer, resolve_layer(model, self.layer))
         self.layout: Layout | None = None
         self._default_layout: Layout | None = None
 

@@ -253,12 +253,13 @@ class SegmentationTask(CAMTask):
             maps = torch.stack([r.maps[method].detach().float().cpu() for r in regions])
             evidence = torch.tensor([r.evidence[method] for r in regions], dtype=torch.bool)
             tiles, thumbs = [], []
-            for (index, class_id), region, cam, found in zip(pairs, regions, maps, evidence):
+            for j, ((index, class_id), region) in enumerate(zip(pairs, regions)):
+                cam, found = maps[j], evidence[j]
                 text = self._caption(region, bool(found))
                 tile = outlined_tile(
                     pictures[index],
                     cam,
-                    masks[len(tiles)],
+                    masks[j],
                     text,
                     evidence=bool(found),
                     colormap=self.options.colormap,
@@ -278,7 +279,7 @@ class SegmentationTask(CAMTask):
                         outlined_tile(
                             pictures[index],
                             cam,
-                            masks[len(thumbs)],
+                            masks[j],
                             f"ep {epoch}",
                             evidence=bool(found),
                             colormap=self.options.colormap,

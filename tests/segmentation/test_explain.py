@@ -192,6 +192,11 @@ def test_clear_errors():
         SegmentationCAM(model).explain(images, classes=[3])
     with pytest.raises(ValueError, match="one list per image"):
         SegmentationCAM(model).explain(images, classes=[[1], [1], [2]])
+    deeplab = tv_segmentation.deeplabv3_mobilenet_v3_large(
+        weights=None, weights_backbone=None, num_classes=3
+    )
+    with pytest.raises(ValueError, match=r"dict of feature maps.*'backbone\.16' \(out\)"):
+        SegmentationCAM(deeplab, layer="backbone")
     with pytest.raises(ValueError, match="guided"):
         SegmentationCAM(model, methods=("guided_gradcam",))
     with pytest.raises(ValueError, match=r"returned a tensor of shape \(2, 5\)"):
