@@ -7,13 +7,16 @@ recognises anything, last). ``register_task`` puts a new task before them.
 
 from .base import CAMTask, PassReport, TaskOptions, register_task, registered_tasks, task_named
 from .classification import ClassificationTask
+from .segmentation import SegmentationTask
 
+register_task(SegmentationTask, first=False)
 register_task(ClassificationTask, first=False)
 
 __all__ = [
     "CAMTask",
     "ClassificationTask",
     "PassReport",
+    "SegmentationTask",
     "TaskOptions",
     "register_task",
     "registered_tasks",
