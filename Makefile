@@ -1,17 +1,21 @@
 # Two commands do everything on a fresh machine with Python 3.11:
 #   make demo   trains a small CNN with GradCAMCallback and writes TensorBoard logs + PNGs
 #   make test   creates .venv, installs everything (detectron2 too), runs ruff and the tests
+# The test environment is pinned by constraints.txt (every package, the versions the tests
+# pass with); setup.cfg keeps ranges for users. `make lock` regenerates constraints.txt from a
+# fresh resolve; `make test-slow` runs the sweeps marked @pytest.mark.slow (left out of `make test`).
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+PIP := $(BIN)/python -m pip install -q -c constraints.txt
 
-.PHONY: demo test lint bench install
+.PHONY: demo test test-slow lint bench install lock
 
-$(STAMP): setup.cfg pyproject.toml scripts/install_detectron2.sh
+$(STAMP): setup.cfg pyproject.toml constraints.txt scripts/install_detectron2.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[test,detectron2]"
+	$(PIP) --upgrade pip
+	$(PIP) -e ".[test,detectron2]"
 	bash scripts/install_detectron2.sh $(VENV)
 	touch $(STAMP)
 
@@ -27,7 +31,14 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest
 
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow
+
+# A fresh resolve in a throwaway venv under /tmp (a few minutes), written to constraints.txt.
+lock:
+	bash scripts/lock.sh $(PYTHON)
+
 bench: $(STAMP)
-	$(BIN)/python -m pip install -q -e ".[bench]"
+	$(PIP) -e ".[bench]"
 	$(BIN)/python benchmarks/engine.py
 	$(BIN)/python benchmarks/detection.py

@@ -4,6 +4,7 @@ from .core.layers import LayerNotFoundError
 from .core.methods import CAMMethod, register_method, unregister_method
 from .core.targets import TopK
 from .engine import CAMEngine, CAMResult
+from .segmentation import Region, SegmentationCAM
 
 __all__ = [
     "CAMEngine",
@@ -11,6 +12,8 @@ __all__ = [
     "CAMResult",
     "GradCAMCallback",
     "LayerNotFoundError",
+    "Region",
+    "SegmentationCAM",
     "TopK",
     "register_method",
     "unregister_method",

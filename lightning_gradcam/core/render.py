@@ -111,20 +111,28 @@ def overlay(
 
 
 def caption(image: np.ndarray, text: str, height: int | None = None) -> np.ndarray:
-    """The image with a black band below it holding ``text`` in white."""
+    """The image with a black band below it holding ``text`` in white. The image's own
+    pixels are never drawn over, whatever the font's extent in this OpenCV version."""
     width = image.shape[1]
     band = height or max(14, min(28, width // 8))
     scale = band / 30.0
-    out = np.zeros((image.shape[0] + band, width, 3), dtype=np.uint8)
-    out[: image.shape[0]] = image
+    strip = np.zeros((band, width, 3), dtype=np.uint8)
     (text_w, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
     if text_w > width - 4:  # shrink long captions rather than clip them
         scale *= (width - 4) / text_w
-    baseline_y = image.shape[0] + int(band * 0.72)
+    # Drawn on the band alone: tall glyphs (OpenCV 4.x, bands of 28 px) reach above the
+    # baseline's 72 % and would otherwise overwrite the image's last row.
     cv2.putText(
-        out, text, (2, baseline_y), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA
+        strip,
+        text,
+        (2, int(band * 0.72)),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        scale,
+        (255, 255, 255),
+        1,
+        cv2.LINE_AA,
     )
-    return out
+    return np.concatenate([np.asarray(image, dtype=np.uint8), strip], axis=0)
 
 
 def draw_boxes(

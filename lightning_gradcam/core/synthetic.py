@@ -14,7 +14,15 @@ import cv2
 import numpy as np
 import torch
 
-__all__ = ["SHAPE_NAMES", "ShapesBatch", "make_shapes", "draw_scene"]
+__all__ = [
+    "SHAPE_NAMES",
+    "ShapesBatch",
+    "SegmentationShapes",
+    "make_shapes",
+    "make_segmentation_shapes",
+    "draw_scene",
+    "scene_mask",
+]
 
 SHAPE_NAMES: tuple[str, ...] = ("circle", "square", "triangle")
 
@@ -108,4 +116,53 @@ def make_shapes(
         images=pixels.contiguous(),
         labels=torch.tensor(labels, dtype=torch.long),
         boxes=torch.tensor(boxes, dtype=torch.float32),
+    )
+
+
+@dataclass
+class SegmentationShapes:
+    """``images (N, 3, H, W)`` float32 in [0, 1]; ``masks (N, H, W)`` long class ids per
+    pixel: 0 for the background, ``1 + shape`` for a pixel of a shape (``SHAPE_NAMES``)."""
+
+    images: torch.Tensor
+    masks: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.masks.shape[0]
+
+
+def scene_mask(
+    height: int, width: int, boxes: list[tuple[int, int, int, int]], classes: list[int]
+) -> np.ndarray:
+    """``uint8 (H, W)`` class ids of a ``draw_scene`` scene: the same shapes drawn again,
+    filled with ``1 + class`` on a background of 0, so mask and image agree pixel for pixel."""
+    mask = np.zeros((height, width), np.uint8)
+    for box, kind in zip(boxes, classes):
+        _draw_shape(mask, kind, box, 1 + kind)
+    return mask
+
+
+def make_segmentation_shapes(
+    num_images: int,
+    size: int = 64,
+    seed: int = 0,
+    num_objects: int = 2,
+    num_classes: int = len(SHAPE_NAMES),
+) -> SegmentationShapes:
+    """``num_images`` scenes of ``size x size`` pixels with 1 to ``num_objects`` shapes each
+    and their per-pixel class masks (``SegmentationShapes``), reproducible by seed."""
+    if not 1 <= num_classes <= len(SHAPE_NAMES):
+        raise ValueError(f"num_classes must be in 1..{len(SHAPE_NAMES)}, got {num_classes}")
+    if num_objects < 1:
+        raise ValueError(f"num_objects must be at least 1, got {num_objects}")
+    rng = np.random.default_rng(seed)
+    images, masks = [], []
+    for _ in range(num_images):
+        count = int(rng.integers(1, num_objects + 1))
+        image, boxes, classes = draw_scene(rng, size, size, count, num_classes=num_classes)
+        images.append(image)
+        masks.append(scene_mask(size, size, boxes, classes))
+    pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
+    return SegmentationShapes(
+        images=pixels.contiguous(), masks=torch.from_numpy(np.stack(masks)).long()
     )

@@ -8,8 +8,10 @@ recognises anything, last). ``register_task`` puts a new task before them.
 from .base import CAMTask, PassReport, TaskOptions, register_task, registered_tasks, task_named
 from .classification import ClassificationTask
 from .detection import DetectionTask
+from .segmentation import SegmentationTask
 
 register_task(DetectionTask, first=False)
+register_task(SegmentationTask, first=False)
 register_task(ClassificationTask, first=False)
 
 __all__ = [
@@ -17,6 +19,7 @@ __all__ = [
     "ClassificationTask",
     "DetectionTask",
     "PassReport",
+    "SegmentationTask",
     "TaskOptions",
     "register_task",
     "registered_tasks",

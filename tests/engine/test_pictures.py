@@ -19,6 +19,8 @@ from lightning_gradcam.pictures import (
     sheet,
 )
 
+from .picture_checks import assert_caption_visible
+
 
 @pytest.fixture
 def image():
@@ -75,9 +77,14 @@ def test_detection_sheet_rows_are_detections_columns_layers(image, cam):
 
 
 def test_no_detections_is_the_captioned_input(image):
-    picture = no_detections_picture(image, "iter 3: no detections", max_size=30)
-    np.testing.assert_array_equal(picture[:20], resize_max(image, 30))
-    assert picture.shape[0] > 20 and picture[20:].max() > 150
+    text = "iter 3: no detections"
+    picture = no_detections_picture(image, text, max_size=30)
+    shrunk = resize_max(image, 30)
+    np.testing.assert_array_equal(picture, caption(shrunk, text))
+    np.testing.assert_array_equal(picture[:20], shrunk)
+    band = picture[20:]
+    assert band.shape[0] > 0 and (band != caption(shrunk, "")[20:]).any()  # text, not a bare band
+    assert_caption_visible(band, text)
 
 
 def test_input_picture_converts_bgr_model_inputs():

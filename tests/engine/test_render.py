@@ -18,6 +18,8 @@ from lightning_gradcam.core.render import (
     to_uint8_image,
 )
 
+from .picture_checks import assert_caption_visible
+
 
 @pytest.fixture
 def cam():
@@ -64,13 +66,30 @@ def test_overlay_alpha(cam):
     assert overlay(image, cam[::4, ::4]).shape == image.shape
 
 
-def test_caption_adds_a_band_with_text():
-    image = np.full((32, 40, 3), 100, np.uint8)
-    out = caption(image, "circle 0.93")
-    assert out.shape[0] > 32 and out.shape[1:] == (40, 3) and out.dtype == np.uint8
+@pytest.mark.parametrize(
+    ("width", "text"),
+    [
+        (40, "circle 0.93"),
+        (30, "iter 3: no detections"),  # shrunk to fit the smallest band
+        (160, "gradcam: no positive evidence"),
+        (600, "iter 3: no detections"),
+    ],
+)
+def test_caption_adds_a_band_with_visible_text(width, text):
+    image = np.random.default_rng(0).integers(0, 256, (32, width, 3), dtype=np.uint8)
+    out = caption(image, text)
+    assert out.shape[0] > 32 and out.shape[1:] == (width, 3) and out.dtype == np.uint8
     assert np.array_equal(out[:32], image)
-    assert out[32:].max() > 0  # the text is drawn
-    assert caption(image, "a very long caption that would not fit").shape[1] == 40
+    bare = caption(image, "")
+    assert bare.shape == out.shape and not bare[32:].any()  # the band alone is black
+    assert_caption_visible(out[32:], text)
+
+
+def test_a_caption_too_long_for_its_band_is_shrunk_not_widened():
+    image = np.full((32, 40, 3), 100, np.uint8)
+    out = caption(image, "a very long caption that would not fit")
+    assert out.shape == caption(image, "").shape and np.array_equal(out[:32], image)
+    assert out[32:].any()  # drawn, if small: 38 characters in 36 pixels
 
 
 def test_grid_layout():
