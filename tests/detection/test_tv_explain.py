@@ -210,6 +210,10 @@ def test_errors_say_what_to_pass(detectors):
         cam.explain([torch.zeros(3, 32, 32, dtype=torch.uint8)])
     with pytest.raises(ValueError, match=r"not a \(N, C, h, w\)"):
         DetectionCAM(model, layer="roi_heads.box_head").explain(images(), max_detections=2)
+    with pytest.raises(TypeError, match="OrderedDict"):  # the FPN's dict of levels
+        DetectionCAM(model, layer="backbone").explain(images(), max_detections=2)
+    with pytest.raises(ValueError, match="ran 3 times"):  # the RPN head, once per FPN level
+        DetectionCAM(model, layer="rpn.head.conv").explain(images(), max_detections=2)
     with pytest.raises(ValueError, match="no layer named"):
         DetectionCAM(model, layer="roi_heads.nope")
     with pytest.raises(ValueError, match="guided"):
