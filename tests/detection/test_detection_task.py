@@ -201,3 +201,30 @@ def test_samples_round_trip_and_digest():
     )
     other = _task().parse_batch(shapes_detection_batch(3, 48, seed=4))
     assert other.digest() != samples.digest()
+
+
+class _ListOfDicts(nn.Module):
+    """Not a torchvision detector, but returns what one returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 1, 1)
+
+    def forward(self, images):
+        return [
+            {
+                "boxes": torch.zeros(0, 4),
+                "labels": torch.zeros(0).long(),
+                "scores": self.conv(i[None]).sum()[None][:0],
+            }
+            for i in images
+        ]
+
+
+def test_a_detection_output_is_recognised_and_a_non_torchvision_detector_refused():
+    batch = shapes_detection_batch(2, 48, seed=5)
+    network = _ListOfDicts()
+    assert DetectionTask.recognises(network, batch)
+    task = _task()
+    with pytest.raises(TypeError, match="holds no torchvision detector"):
+        task.explain(network, task.parse_batch(batch))
