@@ -3,6 +3,7 @@
 from .core.layers import LayerNotFoundError
 from .core.methods import CAMMethod, register_method, unregister_method
 from .core.targets import TopK
+from .detection import DetectionCAM
 from .engine import CAMEngine, CAMResult
 from .segmentation import Region, SegmentationCAM
 
@@ -10,6 +11,7 @@ __all__ = [
     "CAMEngine",
     "CAMMethod",
     "CAMResult",
+    "DetectionCAM",
     "GradCAMCallback",
     "LayerNotFoundError",
     "Region",
