@@ -138,7 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     if args.rows:
-        rows = [json.loads(line) for line in Path(args.rows).read_text().splitlines() if line.startswith("{")]
+        rows = [
+            json.loads(line)
+            for line in Path(args.rows).read_text().splitlines()
+            if line.startswith("{")
+        ]
         seconds = sum(r["seconds"] for r in rows)
     else:
         libraries = [args.only] if args.only else ["timm", "torchvision", "transformers"]
