@@ -364,36 +364,43 @@ def choose_default_layer(model: nn.Module, images: torch.Tensor) -> DefaultLayer
     """
     network = unwrap_model(model)
     probe = images[:1]
-    with preserve_model_state(network), cam_mode():
-        candidates: list[_Candidate] = []
+    size = (int(probe.shape[-2]), int(probe.shape[-1]))
+
+    def from_library() -> list[_Candidate]:
         found = library_network(network)
-        if found is not None:
-            prefix, root, library = found
-            root_images = (
-                probe if root is network else _input_of(network, root, lambda: network(probe))
-            )
-            for c in _library_candidates(root, library, root_images):
-                name = f"{prefix}.{c.name}" if prefix else c.name
-                candidates.append(_Candidate(name, c.layout, c.source))
+        if found is None:
+            return []
+        prefix, root, library = found
+        root_images = probe if root is network else _input_of(network, root, lambda: network(probe))
+        return [
+            _Candidate(f"{prefix}.{c.name}" if prefix else c.name, c.layout, c.source)
+            for c in _library_candidates(root, library, root_images)
+        ]
+
+    def from_shapes() -> list[_Candidate]:  # only when the library's candidates all failed
         try:
-            size = (int(probe.shape[-2]), int(probe.shape[-1]))
-            for name in default_layer_candidates(network, lambda: network(probe), size):
-                candidates.append(_Candidate(name, None, "shapes (no library metadata)"))
+            names = default_layer_candidates(network, lambda: network(probe), size)
         except LayerNotFoundError:
-            if not candidates:
+            if not tried:
                 raise
-        tried: list[str] = []
-        first_readable: DefaultLayer | None = None
-        unique = {}
-        for c in candidates:  # the first time a name is proposed is its best source
-            unique.setdefault(c.name, c)
-        for candidate in unique.values():
-            layout, reached, why = _try(network, candidate, probe)
-            if layout is not None and reached:
-                return DefaultLayer(candidate.name, layout, candidate.source)
-            if layout is not None and first_readable is None:
-                first_readable = DefaultLayer(candidate.name, layout, candidate.source)
-            tried.append(f"{candidate.name!r} ({why})")
+            return []
+        return [_Candidate(name, None, "shapes (no library metadata)") for name in names]
+
+    tried: list[str] = []
+    seen: set[str] = set()
+    first_readable: DefaultLayer | None = None
+    with preserve_model_state(network), cam_mode():
+        for propose in (from_library, from_shapes):
+            for candidate in propose():
+                if candidate.name in seen:  # the first time a name is proposed is its best
+                    continue
+                seen.add(candidate.name)
+                layout, reached, why = _try(network, candidate, probe)
+                if layout is not None and reached:
+                    return DefaultLayer(candidate.name, layout, candidate.source)
+                if layout is not None and first_readable is None:
+                    first_readable = DefaultLayer(candidate.name, layout, candidate.source)
+                tried.append(f"{candidate.name!r} ({why})")
     if first_readable is not None:
         log.warning(
             "layer=None: the scores of %s reach none of %s; explaining %r anyway",
