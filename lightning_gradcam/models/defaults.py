@@ -32,7 +32,6 @@ from torch import nn
 from ..core.capture import ActivationCapture
 from ..core.heuristics import default_layer_candidates
 from ..core.layers import (
-    PASS_THROUGH,
     LayerNotFoundError,
     layer_context,
     named_layers,
@@ -118,6 +117,15 @@ def _input_of(
     return seen[0] if seen and seen[0].dim() == 4 else None
 
 
+def _returns_its_input(module: nn.Module) -> bool:
+    """Identity, dropout, flatten, an empty ``Sequential``: a module whose output is its
+    input (a copy of a feature map, never the module that made it). Pools are kept: timm's
+    VGG ends its features with a max-pool."""
+    if isinstance(module, nn.Sequential) and len(module) == 0:
+        return True
+    return isinstance(module, (nn.Identity, nn.modules.dropout._DropoutNd, nn.Flatten))
+
+
 def _record_outputs(
     root: nn.Module, run: Callable[[], object]
 ) -> tuple[object, dict[str, torch.Tensor]]:
@@ -137,7 +145,7 @@ def _record_outputs(
     layers = named_layers(root)
     try:
         for name, module in layers.items():
-            if not isinstance(module, PASS_THROUGH):
+            if not _returns_its_input(module):
                 handles.append(module.register_forward_hook(make_hook(name)))
         result = run()
     finally:
@@ -320,7 +328,9 @@ def _try(
         ):
             output = network(images)
             scores, _ = select_scores(output, None)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RuntimeError) as exc:
+        # RuntimeError: an in-place op after the layer on a view made before it (GhostNet),
+        # which the engine's forward would meet too.
         return None, False, str(exc).split("\n")[0]
     calls = cap.activations[candidate.name]
     if len(calls) != 1:
