@@ -117,8 +117,20 @@ def test_the_library_network_is_found_inside_a_wrapper():
 # ---------------------------------------------------------------------------- sweeps
 
 
+# Known gaps, each explained in its own test above.
+TIMM_GAPS = {"coat": "parallel blocks return tuples; lands on the scale before the last"}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("module", sorted(timm.list_modules()))
+@pytest.mark.parametrize(
+    "module",
+    [
+        pytest.param(m, marks=pytest.mark.xfail(reason=TIMM_GAPS[m], strict=True))
+        if m in TIMM_GAPS
+        else m
+        for m in sorted(timm.list_modules())
+    ],
+)
 def test_sweep_timm(module):
     built = zoo.build_timm(module)
     if built is None:
