@@ -11,6 +11,9 @@ One answer for the engine, the Lightning callback and the command line:
    outermost module that produces the library's own feature map, read the way the library
    reads it (channels-first, channels-last, or tokens with their prefix): a whole block or
    stage, never an embedding, a stem or a projection inside a block.
+   Where the library's blocks return tuples, no module returns its feature map: then the
+   last norm or block with the same grid whose change, when one corner of the image is
+   brightened, follows the library's feature map (so a different token order is caught).
 3. Otherwise, the shape heuristics of :mod:`lightning_gradcam.core.heuristics`.
 
 Every candidate is then tried in one forward and backward: it must run once, keep the
@@ -82,23 +85,23 @@ def library_network(model: nn.Module) -> tuple[str, nn.Module, str] | None:
     """``(dotted name, module, library)`` of the outermost timm / transformers /
     torchvision network in ``model`` (``""`` for the model itself); the one with the most
     parameters where a model holds several; ``None`` for none."""
+    model = unwrap_model(model)
+    library = _library(model)
+    if library is not None:
+        return "", model, library
     found: list[tuple[str, nn.Module, str]] = []
-    for name, module in named_layers(model).items() if _library(model) is None else []:
+    for name, module in named_layers(model).items():
         if any(name.startswith(outer + ".") for outer, _, _ in found):
-            continue
+            continue  # inside a library network already found
         library = _library(module)
         if library is not None:
             found.append((name, module, library))
-    if _library(model) is not None:
-        return "", unwrap_model(model), _library(model)
     if not found:
         return None
     return max(found, key=lambda f: sum(p.numel() for p in f[1].parameters()))
 
 
-def _input_of(
-    model: nn.Module, module: nn.Module, run_forward: Callable[[], object]
-) -> torch.Tensor | None:
+def _input_of(module: nn.Module, run_forward: Callable[[], object]) -> torch.Tensor | None:
     """The image tensor ``module`` receives when ``run_forward()`` runs the model."""
     seen: list[torch.Tensor] = []
 
@@ -241,7 +244,7 @@ def _library_candidates(
             same.append(_Candidate(name, read, source))
             before = _previous_sibling(name, layers)
             if before is not None:  # same grid, and it feeds the last block's attention
-                source = f"{library} {what}: the block before the {which} feature map's"
+                source = f"{library} {what}: the block before the {which} feature map"
                 layout_before = Layout(layout.kind, layout.grid, layout.prefix, source)
                 same.append(_Candidate(before, layout_before, source))
         # The library's own tensor first, the block before it next (for a class-token head),
@@ -381,7 +384,7 @@ def choose_default_layer(model: nn.Module, images: torch.Tensor) -> DefaultLayer
         if found is None:
             return []
         prefix, root, library = found
-        root_images = probe if root is network else _input_of(network, root, lambda: network(probe))
+        root_images = probe if root is network else _input_of(root, lambda: network(probe))
         return [
             _Candidate(f"{prefix}.{c.name}" if prefix else c.name, c.layout, c.source)
             for c in _library_candidates(root, library, root_images)
