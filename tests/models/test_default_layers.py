@@ -154,3 +154,21 @@ def test_sweep_transformers(class_name):
     if built is None:
         pytest.skip(f"{class_name} cannot build or run here")
     zoo.check(built)
+
+
+def test_choosing_the_default_leaves_no_trace():
+    """Train-mode flags, BatchNorm statistics, .grad, hooks and the RNG stay as they were."""
+    from tests.engine.nets import modules_with_hooks
+
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", num_classes=5).train()
+    images = torch.rand(2, 3, 64, 96)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    default = choose_default_layer(model, images)
+    assert default.name == "layer4" and default.layout.grid == (2, 3)
+    assert all(m.training for m in model.modules())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    assert modules_with_hooks(model) == []
+    assert torch.equal(torch.get_rng_state(), rng)
