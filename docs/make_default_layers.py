@@ -62,16 +62,20 @@ def _rows(library: str) -> list[dict]:
 
 
 _LAYOUT = {"BCHW": "(B, C, h, w)", "BHWC": "(B, h, w, C)"}
+_CORNERS = {1: "peak", 0: "direction", -1: "spread"}
 
 
 def _table(rows: list[dict]) -> list[str]:
     lines = [
-        "| family | model | input | default layer | grid | layout | decided by |",
-        "|---|---|---|---|---|---|---|",
+        "| family | model | input | default layer | grid | layout | decided by | corners |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r["status"] != "passed":
-            lines.append(f"| {r['family']} | | | {r['status']} | | | |")
+            gap = zoo.KNOWN_GAPS.get((r["library"], r["family"]))
+            skip = zoo.HF_SKIP.get(r["family"])
+            status = f"known gap: {gap}" if gap else f"skipped: {skip}" if skip else r["status"]
+            lines.append(f"| {r['family']} | | | {status} | | | | |")
             continue
         layout = _LAYOUT.get(r["kind"], f"tokens, {r['prefix']} prefix")
         how = r["source"].replace(" (its grid; no module returns that tensor itself)", "*")
@@ -79,7 +83,7 @@ def _table(rows: list[dict]) -> list[str]:
         grid = "x".join(map(str, r["grid"]))
         lines.append(
             f"| {r['family']} | `{r['model']}` | {size} | `{r['layer']}` | {grid} | "
-            f"{layout} | {how} |"
+            f"{layout} | {how} | {_CORNERS.get(r['corners'], '')} |"
         )
     return lines
 
@@ -103,20 +107,25 @@ def write(rows: list[dict], seconds: float) -> str:
         " alike), for one randomly initialised model per timm architecture module, every"
         " torchvision classifier and every transformers image classifier. Each row passed"
         " the sweep's checks: the grid is the library's own last feature grid (timm's"
-        " `forward_intermediates`, transformers' hidden states), and brightening one corner"
-        " of the image moves the layer's activations most in that corner of the grid."
+        " `forward_intermediates`, transformers' hidden states), and the grid follows the"
+        " image (brightening one corner moves the layer's activations towards that corner"
+        " of the grid; see *corners*)."
         " See [layouts](layouts.md#the-default-layer) for how the layer is found.",
         "",
         f"Swept with torch {torch.__version__}, timm {timm.__version__}, torchvision"
         f" {torchvision.__version__}, transformers {transformers.__version__}:"
-        f" {passed} passed, {skipped} skipped (cannot build or run here), {failed} failed,"
-        f" in {seconds / 60:.0f} minutes on 2 CPU cores.",
+        f" {passed} passed, {skipped} skipped, {failed} known gap(s),"
+        f" in {seconds / 60:.0f} minutes of model time on 2 shared CPU cores.",
         "",
         "`*`: no module returns the library's feature map itself (its blocks return tuples);"
         " the layer is the last one with the same grid whose changes follow the feature"
         " map's. *next to last*: the head reads only the class token of the last feature"
         " map, so its patch tokens get no gradient; the block before feeds the last"
-        " attention.",
+        " attention. *corners*: brightening the top-left corner moved the layer's activations"
+        " most in the grid's top-left quarter (*peak*), or, where a random network spreads"
+        " any change over the grid, at least further up and left than brightening the"
+        " bottom-right corner did (*direction*); *spread*: both changes centred alike (within"
+        " 2% of the grid), which says nothing either way.",
         "",
     ]
     for library, title in (

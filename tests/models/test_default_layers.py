@@ -117,8 +117,7 @@ def test_the_library_network_is_found_inside_a_wrapper():
 # ---------------------------------------------------------------------------- sweeps
 
 
-# Known gaps, each explained in its own test above.
-TIMM_GAPS = {"coat": "parallel blocks return tuples; lands on the scale before the last"}
+TIMM_GAPS = {family: why for (library, family), why in zoo.KNOWN_GAPS.items() if library == "timm"}
 
 
 @pytest.mark.slow
@@ -172,3 +171,27 @@ def test_choosing_the_default_leaves_no_trace():
     assert all(p.grad is None for p in model.parameters())
     assert modules_with_hooks(model) == []
     assert torch.equal(torch.get_rng_state(), rng)
+
+
+def _table_rows() -> dict[str, tuple[str, tuple[int, int], str, tuple[int, int]]]:
+    from pathlib import Path
+
+    page = Path(__file__).resolve().parents[2] / "docs" / "default-layers.md"
+    rows = {}
+    for line in page.read_text().splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 8 and cells[1].startswith("`"):
+            size = tuple(int(v) for v in cells[2].split("x"))
+            grid = tuple(int(v) for v in cells[4].split("x"))
+            rows[cells[0]] = (cells[1].strip("`"), size, cells[3].strip("`"), grid)
+    return rows
+
+
+@pytest.mark.parametrize("module", ["resnet", "vision_transformer", "swin_transformer", "nest"])
+def test_the_docs_table_says_what_the_code_does(module):
+    """docs/default-layers.md is written by a slow sweep; a few of its rows, rerun here,
+    catch a table left stale by a change of the default."""
+    name, size, layer, grid = _table_rows()[module]
+    built = zoo.build_timm(module, name, size)
+    default = choose_default_layer(built.model, torch.rand(1, 3, *size))
+    assert (default.name, default.layout.grid) == (layer, grid)
