@@ -61,7 +61,7 @@ def named_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 # What the classification engine and callback add to a "no such layer" message; detector
 # entry points pass their own hint (there the last 4-D layer is not a sensible default).
-DEFAULT_LAYER_HINT = "or layer=None to pick the last layer with a 4-D output automatically"
+DEFAULT_LAYER_HINT = "or layer=None for the model's default (its last block or stage)"
 
 # How many candidates an "ambiguous suffix" message lists before "and N more".
 _MAX_LISTED = 10
