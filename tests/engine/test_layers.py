@@ -171,7 +171,7 @@ def test_the_not_found_hint_is_the_callers():
     from lightning_gradcam.core.layers import DEFAULT_LAYER_HINT
 
     model = seeded(DeepHeadNet, seed=5)
-    with pytest.raises(LayerNotFoundError, match="layer=None to pick the last layer"):
+    with pytest.raises(LayerNotFoundError, match="layer=None for the model.s default"):
         resolve_layer(model, "stemm")
     assert "layer=None" in DEFAULT_LAYER_HINT
     with pytest.raises(LayerNotFoundError) as caught:
