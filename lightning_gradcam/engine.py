@@ -13,7 +13,7 @@ from .core.capture import ActivationCapture
 from .core.faithfulness import Baseline, Faithfulness, Probability, evaluate_maps, random_maps
 from .core.gradients import row_gradients
 from .core.guided import guided_relus, normalize_gradient_image
-from .core.layers import find_default_layer, layer_context, resolve_layer, unwrap_model
+from .core.layers import layer_context, resolve_layer, unwrap_model
 from .core.layouts import Layout, Reshape, check_reshape, detect_layout, user_layout
 from .core.methods import (
     check_methods,
@@ -24,6 +24,7 @@ from .core.methods import (
 )
 from .core.state import cam_mode, preserve_model_state
 from .core.targets import TargetSpec, select_scores
+from .models.defaults import choose_default_layer, layout_fits
 
 __all__ = ["CAMEngine", "CAMResult"]
 
@@ -77,9 +78,11 @@ class CAMEngine:
             looked through. Assumed: each image's output depends on that image only (true
             for CNNs in eval mode, which the CAM pass uses).
         layer: dotted name of the layer to explain (``"layer4"``, ``"features.29"``,
-            ``"blocks.11.norm1"``), or ``None`` for a default found on the first call (and
-            logged): a CNN's last spatial 4-D output, a ViT's last block's first norm, a
-            Swin's last stage (see ``docs/layouts.md``).
+            ``"blocks.10"``), or ``None`` for a default found on the first call (and
+            logged): the model library's last feature map (timm's ``forward_intermediates``,
+            transformers' hidden states, torchvision's families), else the last block or
+            stage with a spatial grid; a class-token ViT's next-to-last block (see
+            ``models/defaults.py`` and ``docs/default-layers.md``).
         methods: any of ``gradcam``, ``gradcam++``, ``xgradcam``, ``layercam``, ``hirescam``
             (all from the same forward and backward) and ``guided_backprop``,
             ``guided_gradcam``, ``guided_gradcam++`` (one more forward and backward, to the
@@ -107,13 +110,14 @@ class CAMEngine:
         self.layer = layer
         self.reshape = check_reshape(reshape)
         self._announce = False
+        self._default_layout: Layout | None = None
         if layer is not None:
             resolve_layer(model, layer)  # fail now, with close matches, not at the first call
 
     def _layer_for(self, network: nn.Module, images: torch.Tensor) -> str:
         if self.layer is None:
-            size = tuple(images.shape[-2:])
-            self.layer = find_default_layer(network, lambda: network(images[:1]), size)
+            default = choose_default_layer(network, images[:1])
+            self.layer, self._default_layout = default.name, default.layout
             self._announce = True
         return self.layer
 
@@ -122,6 +126,8 @@ class CAMEngine:
     ) -> Layout:
         if self.reshape is not None:
             return user_layout(self.reshape)
+        if self._default_layout is not None and layout_fits(self._default_layout, activation):
+            return self._default_layout  # the model library's own reading of this layer
         module, owners, parent = layer_context(network, name)
         return detect_layout(activation, name, size, module, owners, parent)
 
@@ -163,6 +169,7 @@ class CAMEngine:
                 output = network(x)
                 scores, class_ids = select_scores(output, targets)
             activation = self._single_call(cap.activations[layer_name], layer_name)
+            self._check_layer_batch(activation, layer_name, x.shape[0])
             size = tuple(images.shape[-2:])
             layout = self._layout(network, layer_name, activation, size)
             if self._announce:
@@ -267,6 +274,17 @@ class CAMEngine:
                 "module); choose a layer that runs once per image"
             )
         return calls[0]
+
+    @staticmethod
+    def _check_layer_batch(activation: torch.Tensor, layer_name: str, batch: int) -> None:
+        if activation.dim() == 0 or activation.shape[0] != batch:
+            raise ValueError(
+                f"layer {layer_name!r} outputs shape {tuple(activation.shape)} for a batch of "
+                f"{batch} images: its first axis is not the batch (the layer folds the batch "
+                "with another axis, e.g. B x tokens inside a nested transformer), so its map "
+                "cannot be told per image. Choose a layer whose output starts with the batch "
+                "axis (a whole block or stage), or layer=None for the model's default"
+            )
 
     @staticmethod
     def _check_batch(scores: torch.Tensor, batch: int) -> None:

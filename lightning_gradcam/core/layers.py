@@ -9,8 +9,6 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from .layouts import LayoutError, detect_layout
-
 __all__ = [
     "LayerNotFoundError",
     "unwrap_model",
@@ -21,8 +19,8 @@ __all__ = [
     "is_layer_pattern",
     "expand_layer_names",
     "find_last_4d_layer",
-    "find_default_layer",
     "layer_context",
+    "PASS_THROUGH",
 ]
 
 
@@ -63,7 +61,7 @@ def named_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 # What the classification engine and callback add to a "no such layer" message; detector
 # entry points pass their own hint (there the last 4-D layer is not a sensible default).
-DEFAULT_LAYER_HINT = "or layer=None to pick the last layer with a 4-D output automatically"
+DEFAULT_LAYER_HINT = "or layer=None for the model's default (its last block or stage)"
 
 # How many candidates an "ambiguous suffix" message lists before "and N more".
 _MAX_LISTED = 10
@@ -182,7 +180,7 @@ def expand_layer_names(
 
 # Layers that only pool, drop or pass features on: explaining them adds nothing over the
 # feature map before them (and a global pool's 1x1 output has no spatial extent at all).
-_PASS_THROUGH = (
+PASS_THROUGH = (
     nn.modules.pooling._AdaptiveAvgPoolNd,
     nn.modules.pooling._AdaptiveMaxPoolNd,
     nn.modules.pooling._AvgPoolNd,
@@ -211,7 +209,7 @@ def find_last_4d_layer(model: nn.Module, run_forward: Callable[[], object]) -> s
                 isinstance(output, torch.Tensor)
                 and output.dim() == 4
                 and output.shape[-1] * output.shape[-2] > 1
-                and not isinstance(module, _PASS_THROUGH)
+                and not isinstance(module, PASS_THROUGH)
             ):
                 order.append(module_name)
 
@@ -233,12 +231,6 @@ def find_last_4d_layer(model: nn.Module, run_forward: Callable[[], object]) -> s
     return order[-1]
 
 
-# A transformer block: an attention child and a first norm before it (timm, transformers,
-# torchvision, detectron2's ViTDet).
-_ATTENTION_CHILDREN = ("attn", "attention", "self_attention", "self_attn")
-_FIRST_NORMS = ("norm1", "layernorm_before", "ln_1", "ln1")
-
-
 def layer_context(
     model: nn.Module, name: str, layers: dict[str, nn.Module] | None = None
 ) -> tuple[nn.Module, list[nn.Module], nn.Module]:
@@ -252,126 +244,3 @@ def layer_context(
     ancestors = [layers[".".join(parts[:i])] for i in range(len(parts) - 1, 0, -1)]
     ancestors.append(unwrap_model(model))
     return layers[name], ancestors, ancestors[0]
-
-
-def _first_norm(block: nn.Module) -> str | None:
-    children = dict(block.named_children())
-    if not any(a in children for a in _ATTENTION_CHILDREN):
-        return None
-    return next((n for n in _FIRST_NORMS if n in children), None)
-
-
-def find_default_layer(
-    model: nn.Module, run_forward: Callable[[], object], input_size: tuple[int, int]
-) -> str:
-    """The layer ``layer=None`` explains, found during one ``run_forward()`` (under no_grad).
-
-    - ViT-like (transformer blocks at one token resolution): the last block's first norm,
-      the input of its attention (``blocks.11.norm1``, ``vit.encoder.layer.11.layernorm_before``,
-      ``encoder.layers.encoder_layer_11.ln_1``). The last block's *output* is no use there: the
-      class-token head reads only the class token from it, so the other tokens get no gradient.
-    - Swin-like (blocks at falling resolutions): the last stage (``layers.3``, ``features.7``),
-      or, where stages return tuples (transformers), the last feature map with a layout
-      (``swin.layernorm``).
-    - Otherwise (CNNs): as :func:`find_last_4d_layer`: the last spatial 4-D output.
-
-    Never the patch embedding when a later layer has a spatial layout.
-    """
-    outputs: dict[str, tuple[int, ...] | None] = {}  # in the order forwards finish
-    handles = []
-    layers = named_layers(model)
-
-    def make_hook(module_name: str):
-        def hook(_module, _inputs, output):
-            shape = tuple(output.shape) if isinstance(output, torch.Tensor) else None
-            outputs.pop(module_name, None)
-            outputs[module_name] = shape
-
-        return hook
-
-    try:
-        for module_name, module in layers.items():
-            handles.append(module.register_forward_hook(make_hook(module_name)))
-        with torch.no_grad():
-            run_forward()
-    finally:
-        for handle in handles:
-            handle.remove()
-
-    def fits(name: str) -> bool:
-        shape = outputs.get(name)
-        if shape is None or len(shape) not in (3, 4) or isinstance(layers[name], _PASS_THROUGH):
-            return False
-        if (shape[1] if len(shape) == 3 else shape[-1] * shape[-2]) <= 1:
-            return False
-        layer, owners, parent = layer_context(model, name, layers)
-        try:
-            detect_layout(
-                torch.empty(shape, device="meta"), name, input_size, layer, owners, parent
-            )
-        except LayoutError:
-            return False
-        return True
-
-    blocks = [
-        (n, f"{n}.{norm}")
-        for n in outputs
-        if (norm := _first_norm(layers[n])) is not None and f"{n}.{norm}" in outputs
-    ]
-    if blocks:
-        first_norm, (last_block, last_norm) = blocks[0][1], blocks[-1]
-        if outputs[first_norm] == outputs[last_norm] and fits(last_norm):
-            return last_norm  # ViT-like
-        stage = _outermost_same_output(last_block, outputs, layers)
-        if stage is not None and fits(stage):
-            return stage  # Swin-like
-        spatial = [n for n in outputs if fits(n)]
-        if spatial:
-            return spatial[-1]
-    order = [
-        n
-        for n, shape in outputs.items()
-        if shape is not None
-        and len(shape) == 4
-        and shape[-1] * shape[-2] > 1
-        and not isinstance(layers[n], _PASS_THROUGH)
-    ]
-    later_tokens = [
-        n
-        for n in list(outputs)[list(outputs).index(order[-1]) + 1 if order else 0 :]
-        if outputs[n] is not None and len(outputs[n]) == 3 and fits(n)
-    ]
-    if later_tokens:
-        raise LayerNotFoundError(
-            f"{type(unwrap_model(model)).__name__} looks like a transformer whose blocks are not "
-            f"recognised (token outputs such as {later_tokens[-1]!r} follow the last 4-D layer "
-            f"{order[-1] if order else None!r}); name the layer to explain with layer=..., "
-            "e.g. the first norm of the last block"
-        )
-    if not order:
-        raise LayerNotFoundError(
-            f"{type(unwrap_model(model)).__name__} has no submodule with a 4-D output "
-            "(B,C,h,w) or (B,h,w,C), nor tokens (B,P+h*w,C); name the layer to explain explicitly with layer=..."
-        )
-    return order[-1]
-
-
-def _outermost_same_output(
-    name: str, outputs: dict[str, tuple[int, ...] | None], layers: dict[str, nn.Module]
-) -> str | None:
-    """The outermost ancestor-or-self of ``name`` with the same output, stopping below a
-    container of stages (whose children's outputs differ): ``layers.3``, not ``layers``."""
-    shape = outputs.get(name)
-    if shape is None:
-        return None
-    while "." in name:
-        parent = name.rsplit(".", 1)[0]
-        if outputs.get(parent) != shape:
-            break
-        child_shapes = {
-            outputs.get(f"{parent}.{c}") for c, _ in layers[parent].named_children()
-        } - {None}
-        if len(child_shapes) > 1:
-            break
-        name = parent
-    return name

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .layers import layer_context
+
 __all__ = [
     "Layout",
     "LayoutError",
@@ -37,6 +39,7 @@ __all__ = [
     "detect_layout",
     "layer_channels",
     "to_feature_maps",
+    "token_grids",
     "user_layout",
 ]
 
@@ -234,7 +237,7 @@ def _grid_fits(h: int, w: int, size: tuple[int, int]) -> bool:
     return max(lo_h, lo_w, 0.5) < min(hi_h, hi_w)
 
 
-def _token_grids(
+def token_grids(
     tokens: int, size: tuple[int, int], prefixes: list[int]
 ) -> set[tuple[int, int, int]]:
     """Every ``(h, w, P)`` with ``P + h*w == tokens`` and ``(h, w)`` the input at one
@@ -350,7 +353,7 @@ def _detect_tokens(
             said = f"{owner}: patch size {patch[0]}x{patch[1]}, {spare} prefix token(s)"
             return Layout("tokens", (h, w), spare, source=f"model ({said})")
     prefixes = [prefix] if prefix is not None else list(range(_MAX_GUESSED_PREFIX + 1))
-    grids = _token_grids(tokens, size, prefixes)
+    grids = token_grids(tokens, size, prefixes)
     if len(grids) == 1:
         h, w, p = grids.pop()
         how = f"{owner} says {p} prefix token(s)" if prefix is not None else "guessed prefix"
@@ -374,8 +377,6 @@ def to_feature_maps(
     list of ``D`` activations) as ``(D, C, h, w)`` each, through one layout: the user's
     ``reshape`` or :func:`detect_layout`'s. For callers that hold per-detection rows
     (detectron2's image-level layers)."""
-    from .layers import layer_context  # layers.py imports this module for default layers
-
     acts = torch.stack(list(activations)) if isinstance(activations, list) else activations
     if reshape is not None:
         layout = user_layout(reshape)

@@ -34,6 +34,7 @@ from torch import nn
 from ..core.checkpoints import RANDOM_WEIGHTS, WeightsError, download_file, load_state_dict_file
 from ..core.command_line import first_line
 from ..core.layers import resolve_layer
+from .torchvision_meta import family_layers
 
 __all__ = [
     "SEED_NETWORKS",
@@ -169,8 +170,10 @@ def check_network_name(name: str) -> str:
 
 
 def default_layer(name: str, model: nn.Module) -> str | None:
-    """The last convolutional stage of the seed's networks and their families; ``None``
-    (the engine's automatic choice) for every other network.
+    """The layer ``layer=None`` explains in torchvision network ``name``: the first of
+    :func:`lightning_gradcam.models.torchvision_meta.family_layers`, the same table the
+    engine and the callback use (works on the meta device); ``None`` (the engine's choice)
+    for a family the table does not hold.
 
     - resnet, resnext, wide_resnet: ``layer4``; densenet: ``features`` (after ``norm5``);
       inception_v3: ``Mixed_7c``; mobilenet_v2/v3: ``features``; shufflenet_v2: ``conv5``;
@@ -178,31 +181,14 @@ def default_layer(name: str, model: nn.Module) -> str | None:
       the rectified output of the last convolution before the final max-pool, at twice the
       resolution of the pooled map (14x14 for a 224 input). The seed hooked the last
       convolution itself; its output is rewritten in place by that ReLU;
-    - vit: the last encoder block's first norm, ``encoder.layers.encoder_layer_11.ln_1``
-      (tokens ``(B, 1 + h*w, C)``; its output's patch tokens get no gradient from the
+    - vit: the next-to-last encoder block, ``encoder.layers.encoder_layer_10`` (tokens
+      ``(B, 1 + h*w, C)``; the last block's patch tokens get no gradient from the
       class-token head); swin: the last stage, ``features.7`` (``(B, h, w, C)``);
       convnext, efficientnet: ``features``; maxvit: the last stage, ``blocks.3``.
     """
-    if re.match(r"^(resnet|resnext|wide_resnet)\d", name):
-        return "layer4"
-    if name.startswith("vgg"):
-        relus = [i for i, m in enumerate(model.features) if isinstance(m, nn.ReLU)]
-        return f"features.{relus[-1]}"
-    if name.startswith(("densenet", "mobilenet_v2", "mobilenet_v3")):
-        return "features"
-    if name == "inception_v3":
-        return "Mixed_7c"
-    if name.startswith("shufflenet_v2"):
-        return "conv5"
-    if name.startswith("vit_"):
-        return f"encoder.layers.encoder_layer_{len(model.encoder.layers) - 1}.ln_1"
-    if name.startswith("swin_"):
-        return f"features.{len(model.features) - 1}"
-    if name.startswith(("convnext_", "efficientnet_")):
-        return "features"
-    if name.startswith("maxvit_"):
-        return f"blocks.{len(model.blocks) - 1}"
-    return None
+    del name  # the family is the builder's class
+    layers = family_layers(model)
+    return layers[0] if layers else None
 
 
 def _weights_enum(name: str):

@@ -11,7 +11,7 @@ from lightning_gradcam.models.networks import RANDOM_WEIGHTS, prepare_network
 @pytest.mark.parametrize(
     "name, layer",
     [
-        ("vit_b_16", "encoder.layers.encoder_layer_11.ln_1"),  # tokens (B, 1+14*14, 768)
+        ("vit_b_16", "encoder.layers.encoder_layer_10"),  # tokens (B, 1+14*14, 768)
         ("swin_t", "features.7"),  # (B, 7, 7, 768) channels-last, the last stage
         ("convnext_tiny", "features"),
         ("maxvit_t", "blocks.3"),

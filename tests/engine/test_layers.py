@@ -171,7 +171,7 @@ def test_the_not_found_hint_is_the_callers():
     from lightning_gradcam.core.layers import DEFAULT_LAYER_HINT
 
     model = seeded(DeepHeadNet, seed=5)
-    with pytest.raises(LayerNotFoundError, match="layer=None to pick the last layer"):
+    with pytest.raises(LayerNotFoundError, match="layer=None for the model.s default"):
         resolve_layer(model, "stemm")
     assert "layer=None" in DEFAULT_LAYER_HINT
     with pytest.raises(LayerNotFoundError) as caught:
@@ -220,3 +220,63 @@ def test_layer_globs_that_match_nothing_are_refused(model):
         expand_layer_names(model, ["fc.*"])
     with pytest.raises(LayerNotFoundError, match="no layer named 'stemm'"):
         expand_layer_names(model, ["stemm"])
+
+
+def test_layers_does_not_import_layouts():
+    """One-way: layouts (and the default-layer heuristics) build on layers, never back."""
+    import ast
+    from pathlib import Path
+
+    import lightning_gradcam.core.layers as layers_module
+
+    tree = ast.parse(Path(layers_module.__file__).read_text())
+    imported = {
+        node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+    }
+    assert not any("layouts" in name or "heuristics" in name for name in imported), imported
+
+
+class _ClassTokenViT(nn.Module):
+    """A user's own ViT (no library metadata): three pre-norm blocks, a class-token head."""
+
+    def __init__(self, dim: int = 16):
+        super().__init__()
+        self.patch_embed = nn.Conv2d(3, dim, 4, stride=4)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
+        self.blocks = nn.ModuleList(_Block(dim) for _ in range(3))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, x):
+        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls_token.expand(len(x), -1, -1), tokens], 1)
+        for block in self.blocks:
+            tokens = block(tokens)
+        return self.head(self.norm(tokens)[:, 0])
+
+
+class _Block(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, 2, batch_first=True)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        y = self.norm1(x)
+        x = x + self.attn(y, y, y, need_weights=False)[0]
+        return x + self.mlp(self.norm2(x))
+
+
+def test_a_class_token_vit_without_metadata_gets_the_block_before_the_last():
+    """Shapes alone: the last block's patch tokens get no gradient from a class-token head
+    (an all-zero map), so the default is the block before it, a whole block."""
+    model = seeded(_ClassTokenViT, seed=3).eval()
+    images = tiny_images(batch=2, size=32, seed=4)
+    res = CAMEngine(model, methods=("gradcam",)).explain(images)
+    assert res.layer == "blocks.1"
+    assert (res.layout.kind, res.layout.prefix, res.layout.grid) == ("tokens", 1, (8, 8))
+    assert res.layer_maps["gradcam"].amax() > 0
+    last = CAMEngine(model, layer="blocks.2", methods=("gradcam",)).explain(images)
+    assert last.layer_maps["gradcam"].abs().amax() == 0

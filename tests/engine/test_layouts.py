@@ -48,14 +48,19 @@ def _timm_swin(**kwargs):
 
 
 @pytest.mark.parametrize("size", [(64, 64), (64, 96)])
-def test_timm_vit_default_layer_is_the_last_blocks_first_norm(size):
+def test_timm_class_token_vit_default_is_the_block_before_the_last(size):
+    """The class-token head reads only the class token of the last block's output (its
+    patch tokens get no gradient: flat maps); the block before feeds the last attention."""
     torch.manual_seed(0)
     model = timm.create_model("vit_tiny_patch16_224", img_size=size, depth=3, num_classes=5)
     res = _explain(model, size)
-    assert res.layer == "blocks.2.norm1"  # never the patch embedding
+    assert res.layer == "blocks.1"  # a whole block: never the patch embedding or a norm
     assert (res.layout.kind, res.layout.prefix) == ("tokens", 1)
-    assert "patch size 16x16" in str(res.layout)
+    assert "timm forward_intermediates" in str(res.layout)
     _check_maps(res, (size[0] // 16, size[1] // 16), size)
+    assert res.layer_maps["gradcam"].amax() > 0
+    last = _explain(model, size, layer="blocks.2", methods=("gradcam",))
+    assert last.layer_maps["gradcam"].abs().amax() == 0
 
 
 def test_timm_deit_distilled_leaves_out_both_prefix_tokens():
@@ -64,7 +69,7 @@ def test_timm_deit_distilled_leaves_out_both_prefix_tokens():
         "deit_tiny_distilled_patch16_224", img_size=80, depth=2, num_classes=5
     )
     res = _explain(model, (80, 80))
-    assert res.layer == "blocks.1.norm1"
+    assert res.layer == "blocks.0"
     assert (res.layout.kind, res.layout.prefix, res.layout.grid) == ("tokens", 2, (5, 5))
     _check_maps(res, (5, 5), (80, 80))
 
@@ -108,7 +113,7 @@ def test_timm_swin_maps_equal_those_of_the_permuted_stage():
 def test_timm_convnext_keeps_its_conv_layout():
     torch.manual_seed(0)
     res = _explain(timm.create_model("convnext_atto", num_classes=5))
-    assert res.layer == "stages" and res.layout.kind == "BCHW"
+    assert res.layer == "stages.3" and res.layout.kind == "BCHW"  # feature_info's last stage
     _check_maps(res, (2, 2))
 
 
@@ -138,7 +143,7 @@ def test_transformers_vit_and_deit_with_model_output():
         (DeiTForImageClassificationWithTeacher(DeiTConfig(**small)), 2),
     ):
         res = _explain(model)  # the output is a ModelOutput holding .logits
-        assert res.layer.endswith(".1.layernorm_before"), res.layer
+        assert res.layer.endswith(".layers.0"), res.layer  # the block before the last
         assert (res.layout.kind, res.layout.prefix) == ("tokens", prefix)
         _check_maps(res, (4, 4))
 
@@ -172,7 +177,7 @@ def test_torchvision_vit_and_swin_at_reduced_size():
     )
     nn.init.normal_(vit.heads.head.weight)  # torchvision zero-initialises the head
     res = _explain(vit, methods=ALL[:5])
-    assert res.layer == "encoder.layers.encoder_layer_1.ln_1"
+    assert res.layer == "encoder.layers.encoder_layer_0"  # the block before the last
     assert (res.layout.kind, res.layout.prefix) == ("tokens", 1)
     _check_maps(res, (4, 4))
     assert res.maps["gradcam"].amax() > 0

@@ -1,6 +1,6 @@
 """A tiny ViT (timm's transformer ``Block``, a small conv patch embedding, class token,
 average-pooled patch tokens) trained for seconds on synthetic shapes: with ``layer=None`` the
-engine finds its token layer and grid, and the maps sit on the deciding object."""
+engine finds its last block and grid, and the maps sit on the deciding object."""
 
 from __future__ import annotations
 
@@ -77,17 +77,8 @@ def trained() -> TinyViT:
         torch.set_num_threads(threads)
 
 
-def test_tiny_vit_maps_sit_on_the_deciding_shape(trained):
-    held_out = make_shapes(100, size=SIZE, seed=2)
-    with torch.no_grad():
-        accuracy = (trained(held_out.images).argmax(1) == held_out.labels).float().mean()
-    assert accuracy >= 0.9, f"the model did not learn the task (accuracy {accuracy:.2f})"
-    methods = ("gradcam", "gradcam++", "layercam", "hirescam")
-    res = CAMEngine(trained, methods=methods).explain(held_out.images, held_out.labels)
-    assert res.layer == "blocks.0.norm1"
-    assert (res.layout.kind, res.layout.prefix, res.layout.grid) == ("tokens", 1, (8, 8))
-
-    boxes = held_out.boxes
+def _box_scores(maps: torch.Tensor, boxes: torch.Tensor) -> tuple[float, float, float]:
+    """``(energy in the box, share of peaks inside it, the box's share of the image)``."""
     ys, xs = torch.arange(SIZE)[None, :, None], torch.arange(SIZE)[None, None, :]
     in_box = (
         (xs >= boxes[:, 0, None, None])
@@ -95,13 +86,42 @@ def test_tiny_vit_maps_sit_on_the_deciding_shape(trained):
         & (ys >= boxes[:, 1, None, None])
         & (ys <= boxes[:, 3, None, None])
     ).float()
-    area = in_box.mean().item()  # ~0.15 of the image
+    energy = ((maps * in_box).sum((1, 2)) / maps.sum((1, 2)).clamp_min(1e-12)).mean().item()
+    peak = maps.flatten(1).argmax(dim=1)
+    inside = in_box.flatten(1)[torch.arange(len(peak)), peak].mean().item()
+    return energy, inside, in_box.mean().item()
+
+
+def test_tiny_vit_maps_sit_on_the_deciding_shape(trained):
+    held_out = make_shapes(100, size=SIZE, seed=2)
+    with torch.no_grad():
+        accuracy = (trained(held_out.images).argmax(1) == held_out.labels).float().mean()
+    assert accuracy >= 0.9, f"the model did not learn the task (accuracy {accuracy:.2f})"
+    methods = ("gradcam", "gradcam++")
+    res = CAMEngine(trained, methods=methods).explain(held_out.images, held_out.labels)
+    # The last block's output: the head averages its patch tokens, so all of them count.
+    assert res.layer == "blocks.0"
+    assert (res.layout.kind, res.layout.prefix, res.layout.grid) == ("tokens", 1, (8, 8))
+    # Measured (one thread, seed 0): gradcam energy 0.26, peaks inside 0.71; gradcam++
+    # 0.21 and 0.53; the box covers 0.15 of the image.
+    floors = {"gradcam": (1.3, 0.5), "gradcam++": (1.0, 0.35)}
     for method in methods:
-        maps = res.maps[method][:, 0]
-        energy = ((maps * in_box).sum((1, 2)) / maps.sum((1, 2)).clamp_min(1e-12)).mean().item()
-        peak = maps.flatten(1).argmax(dim=1)
-        inside = in_box.flatten(1)[torch.arange(len(peak)), peak].mean().item()
-        if method in ("layercam", "hirescam"):  # element-wise: most of the map on the shape
-            assert energy >= 0.5 and inside >= 0.7, (method, energy, inside)
-        else:  # channel-averaged weights spread more on a ViT, still well above chance
-            assert inside >= 2 * area and energy >= area, (method, energy, inside, area)
+        energy, inside, area = _box_scores(res.maps[method][:, 0], held_out.boxes)
+        low_energy, low_inside = floors[method]
+        assert energy >= low_energy * area and inside >= low_inside, (method, energy, inside)
+
+
+def test_tiny_vit_element_wise_maps_need_the_attention_input(trained):
+    """Element-wise methods (layercam, hirescam) at the last block's output of this
+    average-pooled ViT are at chance (measured energy 0.14 for a 0.15 box): after the last
+    attention every token carries the whole image. At that attention's input, the block's
+    first norm, they sit on the shape (measured energy 0.64 / 0.66, peaks inside 0.81 /
+    0.82): the layer docs/layouts.md names for them."""
+    held_out = make_shapes(100, size=SIZE, seed=2)
+    methods = ("layercam", "hirescam")
+    res = CAMEngine(trained, layer="blocks.0.norm1", methods=methods).explain(
+        held_out.images, held_out.labels
+    )
+    for method in methods:
+        energy, inside, _ = _box_scores(res.maps[method][:, 0], held_out.boxes)
+        assert energy >= 0.5 and inside >= 0.7, (method, energy, inside)

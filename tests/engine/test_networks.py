@@ -15,8 +15,8 @@ from .nets import modules_with_hooks
 
 # name -> (input size, expected default layer, an explicit dotted layer and its map size)
 NETWORKS = {
-    "vgg16": (64, "features", ("features.29", 4)),
-    "vgg19": (64, "features", None),
+    "vgg16": (64, "features.29", ("features.29", 4)),
+    "vgg19": (64, "features.35", None),
     "resnet50": (64, "layer4", ("layer4.2", 2)),
     "resnet101": (64, "layer4", None),
     "densenet121": (64, "features", None),

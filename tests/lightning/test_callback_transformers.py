@@ -99,13 +99,13 @@ CASES = {
     "timm-vit": (
         _timm("vit_tiny_patch16_224", img_size=SIZE, depth=2),
         False,
-        "net.blocks.1.norm1",
+        "net.blocks.0",  # class-token head: the block before the last
         (4, 4),
     ),
     "timm-deit-distilled": (
         _timm("deit_tiny_distilled_patch16_224", img_size=SIZE, depth=2),
         False,
-        "net.blocks.1.norm1",
+        "net.blocks.0",  # class-token head: the block before the last
         (4, 4),
     ),
     "timm-swin": (
@@ -121,9 +121,9 @@ CASES = {
         "net.layers.2",
         (4, 4),
     ),
-    "timm-convnext": (_timm("convnext_atto"), False, "net.stages", (2, 2)),
-    "hf-vit": (_hf("vit"), True, "net.vit.layers.1.layernorm_before", (4, 4)),
-    "hf-deit": (_hf("deit"), True, "net.deit.layers.1.layernorm_before", (4, 4)),
+    "timm-convnext": (_timm("convnext_atto"), False, "net.stages.3", (2, 2)),
+    "hf-vit": (_hf("vit"), True, "net.vit.layers.0", (4, 4)),
+    "hf-deit": (_hf("deit"), True, "net.deit.layers.0", (4, 4)),
     "hf-swin": (_hf("swin"), True, "net.swin.layernorm", (4, 4)),
 }
 
