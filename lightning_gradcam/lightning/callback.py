@@ -42,9 +42,10 @@ class GradCAMCallback(*CALLBACK_BASES):
 
     Args:
         layer: dotted name of the layer to explain, relative to the module explained (an
-            unambiguous suffix works too), or ``None`` for the model library's own last
-            feature map (``docs/layouts.md``). A wrong name fails at ``on_fit_start``,
-            listing close matches. Tags use the layer's full name.
+            unambiguous suffix works too), or ``None`` for the model library's default
+            layer: its last block or stage (``docs/layouts.md#the-default-layer``,
+            ``docs/default-layers.md``). A wrong name fails at ``on_fit_start``, listing
+            close matches. Tags use the layer's full name.
         reshape: a callable turning the layer's output into ``(B, C, h, w)``, for layouts the
             engine cannot tell by itself.
         methods: one or more of ``gradcam``, ``gradcam++``, ``xgradcam``, ``layercam``,

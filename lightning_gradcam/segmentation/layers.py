@@ -24,7 +24,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..core.layers import _PASS_THROUGH, LayerNotFoundError, named_layers, unwrap_model
+from ..core.layers import PASS_THROUGH, LayerNotFoundError, named_layers, unwrap_model
 from ..core.layouts import Layout
 from .outputs import segmentation_logits
 
@@ -176,7 +176,7 @@ def _last_feature_map(network: nn.Module, run_forward: Callable[[], object]) -> 
     for name in reversed(by_finish):
         when, shape = finished[name]
         spatial = shape is not None and len(shape) == 4 and shape[-1] * shape[-2] > 1
-        if when < limit and spatial and not isinstance(layers[name], _PASS_THROUGH):
+        if when < limit and spatial and not isinstance(layers[name], PASS_THROUGH):
             return name
     raise LayerNotFoundError(
         f"{type(unwrap_model(network)).__name__} has no (B, C, h, w) feature map before its "
