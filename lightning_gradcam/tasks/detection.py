@@ -34,12 +34,15 @@ from torchvision.ops import box_iou
 
 from ..core.detections import Detection
 from ..core.layers import unwrap_model
-from ..core.render import caption, draw_boxes, resize_max, to_uint8_image
+from ..core.render import caption, draw_boxes, overlay, resize_max, to_uint8_image
 from ..core.tracking import DriftTracker
 from ..detection.explain import DetectionCAM
 from ..detection.heads import find_detector
-from ..pictures import class_text, evidence_caption, film_strip, overlay_tile, sheet
+from ..pictures import class_text, evidence_caption, film_strip, sheet
 from .base import CAMTask, PassReport, probe_output
+
+#: The detection's own box in a tile (the ground-truth box is green).
+DETECTION_COLOR = (255, 220, 0)
 
 __all__ = ["DetectionSamples", "DetectionTask", "MATCH_IOU", "match_objects"]
 
@@ -292,23 +295,19 @@ class DetectionTask(CAMTask):
         return to_uint8_image(samples.images[index], self.options.mean, self.options.std)
 
     def _tile(self, image, det, box, label, method, size) -> np.ndarray:
+        """The object's tile: its ground-truth box in green; when a detection found it, the
+        detection's own box in yellow and its map (or, without evidence, the words)."""
         names = self.options.class_names
         if det is None:
             text = f"{class_text(label, names)}: missed"
             return caption(resize_max(draw_boxes(image, box[None]), size), text)
         found = det.evidence[method]
         text = evidence_caption(f"{class_text(det.class_id, names)} {det.score:.2f}", found)
-        if not found:  # said, never drawn blank
-            return caption(resize_max(draw_boxes(image, box[None]), size), text)
-        return overlay_tile(
-            image,
-            det.maps[method],
-            text,
-            boxes=box[None],
-            colormap=self.options.colormap,
-            alpha=self.options.alpha,
-            max_size=size,
-        )
+        picture = image  # no evidence: said, never drawn blank
+        if found:
+            picture = overlay(image, det.maps[method], self.options.colormap, self.options.alpha)
+        picture = draw_boxes(picture, torch.as_tensor(det.box)[None], color=DETECTION_COLOR)
+        return caption(resize_max(draw_boxes(picture, box[None]), size), text)
 
     def report(
         self, result: DetectionResult, samples: DetectionSamples, step: int, epoch: int

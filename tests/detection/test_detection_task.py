@@ -16,7 +16,12 @@ from lightning_gradcam.core.drift import energy_in_boxes
 from lightning_gradcam.core.render import draw_boxes, to_uint8_image
 from lightning_gradcam.detection.shapes import shapes_detection_batch
 from lightning_gradcam.tasks.base import TaskOptions
-from lightning_gradcam.tasks.detection import DetectionSamples, DetectionTask, match_objects
+from lightning_gradcam.tasks.detection import (
+    DETECTION_COLOR,
+    DetectionSamples,
+    DetectionTask,
+    match_objects,
+)
 
 from .tiny import images, tiny_detector
 
@@ -134,6 +139,24 @@ class _Module(nn.Module):
 
     def forward(self, images):
         return self.model(images)
+
+
+def test_a_found_objects_tile_shows_the_detections_own_box(detector):
+    batch, targets, _ = _batch(detector)
+    targets = [{"boxes": t["boxes"][:1] + 4.0, "labels": t["labels"][:1]} for t in targets]
+    task = _task()
+    samples = task.parse_batch((batch, targets))
+    result = task.explain(detector, samples)
+    det = result.objects[0][0]
+    assert det is not None  # shifted by 4 px, the object is still found (IoU >= 0.5)
+    tile = dict((t, i) for t, i, _ in task.report(result, samples, 1, 0).images)
+    tile = tile["gradcam/object_00"]
+    x0, y0, x1, y1 = (int(round(float(v))) for v in det.box)
+    gx0, gy0 = (int(round(float(v))) for v in targets[0]["boxes"][0, :2])
+    # The detection's top edge, left of where the green ground-truth box crosses it.
+    edge = tile[y0, x0 : min(gx0, x1)]
+    assert len(edge) >= 3 and (edge == DETECTION_COLOR).all()
+    assert (tile[gy0, gx0 + 1 : gx0 + 6] == (0, 255, 0)).all()
 
 
 def test_recognises_torchvision_detectors_and_their_holders(detector):
