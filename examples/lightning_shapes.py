@@ -116,15 +116,13 @@ def parse_args() -> argparse.Namespace:
 
 
 def print_curves(callback: GradCAMCallback) -> None:
-    """The drift and in-box energy series the callback logged, as a table."""
+    """The in-box energy, pointing game and drift series the callback logged, as a table."""
+    names = ("energy_in_box", "pointing_game", "drift_vs_prev", "drift_vs_first")
     for method in callback.methods:
-        print(f"\n{method}: epoch  energy_in_box  drift_vs_prev  drift_vs_first")
+        print(f"\n{method}: epoch  " + "  ".join(f"{name:>14}" for name in names))
         for entry in callback.history:
             values = entry["scalars"][method]
-            cells = [
-                f"{values[name]:13.3f}" if name in values else f"{'-':>13}"
-                for name in ("energy_in_box", "drift_vs_prev", "drift_vs_first")
-            ]
+            cells = [f"{values[name]:14.3f}" if name in values else f"{'-':>14}" for name in names]
             print(f"{'':{len(method)}}  {entry['epoch']:5d}  " + "  ".join(cells))
 
 
