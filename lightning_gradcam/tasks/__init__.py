@@ -5,7 +5,15 @@ Built-in tasks are asked in this order (the most specific first; classification,
 recognises anything, last). ``register_task`` puts a new task before them.
 """
 
-from .base import CAMTask, PassReport, TaskOptions, register_task, registered_tasks, task_named
+from .base import (
+    CAMTask,
+    PassReport,
+    TaskOptions,
+    register_task,
+    registered_tasks,
+    task_named,
+    unregister_task,
+)
 from .classification import ClassificationTask
 from .detection import DetectionTask
 from .segmentation import SegmentationTask
@@ -24,4 +32,5 @@ __all__ = [
     "register_task",
     "registered_tasks",
     "task_named",
+    "unregister_task",
 ]

@@ -38,6 +38,7 @@ __all__ = [
     "register_task",
     "registered_tasks",
     "task_named",
+    "unregister_task",
 ]
 
 
@@ -197,6 +198,11 @@ def register_task(task: type[CAMTask], *, first: bool = True) -> type[CAMTask]:
     _TASKS[:] = [t for t in _TASKS if t.name != task.name]
     _TASKS.insert(0 if first else len(_TASKS), task)
     return task
+
+
+def unregister_task(name: str) -> None:
+    """Remove the task called ``name`` (a no-op when there is none)."""
+    _TASKS[:] = [t for t in _TASKS if t.name != name]
 
 
 def registered_tasks() -> tuple[type[CAMTask], ...]:
