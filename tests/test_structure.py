@@ -1,5 +1,6 @@
-"""The packages' modules import one another without circles (module-level imports and the
-lazy ones inside functions alike: a lazy import only hides a circle)."""
+"""The packages' structure: modules import one another without circles (module-level imports
+and the lazy ones inside functions alike: a lazy import only hides a circle), ``core/``
+imports no framework, and no class grows past 400 lines."""
 
 from __future__ import annotations
 
@@ -91,3 +92,14 @@ def test_core_imports_no_framework():
             elif isinstance(node, ast.ImportFrom) and not node.level:
                 names = [node.module or ""]
             assert not [n for n in names if n.split(".")[0] in banned], (path.name, names)
+
+
+def test_no_class_over_400_lines():
+    long = [
+        f"{path.relative_to(ROOT)}::{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for pkg in PACKAGES
+        for path in (ROOT / pkg).rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > 400
+    ]
+    assert not long, long
