@@ -21,6 +21,7 @@ Logged per pass, relative to ``<prefix>/<layer>``:
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -131,6 +132,17 @@ class SegmentationTask(CAMTask):
         self._class_tracker = DriftTracker(leave_out_empty=True)
         self._thumbs: dict[str, list[list[np.ndarray]]] = {m: [] for m in options.methods}
         self._samples: SegmentationSamples | None = None
+        if "gradcam++" in options.methods:
+            # The callback's default methods include Grad-CAM++; for a class's sum of logits
+            # over many pixels its weights lose the class (docs/segmentation.md): say so.
+            warnings.warn(
+                "GradCAMCallback: Grad-CAM++ on a segmenter weights every channel with a "
+                "positive gradient alike (its closed form assumes the exponential of one "
+                "logit, not a sum over a region), so its maps say little about the class; "
+                "pass methods=('gradcam', 'hirescam') for segmentation",
+                UserWarning,
+                stacklevel=2,
+            )
 
     # ---------------------------------------------------------------- recognition
 

@@ -3,6 +3,8 @@ pictures, drift and checkpoints, with golden values on a hand-set segmenter."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -145,3 +147,13 @@ def test_drift_filmstrip_chunks_and_resume():
         samples.digest()
         == SegmentationSamples.concat([samples.head(1), samples.slice(1, None)]).digest()
     )
+
+
+def test_gradcam_plus_plus_is_said_to_say_little_for_a_segmenter():
+    with pytest.warns(
+        UserWarning, match=r"Grad-CAM\+\+ on a segmenter .* methods=\('gradcam', 'hirescam'\)"
+    ):
+        SegmentationTask(TaskOptions(methods=("gradcam", "gradcam++")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SegmentationTask(TaskOptions(methods=("gradcam", "hirescam")))
