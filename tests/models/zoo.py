@@ -124,6 +124,40 @@ def torchvision_names() -> list[str]:
     return torchvision.models.list_models(module=torchvision.models)
 
 
+_POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+
+
+def torchvision_reference_grid(model: nn.Module, size: tuple[int, int]) -> tuple[int, int] | None:
+    """The last feature grid by torchvision's own feature extraction (an FX trace of every
+    node): the grid of the last 4-D node that is not a pooling (VGG's adaptive pooling
+    re-grids its 3x5 features to 7x7; its last max-pool halves them) and has more than one
+    cell whichever axes are read as the grid (ConvNeXt's head norms a channels-last
+    ``(1, 1, 1, C)``)."""
+    from torchvision.models.feature_extraction import (
+        create_feature_extractor,
+        get_graph_node_names,
+    )
+
+    _, nodes = get_graph_node_names(model)
+    modules = dict(model.named_modules())
+    kept = [
+        n
+        for n in nodes
+        if "pool" not in n.rsplit(".", 1)[-1] and not isinstance(modules.get(n), _POOLS)
+    ]
+    with torch.no_grad():
+        outputs = create_feature_extractor(model, return_nodes=kept)(torch.zeros(1, 3, *size))
+    grids = [
+        tuple(t.shape[-2:])
+        for t in outputs.values()
+        if isinstance(t, torch.Tensor)
+        and t.dim() == 4
+        and t.shape[-2] * t.shape[-1] > 1
+        and t.shape[1] * t.shape[2] > 1
+    ]
+    return grids[-1] if grids else None
+
+
 def build_torchvision(name: str) -> Built | None:
     import torchvision
 
@@ -133,7 +167,8 @@ def build_torchvision(name: str) -> Built | None:
     wake_up(model).eval()
     for size in (SIZE, (224, 224), (299, 299)):
         if _runs(model, size):
-            return Built("torchvision", type(model).__name__, name, model, size, None)
+            grid = torchvision_reference_grid(model, size)
+            return Built("torchvision", type(model).__name__, name, model, size, grid)
     return None
 
 
