@@ -172,7 +172,8 @@ def _channels_and_axis(
     return None, None
 
 
-def _pair(value: object) -> tuple[int, int] | None:
+def size_pair(value: object) -> tuple[int, int] | None:
+    """``(h, w)`` from a size a model's metadata gives (``16`` or ``(16, 16)``), else None."""
     if isinstance(value, int) and value > 0:
         return value, value
     if (
@@ -190,7 +191,7 @@ def _model_hints(owners: list[nn.Module]) -> tuple[tuple[int, int] | None, int |
         patch = prefix = None
         embed = getattr(m, "patch_embed", None)
         if embed is not None:  # timm
-            patch = _pair(getattr(embed, "patch_size", None))
+            patch = size_pair(getattr(embed, "patch_size", None))
             value = getattr(m, "num_prefix_tokens", None)
             prefix = int(value) if isinstance(value, int) else None
         config = getattr(m, "config", None)
@@ -203,7 +204,7 @@ def _model_hints(owners: list[nn.Module]) -> tuple[tuple[int, int] | None, int |
             None,
         )
         if patch is None and isinstance(embeddings, nn.Module) and config is not None:
-            patch = _pair(getattr(config, "patch_size", None))  # transformers
+            patch = size_pair(getattr(config, "patch_size", None))  # transformers
             if patch is not None:
                 prefix = 0
                 for name in ("cls_token", "distillation_token"):
@@ -212,8 +213,8 @@ def _model_hints(owners: list[nn.Module]) -> tuple[tuple[int, int] | None, int |
                 registers = getattr(embeddings, "register_tokens", None)
                 if isinstance(registers, torch.Tensor):
                     prefix += int(registers.shape[1])
-        if patch is None and _pair(getattr(m, "patch_size", None)) is not None:  # torchvision
-            patch = _pair(m.patch_size)
+        if patch is None and size_pair(getattr(m, "patch_size", None)) is not None:  # torchvision
+            patch = size_pair(m.patch_size)
             token = getattr(m, "class_token", None)
             prefix = 1 if isinstance(token, torch.Tensor) else None
         if patch is not None or prefix is not None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..core.layouts import token_grids
+from ..core.layouts import size_pair, token_grids
 
 __all__ = ["is_transformers_model", "hf_references"]
 
@@ -27,24 +27,12 @@ def is_transformers_model(model: nn.Module) -> bool:
     return type(model).__module__.startswith("transformers.") and hasattr(model, "config")
 
 
-def _pair(value: object) -> tuple[int, int] | None:
-    if isinstance(value, int) and value > 0:
-        return value, value
-    if (
-        isinstance(value, (tuple, list))
-        and len(value) == 2
-        and all(isinstance(v, int) for v in value)
-    ):
-        return int(value[0]), int(value[1])
-    return None
-
-
 def _tokens_to_map(
     tokens: torch.Tensor, config: object, size: tuple[int, int]
 ) -> torch.Tensor | None:
     """``(B, P + h*w, C)`` hidden states as ``(B, C, h, w)``, the grid from the patch size."""
     n = tokens.shape[1]
-    patch = _pair(getattr(config, "patch_size", None))
+    patch = size_pair(getattr(config, "patch_size", None))
     grids = []
     if patch is not None:
         for rounding in (lambda a, b: a // b, lambda a, b: -(-a // b)):
