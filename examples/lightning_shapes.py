@@ -50,7 +50,12 @@ class ShapesWithBoxes(Dataset):
         return {"image": d.images[index], "label": d.labels[index], "boxes": d.boxes[index]}
 
 
-def small_cnn(num_classes: int = len(SHAPE_NAMES)) -> nn.Sequential:
+def small_cnn(
+    num_classes: int = len(SHAPE_NAMES), widths: tuple[int, int, int] = (8, 16, 32)
+) -> nn.Sequential:
+    """Three conv + BatchNorm + ReLU blocks of ``widths`` channels (two max-pools between),
+    global average pooling, a linear layer: Grad-CAM at ``features.block3``."""
+
     def block(cin: int, cout: int) -> nn.Sequential:
         return nn.Sequential(
             nn.Conv2d(cin, cout, 3, padding=1, bias=False),
@@ -58,13 +63,14 @@ def small_cnn(num_classes: int = len(SHAPE_NAMES)) -> nn.Sequential:
             nn.ReLU(inplace=True),
         )
 
+    w1, w2, w3 = widths
     features = nn.Sequential(
         OrderedDict(
-            block1=block(3, 8),
+            block1=block(3, w1),
             pool1=nn.MaxPool2d(2),
-            block2=block(8, 16),
+            block2=block(w1, w2),
             pool2=nn.MaxPool2d(2),
-            block3=block(16, 32),
+            block3=block(w2, w3),
         )
     )
     return nn.Sequential(
@@ -72,7 +78,7 @@ def small_cnn(num_classes: int = len(SHAPE_NAMES)) -> nn.Sequential:
             features=features,
             gap=nn.AdaptiveAvgPool2d(1),
             flatten=nn.Flatten(),
-            fc=nn.Linear(32, num_classes),
+            fc=nn.Linear(w3, num_classes),
         )
     )
 

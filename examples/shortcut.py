@@ -22,7 +22,6 @@ import argparse
 import os
 import sys
 import warnings
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import cv2
@@ -39,6 +38,9 @@ except ImportError:  # run from a clone without `pip install -e .`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from lightning_gradcam import GradCAMCallback
 from lightning_gradcam.synthetic import SHAPE_NAMES, draw_scene
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from lightning_shapes import small_cnn  # noqa: E402  (the demo's CNN, wider)
 
 LAYER = "net.features.block3"
 MARK_COLORS = ((255, 40, 40), (40, 255, 40), (40, 40, 255))  # one per class
@@ -85,36 +87,11 @@ class ScenesDataset(Dataset):
         return {"image": s.images[i], "label": s.labels[i], "boxes": s.boxes[i]}
 
 
-def small_cnn(num_classes: int = len(SHAPE_NAMES)) -> nn.Sequential:
-    def block(cin: int, cout: int) -> nn.Sequential:
-        return nn.Sequential(
-            nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()
-        )
-
-    features = nn.Sequential(
-        OrderedDict(
-            block1=block(3, 16),
-            pool1=nn.MaxPool2d(2),
-            block2=block(16, 32),
-            pool2=nn.MaxPool2d(2),
-            block3=block(32, 32),
-        )
-    )
-    return nn.Sequential(
-        OrderedDict(
-            features=features,
-            gap=nn.AdaptiveAvgPool2d(1),
-            flatten=nn.Flatten(),
-            fc=nn.Linear(32, num_classes),
-        )
-    )
-
-
 class Classifier(pl.LightningModule):
     def __init__(self, lr: float = 0.01):
         super().__init__()
         self.lr = lr
-        self.net = small_cnn()
+        self.net = small_cnn(widths=(16, 32, 32))
         self.val_accuracy: list[float] = []
         self._correct = self._seen = 0
 
