@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
 
-__all__ = ["ActivationCapture"]
+__all__ = ["ActivationCapture", "watch_outputs"]
 
 
 class ActivationCapture:
@@ -72,3 +72,26 @@ class ActivationCapture:
     def __exit__(self, *exc_info) -> None:
         self.remove()
         torch.set_grad_enabled(self._grad_mode_on_enter)
+
+
+def watch_outputs(
+    modules: Mapping[str, nn.Module],
+    run_forward: Callable[[], object],
+    on_output: Callable[[str, nn.Module, object], None],
+) -> None:
+    """Run ``run_forward()`` under ``no_grad`` with a forward hook on each of ``modules``
+    that calls ``on_output(name, module, output)`` at every call, in the order the calls
+    finish; the hooks are removed on every path, errors included."""
+
+    def make_hook(name: str):
+        return lambda module, _inputs, output: on_output(name, module, output)
+
+    handles = []
+    try:
+        for name, module in modules.items():
+            handles.append(module.register_forward_hook(make_hook(name)))
+        with torch.no_grad():
+            run_forward()
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .capture import watch_outputs
 from .layers import PASS_THROUGH, LayerNotFoundError, layer_context, named_layers, unwrap_model
 from .layouts import LayoutError, detect_layout
 
@@ -37,24 +38,12 @@ def _record_shapes(
     layers: dict[str, nn.Module], run_forward: Callable[[], object]
 ) -> dict[str, tuple[int, ...] | None]:
     outputs: dict[str, tuple[int, ...] | None] = {}  # in the order forwards finish
-    handles = []
 
-    def make_hook(module_name: str):
-        def hook(_module, _inputs, output):
-            shape = tuple(output.shape) if isinstance(output, torch.Tensor) else None
-            outputs.pop(module_name, None)
-            outputs[module_name] = shape
+    def record(name: str, _module: nn.Module, output: object) -> None:
+        outputs.pop(name, None)
+        outputs[name] = tuple(output.shape) if isinstance(output, torch.Tensor) else None
 
-        return hook
-
-    try:
-        for module_name, module in layers.items():
-            handles.append(module.register_forward_hook(make_hook(module_name)))
-        with torch.no_grad():
-            run_forward()
-    finally:
-        for handle in handles:
-            handle.remove()
+    watch_outputs(layers, run_forward, record)
     return outputs
 
 

@@ -9,6 +9,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from .capture import watch_outputs
+
 __all__ = [
     "LayerNotFoundError",
     "unwrap_model",
@@ -201,28 +203,17 @@ def find_last_4d_layer(model: nn.Module, run_forward: Callable[[], object]) -> s
     spatial extent). Runs under ``no_grad``.
     """
     order: list[str] = []
-    handles = []
 
-    def make_hook(module_name: str):
-        def hook(module, _inputs, output):
-            if (
-                isinstance(output, torch.Tensor)
-                and output.dim() == 4
-                and output.shape[-1] * output.shape[-2] > 1
-                and not isinstance(module, PASS_THROUGH)
-            ):
-                order.append(module_name)
+    def record(name: str, module: nn.Module, output: object) -> None:
+        if (
+            isinstance(output, torch.Tensor)
+            and output.dim() == 4
+            and output.shape[-1] * output.shape[-2] > 1
+            and not isinstance(module, PASS_THROUGH)
+        ):
+            order.append(name)
 
-        return hook
-
-    try:
-        for module_name, module in named_layers(model).items():
-            handles.append(module.register_forward_hook(make_hook(module_name)))
-        with torch.no_grad():
-            run_forward()
-    finally:
-        for handle in handles:
-            handle.remove()
+    watch_outputs(named_layers(model), run_forward, record)
     if not order:
         raise LayerNotFoundError(
             f"{type(unwrap_model(model)).__name__} has no submodule with a 4-D (B,C,H,W) output; "

@@ -24,6 +24,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..core.capture import watch_outputs
 from ..core.layers import PASS_THROUGH, LayerNotFoundError, named_layers, unwrap_model
 from ..core.layouts import Layout
 from .outputs import segmentation_logits
@@ -91,24 +92,17 @@ def _hugging_face_layer(
     def keep_reply(_module, _inputs, output):
         reply.append(output)
 
-    def make_hook(name: str):
-        def hook(_module, _inputs, output):
-            if isinstance(output, torch.Tensor):
-                outputs.pop(name, None)
-                outputs[name] = tuple(output.shape)
-
-        return hook
+    def record(name: str, _module: nn.Module, output: object) -> None:
+        if isinstance(output, torch.Tensor):
+            outputs.pop(name, None)
+            outputs[name] = tuple(output.shape)
 
     handles = [
         model.register_forward_pre_hook(ask_hidden_states, with_kwargs=True),
         model.register_forward_hook(keep_reply),
     ]
     try:
-        for name, module in encoder.named_modules():
-            if name:
-                handles.append(module.register_forward_hook(make_hook(name)))
-        with torch.no_grad():
-            run_forward()
+        watch_outputs({n: m for n, m in encoder.named_modules() if n}, run_forward, record)
     finally:
         for handle in handles:
             handle.remove()
