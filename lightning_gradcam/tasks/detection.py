@@ -192,7 +192,7 @@ class DetectionTask(CAMTask):
         except ValueError:
             return False
         try:
-            return _is_detection_output(probe_output(network, list(images)))
+            return _is_detection_output(probe_output(network, list(images[:1])))
         except Exception:  # a network that cannot take a list of images is not a detector
             return False
 
