@@ -59,6 +59,15 @@ class CAMResult:
     layout: Layout | None = None
 
 
+def check_image_dtype(images: torch.Tensor) -> None:
+    """Images are floating point, or uint8 for a model whose forward converts them."""
+    if not images.is_floating_point() and images.dtype != torch.uint8:
+        raise TypeError(
+            f"images must be floating point, or uint8 for a model whose forward converts them "
+            f"itself, got {images.dtype}"
+        )
+
+
 def _model_dtype(model: nn.Module) -> torch.dtype | None:
     param = next(model.parameters(), None)
     return param.dtype if param is not None and param.is_floating_point() else None
@@ -142,11 +151,16 @@ class CAMEngine:
         if not isinstance(images, torch.Tensor) or images.dim() != 4:
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images)
             raise ValueError(f"images must be a (B, C, H, W) tensor, got {shape}")
-        if not images.is_floating_point():
-            raise TypeError(f"images must be floating point, got {images.dtype}")
+        check_image_dtype(images)
         network = unwrap_model(self.model)
         gradient_methods = [m for m in self.methods if not get_method(m).guided]
         guided_methods = [m for m in self.methods if get_method(m).guided]
+        if guided_methods and images.dtype == torch.uint8:
+            raise TypeError(
+                f"{', '.join(guided_methods)} back-propagate to the input pixels, which uint8 "
+                "images cannot carry; pass float images (e.g. images.float() / 255 and the "
+                "model's own scaling) or leave the guided methods out"
+            )
         for method in guided_methods:  # guided Grad-CAM(++) multiplies by its plain map
             base = get_method(method).base
             if base is not None and base not in gradient_methods:
@@ -155,9 +169,11 @@ class CAMEngine:
         with preserve_model_state(network), cam_mode():
             # A clone made outside inference mode is an ordinary tensor, even when the
             # batch was created under torch.inference_mode() (as in Lightning's validate).
+            # A uint8 pipeline (the model's forward converts its input) keeps its dtype:
+            # the maps need gradients at the layer only, not at the pixels.
+            dtype = images.dtype if images.dtype == torch.uint8 else _model_dtype(network)
             x = images.detach().to(
-                device=_model_device(network, images.device),
-                dtype=_model_dtype(network) or images.dtype,
+                device=_model_device(network, images.device), dtype=dtype or images.dtype
             )
             x = x.clone()
             layer_name = self._layer_for(network, x)
