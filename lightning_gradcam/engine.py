@@ -24,7 +24,7 @@ from .core.methods import (
 )
 from .core.state import cam_mode, preserve_model_state
 from .core.targets import TargetSpec, select_scores
-from .models.defaults import choose_default_layer, layout_fits
+from .models.defaults import choose_default_layer, layout_fits, library_layout
 
 __all__ = ["CAMEngine", "CAMResult"]
 
@@ -120,6 +120,8 @@ class CAMEngine:
         self.reshape = check_reshape(reshape)
         self._announce = False
         self._default_layout: Layout | None = None
+        # A named layer's library layout, per (layer, input size): looked up once.
+        self._library_layouts: dict[tuple[str, tuple[int, ...]], Layout | None] = {}
         if layer is not None:
             resolve_layer(model, layer)  # fail now, with close matches, not at the first call
 
@@ -131,12 +133,23 @@ class CAMEngine:
         return self.layer
 
     def _layout(
-        self, network: nn.Module, name: str, activation: torch.Tensor, size: tuple[int, int]
+        self,
+        network: nn.Module,
+        name: str,
+        activation: torch.Tensor,
+        images: torch.Tensor,
     ) -> Layout:
         if self.reshape is not None:
             return user_layout(self.reshape)
         if self._default_layout is not None and layout_fits(self._default_layout, activation):
             return self._default_layout  # the model library's own reading of this layer
+        size = (int(images.shape[-2]), int(images.shape[-1]))
+        key = (name, tuple(images.shape[1:]))
+        if key not in self._library_layouts:  # a named layer: what the library says first
+            self._library_layouts[key] = library_layout(network, name, images)
+        known = self._library_layouts[key]
+        if known is not None and layout_fits(known, activation):
+            return known
         module, owners, parent = layer_context(network, name)
         return detect_layout(activation, name, size, module, owners, parent)
 
@@ -187,7 +200,7 @@ class CAMEngine:
             activation = self._single_call(cap.activations[layer_name], layer_name)
             self._check_layer_batch(activation, layer_name, x.shape[0])
             size = tuple(images.shape[-2:])
-            layout = self._layout(network, layer_name, activation, size)
+            layout = self._layout(network, layer_name, activation, x)
             if self._announce:
                 log.info("CAMEngine: layer=None explains %r, read as %s", layer_name, layout)
                 self._announce = False
