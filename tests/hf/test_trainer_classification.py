@@ -116,3 +116,16 @@ def test_bad_arguments_fail_at_construction():
         GradCAMTrainerCallback(methods=("gradcamm",))
     with pytest.raises(ValueError, match="images"):
         GradCAMTrainerCallback(labels=[0, 1])
+
+
+def test_no_samples_fails_before_training_saying_what_to_pass(tmp_path):
+    transformers.set_seed(0)
+    trainer = transformers.Trainer(
+        model=tiny_vit(),
+        args=training_args(tmp_path, eval_strategy="no"),
+        train_dataset=Squares(16, seed=1),
+        callbacks=[GradCAMTrainerCallback(methods=("gradcam",))],
+    )
+    with pytest.raises(ValueError, match="eval_dataset .* or pass images="):
+        trainer.train()
+    assert trainer.state.global_step == 0
