@@ -13,6 +13,7 @@ __all__ = [
     "CAMResult",
     "DetectionCAM",
     "GradCAMCallback",
+    "GradCAMTrainerCallback",
     "LayerNotFoundError",
     "Region",
     "SegmentationCAM",
@@ -29,4 +30,8 @@ def __getattr__(name: str):
         from .lightning.callback import GradCAMCallback
 
         return GradCAMCallback
+    if name == "GradCAMTrainerCallback":  # imports transformers
+        from .hf.callback import GradCAMTrainerCallback
+
+        return GradCAMTrainerCallback
     raise AttributeError(f"module 'lightning_gradcam' has no attribute {name!r}")
