@@ -34,6 +34,7 @@ from torchvision.models.detection.transform import resize_boxes
 
 from ..core.capture import ActivationCapture
 from ..core.detections import Detection, place_maps
+from ..core.detector_sides import detector_side
 from ..core.layers import full_layer_name, resolve_layer, unwrap_model
 from ..core.methods import check_methods, compute_cam
 from ..core.state import cam_mode, preserve_model_state
@@ -202,6 +203,13 @@ class DetectionCAM:
             feature block (SSD).
         methods: CAM methods from the registry (not the guided ones).
     """
+
+    def __new__(cls, model: nn.Module, *args, **kwargs):
+        # A framework's own side (Ultralytics YOLO), imported only when such a model comes.
+        build = detector_side(model)
+        if build is not None:
+            return build(model, *args, **kwargs)
+        return super().__new__(cls)
 
     def __init__(
         self,
