@@ -36,6 +36,7 @@ from ..core.capture import ActivationCapture
 from ..core.detect import InputRecorder
 from ..core.detections import Detection, place_maps
 from ..core.gradients import GRADIENT_BUDGET
+from ..core.detector_sides import detector_side
 from ..core.layers import full_layer_name, resolve_layer, unwrap_model
 from ..core.methods import check_methods, compute_cam
 from ..core.state import cam_mode, preserve_model_state
@@ -159,6 +160,13 @@ class DetectionCAM:
             feature block (SSD).
         methods: CAM methods from the registry (not the guided ones).
     """
+
+    def __new__(cls, model: nn.Module, *args, **kwargs):
+        # A framework's own side (Ultralytics YOLO), imported only when such a model comes.
+        build = detector_side(model)
+        if build is not None:
+            return build(model, *args, **kwargs)
+        return super().__new__(cls)
 
     def __init__(
         self,
