@@ -35,8 +35,8 @@ from torchvision.models.detection.transform import resize_boxes
 from ..core.capture import ActivationCapture
 from ..core.detect import InputRecorder
 from ..core.detections import Detection, place_maps
-from ..core.gradients import GRADIENT_BUDGET
 from ..core.detector_sides import detector_side
+from ..core.gradients import GRADIENT_BUDGET
 from ..core.layers import full_layer_name, resolve_layer, unwrap_model
 from ..core.methods import check_methods, compute_cam
 from ..core.state import cam_mode, preserve_model_state
