@@ -15,7 +15,8 @@ Per update of key ``k`` with maps ``m`` ``(N, H, W)``:
 - ``pointing_game``: share of the maps whose maximum lies in the map's box or mask
   (``core.drift.pointing_hits``).
 - ``no_evidence_rate``: share of all maps without positive evidence (given with the two above,
-  when regions are known); the maps left out of them.
+  when regions are known): with ``leave_out_empty=True`` the maps left out of them, with
+  ``always_defined=True`` the maps counted 0 in them.
 
 ``last_per_image`` holds, after each update, ``energy_in_box`` and ``pointing_game`` per map
 (``None`` for a map left out), so a caller can name the images behind a low mean.

@@ -13,7 +13,8 @@ Logged per pass, relative to ``<prefix>/<layer>``:
 - ``<method>/energy_in_mask``: mean over (image, class) of the share of the class's map
   inside the class's ground-truth mask; ``<method>/pointing_game``: share of maps whose peak
   lies in the mask; ``<method>/no_evidence_rate``: share of maps without positive evidence
-  (a class the model does not predict has none), left out of the other means;
+  (a class the model does not predict has none), each counting 0 in the other two, so all
+  three are logged at every pass;
   ``<method>/drift_vs_prev``, ``<method>/drift_vs_first``: how the maps moved;
 - the same per class under ``<method>/class_KK/...``.
 """
