@@ -127,6 +127,15 @@ def write(rows: list[dict], seconds: float) -> str:
         " bottom-right corner did (*direction*); *spread*: both changes centred alike (within"
         " 2% of the grid), which says nothing either way.",
         "",
+        "A block's index depends on the model's depth. The timm and torchvision rows are the"
+        " named models; the transformers rows are small configs of each class (the sweep's"
+        " `tests/models/zoo.py`: ViT with 3 layers, so `vit.layers.1`, the block before the"
+        " last). Your model's own default is `vit.layers.<num_hidden_layers - 2>`: a ViT"
+        " config of 2 layers explains `vit.layers.0`. Do not copy a tag from this table: at"
+        " fit start `GradCAMCallback` logs the layer it chose and the exact tags of the"
+        " scalars you can monitor, and `callback.tags` holds them"
+        " ([callback.md](callback.md#the-tags-to-monitor)).",
+        "",
     ]
     for library, title in (
         ("timm", "timm (smallest model of each module)"),

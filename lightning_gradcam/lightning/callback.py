@@ -16,6 +16,7 @@ from torch import nn
 from ..core.layers import full_layer_name, resolve_layer
 from ..core.resilience import PassGuard
 from ..tasks import CAMTask, PassReport, TaskOptions
+from .announce import announce
 from .arguments import CallbackArguments, check_alarm
 from .batch import FixedSamples, first_loader
 from .compat import CALLBACK_BASES, refuse_sharded
@@ -139,6 +140,7 @@ class GradCAMCallback(*CALLBACK_BASES):
         self._eval_count = 0
         self._cam_count = 0
         self._sink: Sink | None = None
+        self._tags: tuple[str, ...] | None = None
         self._warned: set[str] = set()
         self.history: list[dict[str, Any]] = []
 
@@ -164,6 +166,19 @@ class GradCAMCallback(*CALLBACK_BASES):
     def task(self) -> CAMTask | None:
         """The task explained (chosen at the first batch unless ``task=`` named it)."""
         return self._fixed.task
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        """The full tags of the scalars logged at every pass from the first (``gradcam/
+        <layer>/gradcam/energy_in_box``...): what ``ModelCheckpoint``/``EarlyStopping`` can
+        monitor. Known from fit start (the layer may be the library's default), when the
+        callback also logs them in one line."""
+        if self._tags is None:
+            raise RuntimeError(
+                "GradCAMCallback.tags is known from fit start, once the task and layer are "
+                "chosen (the line 'GradCAMCallback: ... task, layer ...' is logged then)"
+            )
+        return self._tags
 
     @property
     def _task(self) -> CAMTask | None:
@@ -307,6 +322,9 @@ class GradCAMCallback(*CALLBACK_BASES):
             samples = self._samples if samples is None else samples
             trial_pass(self._task, self._network(pl_module), samples)
             self._trial_done = True
+            prefix = self._prefix()
+            self._tags = tuple(f"{prefix}/{t}" for t in self._task.monitored_scalars(samples))
+            announce(pl_module.trainer, self._task.name, self._layer(), prefix, self._tags)
 
     def _explain_and_log(self, trainer: Any, pl_module: Any) -> dict[str, float]:
         """One guarded pass: compute (in chunks on out-of-memory), draw, log; the scalars

@@ -170,6 +170,13 @@ class CAMTask(ABC):
         the task can measure it; ``{}`` otherwise."""
         return {}
 
+    def monitored_scalars(self, samples: TaskSamples) -> tuple[str, ...]:
+        """The scalars ``report`` gives at every pass from the first, for these samples,
+        relative to ``<tag_prefix>/<layer>`` (``"gradcam/energy_in_box"``): what a
+        ``ModelCheckpoint`` or ``EarlyStopping`` can monitor from epoch 0. Drift, which
+        starts at the second pass, is not among them."""
+        return ()
+
     @abstractmethod
     def filmstrip(self, method: str) -> np.ndarray:
         """Rows = samples (or objects), columns = passes, as ``uint8 (H, W, 3)`` RGB."""

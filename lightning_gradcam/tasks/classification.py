@@ -180,6 +180,13 @@ class ClassificationTask(CAMTask):
         self._thumbs.append(thumbs)
         return report
 
+    def monitored_scalars(self, samples: Samples) -> tuple[str, ...]:
+        # Faithfulness scalars are left out: a pass whose maps are all flat has none.
+        if samples.boxes is None and samples.masks is None:
+            return ()
+        names = ("energy_in_box", "pointing_game", "no_evidence_rate")
+        return tuple(f"{method}/{name}" for method in self.options.methods for name in names)
+
     def faithfulness(
         self, network: nn.Module, samples: Samples, result: CAMResult
     ) -> dict[str, dict[str, float]]:

@@ -428,6 +428,10 @@ class DetectionTask(CAMTask):
                 del self._strips[method][1]  # keep the first pass and the latest ones
         return report
 
+    def monitored_scalars(self, samples: Any) -> tuple[str, ...]:
+        names = ("energy_in_box", "pointing_game", "no_evidence_rate", "found_rate")
+        return tuple(f"{method}/{name}" for method in self.options.methods for name in names)
+
     def filmstrip(self, method: str) -> np.ndarray:
         return film_strip(self._firsts, self._strips[method])
 

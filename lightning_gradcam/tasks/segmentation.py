@@ -350,6 +350,15 @@ class SegmentationTask(CAMTask):
         assert self._samples is not None
         return to_uint8_image(self._samples.images[index], self.options.mean, self.options.std)
 
+    def monitored_scalars(self, samples: SegmentationSamples) -> tuple[str, ...]:
+        names = ("energy_in_mask", "pointing_game", "no_evidence_rate")
+        classes = sorted({c for _, c in self._pairs(samples)})
+        tags = []
+        for method in self.options.methods:
+            tags += [f"{method}/{name}" for name in names]
+            tags += [f"{method}/class_{c:02d}/{name}" for c in classes for name in names]
+        return tuple(tags)
+
     def filmstrip(self, method: str) -> np.ndarray:
         """Rows = (image, ground-truth class), columns = the input with the class's mask
         outlined, then each pass, oldest first."""

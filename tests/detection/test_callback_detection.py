@@ -89,8 +89,11 @@ def test_fit_logs_per_object_overlays_energy_and_drift(tmp_path):
 
     assert isinstance(callback.task, DetectionTask)
     assert checkpoint.best_model_path  # the monitored scalar was there
-    images, scalars = read_events(tmp_path / "tb")
     names = ("energy_in_box", "pointing_game", "found_rate", "no_evidence_rate")
+    assert set(callback.tags) == {
+        f"{prefix}/{method}/{name}" for method in ("gradcam", "gradcam++") for name in names
+    }
+    images, scalars = read_events(tmp_path / "tb")
     for method in ("gradcam", "gradcam++"):
         for number in range(3):  # one object per sample
             series = images[f"{prefix}/{method}/object_{number:02d}"]

@@ -85,6 +85,12 @@ def test_fit_logs_energy_in_mask_high_on_a_model_that_segments(tmp_path):
 
     images, scalars = read_events(tmp_path)
     prefix = "gradcam/net.features"
+    # callback.tags: exactly the scalars of the first pass but drift, per class included
+    ours = {t: series for t, series in scalars.items() if t.startswith(prefix)}
+    first_step = min(series[0][0] for series in ours.values())
+    first = {t for t, series in ours.items() if series[0][0] == first_step and "drift" not in t}
+    assert set(callback.tags) == first
+    assert f"{prefix}/gradcam/class_01/energy_in_mask" in callback.tags
     for method in ("gradcam", "hirescam"):
         energy = scalars[f"{prefix}/{method}/energy_in_mask"]
         assert len(energy) >= 5  # from the first epoch the model predicts shapes on
