@@ -4,31 +4,8 @@ detectron2 model trains.
 Every ``period`` iterations, and once at the last iteration, the hook explains the top
 detections of a few fixed images with :class:`DetectionCAM` and puts the pictures and numbers
 into the trainer's ``EventStorage`` (``put_image`` / ``put_scalar``), where detectron2's own
-``TensorboardXWriter`` writes them beside the losses. Tags (``P`` = ``tag_prefix``,
-``NN`` = the image's index, two digits):
-
-=====================================  =========================================================
-``P/image_NN/detections``              the input with the top detections' boxes, class names
-                                       and scores; with no detection, the input captioned
-                                       "no detections"
-``P/image_NN/<method>``                one overlay per detection (row-major, highest score
-                                       first); with several layers one row per detection and
-                                       one column per layer (e.g. RetinaNet's eight
-                                       ``head.cls_subnet.N``)
-``P/image_NN/<method>/filmstrip``      one row per tracked detection (matched across passes as
-                                       for drift): the input with its box, then its overlay at
-                                       each pass (iterations as columns, at most
-                                       ``filmstrip_columns``, evenly spaced)
-``P/image_NN/num_detections``          scalar: detections explained
-``P/image_NN/<method>/energy_in_box``  scalar: mean share of a detection's map inside its box
-``P/image_NN/<method>/drift_vs_prev``  scalar: mean ``1 - pearson`` between the maps of the
-                                       detections matched to the previous pass
-``P/image_NN/<method>/drift_vs_first`` scalar: the same against the first pass that found
-                                       detections in this image
-=====================================  =========================================================
-
-Also per method ``P/image_NN/<method>/pointing_game`` (share of maps whose peak lies in
-the detection's box) and ``P/image_NN/<method>/no_evidence_rate``. Every one of these scalars
+``TensorboardXWriter`` writes them beside the losses. The tags are listed in
+:class:`GradCAMHook`'s docstring ("Logged tags"). Every one of these scalars
 but drift is written at every pass from the first, so a monitor can rely on it. Detections
 are matched across passes by class and box overlap (greedy, highest score first, IoU >=
 ``match_iou``); a drift scalar without any matched pair is not written. Scalars use
@@ -62,13 +39,12 @@ Getting everything written: one rule, the one detectron2's own ``EvalHook`` foll
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
+from detectron2.data import MetadataCatalog
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 from detectron2.utils.events import EventWriter
@@ -83,6 +59,7 @@ from lightning_gradcam.pictures import DetectionFilmStrips, input_picture, pass_
 
 from .config import config_methods, config_score
 from .explain import DETECTOR_LAYER_HINT, Detection, DetectionCAM
+from .hook_inputs import fixed_inputs
 from .selection import check_score
 
 __all__ = ["GradCAMHook", "parse_layers"]
@@ -119,7 +96,41 @@ class GradCAMHook(HookBase):
     :meth:`from_config` (see ``detectron2_hooks.trainer.GradCAMTrainerMixin`` for a one-line
     ``DefaultTrainer``). Register it before the ``PeriodicWriter``: the hook puts its pictures
     and scalars into the trainer's ``EventStorage``, and the writers write what is there when
-    they run (module docstring). The tags are listed in the module docstring.
+    they run (module docstring).
+
+    Example::
+
+        from detectron2.engine import DefaultTrainer
+        from detectron2_hooks import GradCAMHook
+        from detectron2_hooks.trainer import insert_before_writers
+
+        class Trainer(DefaultTrainer):  # or GradCAMTrainerMixin, built from cfg.GRADCAM
+            def build_hooks(self):
+                cam = GradCAMHook(dataset="my_val", num_images=4, period=100)
+                return insert_before_writers(super().build_hooks(), cam)
+
+        Trainer(cfg).train()
+
+    Logged tags (``gradcam`` is ``tag_prefix``, ``NN`` the image's index, two digits; the
+    step is detectron2's iteration):
+
+    - ``gradcam/image_NN/detections``: image: the input with the top detections' boxes,
+      class names and scores; with no detection, the input captioned "no detections"
+    - ``gradcam/image_NN/<method>``: image: one overlay per detection (highest score first);
+      with several layers one row per detection and one column per layer
+    - ``gradcam/image_NN/<method>/filmstrip``: image: one row per tracked detection, its
+      overlay at each pass (iterations as columns, at most ``filmstrip_columns``)
+    - ``gradcam/image_NN/num_detections``: scalar: detections explained
+    - ``gradcam/image_NN/<method>/energy_in_box``: scalar: mean share of a detection's map
+      inside its box (no positive evidence, or no detection: 0)
+    - ``gradcam/image_NN/<method>/pointing_game``: scalar: share of detections whose map's
+      peak lies in its box
+    - ``gradcam/image_NN/<method>/no_evidence_rate``: scalar: share of detections whose map
+      has no positive evidence (1 with no detection)
+    - ``gradcam/image_NN/<method>/drift_vs_prev``: scalar: mean ``1 - pearson`` between the
+      maps of detections matched to the previous pass (no matched pair: not written)
+    - ``gradcam/image_NN/<method>/drift_vs_first``: scalar: the same against the first pass
+      that found detections in the image
 
     Args:
         inputs: fixed images, a list of detectron2 dicts: model inputs with an ``"image"``
@@ -317,7 +328,10 @@ class GradCAMHook(HookBase):
         self._cam = DetectionCAM(model, layer=layers, methods=self.methods, score=self.score)
         self.layers = self._cam.layers
         with preserve_rng():
-            self.inputs = self._take_inputs()
+            cfg = self.cfg if self.cfg is not None else getattr(self.trainer, "cfg", None)
+            self.inputs = fixed_inputs(
+                self.dataset, self._source_inputs, self.num_images, self.mapper, cfg
+            )
         if self.class_names is None and self.dataset is not None:
             names = MetadataCatalog.get(self.dataset).get("thing_classes", None)
             self.class_names = list(names) if names else None
@@ -353,43 +367,6 @@ class GradCAMHook(HookBase):
             writer.write()
 
     # ------------------------------------------------------------------ the pass
-
-    def _take_inputs(self) -> list[dict]:
-        if self.dataset is not None:
-            try:
-                dicts = DatasetCatalog.get(self.dataset)
-            except KeyError as error:
-                raise ValueError(
-                    f"dataset {self.dataset!r} is not registered; registered: "
-                    f"{', '.join(DatasetCatalog.list())}"
-                ) from error
-            source = list(dicts[: self.num_images])
-            if not source:
-                raise ValueError(f"dataset {self.dataset!r} has no images")
-        else:
-            source = self._source_inputs[: self.num_images]
-        mapper = self.mapper
-        inputs = []
-        for item in source:
-            if not isinstance(item, dict):
-                raise ValueError(f"inputs must be detectron2 dicts, got {type(item).__name__}")
-            if not isinstance(item.get("image"), torch.Tensor):
-                if mapper is None:
-                    mapper = DatasetMapper(self._config(), is_train=False)
-                item = mapper(copy.deepcopy(item))
-            inputs.append({k: v for k, v in item.items() if k not in ("instances", "sem_seg")})
-        return inputs
-
-    def _config(self) -> Any:
-        cfg = self.cfg if self.cfg is not None else getattr(self.trainer, "cfg", None)
-        if cfg is None:
-            raise ValueError(
-                "GradCAMHook needs a config to map dataset dicts with the test-time "
-                "DatasetMapper: pass cfg=... (a DefaultTrainer's cfg is used automatically), "
-                "mapper=... (a LazyConfig loop: instantiate(cfg.dataloader.test.mapper)), "
-                "or give inputs= with 'image' tensors"
-            )
-        return cfg
 
     def run(self) -> list[list[Detection]]:
         """One pass now: explain, put pictures and scalars into the trainer's storage, at

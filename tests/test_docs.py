@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import inspect
 import re
 from pathlib import Path
 
@@ -82,3 +84,38 @@ def test_every_page_is_in_the_index():
     index = (ROOT / "docs" / "README.md").read_text(encoding="utf-8")
     unlisted = [p.name for p in PAGES[1:] if p.name != "README.md" and f"({p.name})" not in index]
     assert not unlisted, f"docs/README.md does not link to {unlisted}"
+
+
+def _docstring_tags(cls) -> dict[str, str]:
+    """``{tag: kind}`` from the "Logged tags" list of a class docstring."""
+    doc = inspect.getdoc(cls)
+    assert "Example::" in doc, f"{cls.__name__}'s docstring has no Example:: block"
+    section = doc.split("Logged tags", 1)[1]
+    return dict(re.findall(r"^- ``([^`]+)``: (image|scalar)", section, re.M))
+
+
+def _table_tags(page: str, heading: str) -> dict[str, str]:
+    """``{tag: kind}`` from the first table after ``heading`` in ``docs/page``."""
+    text = (ROOT / "docs" / page).read_text(encoding="utf-8").split(heading, 1)[1]
+    return dict(re.findall(r"^\| `([^`]+)` \| (image|scalar) \|", text.split("\n\n|", 1)[1], re.M))
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        (
+            "lightning_gradcam.lightning.callback",
+            "GradCAMCallback",
+            "callback.md",
+            "## What is logged",
+        ),
+        ("detectron2_hooks.hook", "GradCAMHook", "detectron2.md", "### Tags"),
+    ],
+    ids=["GradCAMCallback", "GradCAMHook"],
+)
+def test_a_public_class_docstring_lists_the_tags_its_page_documents(where):
+    module, name, page, heading = where
+    cls = getattr(importlib.import_module(module), name)
+    documented = _table_tags(page, heading)
+    assert documented, f"no tag table under {heading} in {page}"
+    assert _docstring_tags(cls) == documented

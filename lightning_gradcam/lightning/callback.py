@@ -14,13 +14,13 @@ import torch
 from torch import nn
 
 from ..core.layers import full_layer_name, resolve_layer
-from ..core.resilience import PassGuard
-from ..tasks import CAMTask, PassReport, TaskOptions
+from ..tasks import CAMTask, TaskOptions
 from .announce import announce
 from .arguments import CallbackArguments, check_alarm
 from .batch import FixedSamples, first_loader
 from .compat import CALLBACK_BASES, refuse_sharded
 from .explained import explained_network
+from .logged_pass import LoggedPass
 from .metrics import AlarmWatch, publish_metrics
 from .passes import trial_pass
 from .sinks import Sink, sinks_for
@@ -95,8 +95,40 @@ class GradCAMCallback(*CALLBACK_BASES):
     Each pass logs the task's pictures and scalars under ``<tag_prefix>/<layer>/<method>/``
     to every logger that takes them; every scalar also enters ``trainer.callback_metrics``
     under its tag, on every rank, in time for ``ModelCheckpoint``/``EarlyStopping``.
-    ``history`` lists one dict per pass (``epoch``, ``step``, ``scalars``);
-    ``filmstrip(method)`` draws the passes. Only global rank zero computes.
+    ``tags`` holds the exact tags of the scalars logged at every pass (also logged in one line
+    at fit start, with the layer chosen). ``history`` lists one dict per pass (``epoch``,
+    ``step``, ``scalars``); ``filmstrip(method)`` draws the passes. Only global rank zero
+    computes.
+
+    Example::
+
+        from lightning.pytorch import Trainer
+        from lightning.pytorch.callbacks import ModelCheckpoint
+        from lightning_gradcam import GradCAMCallback
+
+        cam = GradCAMCallback(layer="net.layer4", images=val_images, boxes=val_boxes)
+        keep = ModelCheckpoint(monitor="gradcam/net.layer4/gradcam/energy_in_box", mode="max")
+        Trainer(callbacks=[cam, keep]).fit(model, train_loader, val_loader)
+        cam.tags                       # the monitorable tags, as logged at fit start
+        cam.filmstrip("gradcam")       # rows: samples, columns: passes
+
+    Logged tags (classification; ``gradcam`` is ``tag_prefix``; the detection and
+    segmentation tasks' own tags: ``docs/torchvision-detection.md``, ``docs/segmentation.md``):
+
+    - ``gradcam/<layer>/inputs``: image, once: the fixed images with their boxes and labels
+    - ``gradcam/<layer>/<method>/sample_03``: image: sample 3's overlay, captioned
+    - ``gradcam/<layer>/<method>/grid``: image: every overlay side by side
+    - ``gradcam/<layer>/<method>/drift_vs_prev``: scalar, from the 2nd pass: mean ``1 - r``
+      of each map against the previous pass's
+    - ``gradcam/<layer>/<method>/drift_vs_first``: scalar, from the 2nd pass: the same
+      against the first pass's
+    - ``gradcam/<layer>/<method>/energy_in_box``: scalar, with boxes or masks: mean share of
+      the map inside the box (a map without positive evidence counts 0)
+    - ``gradcam/<layer>/<method>/pointing_game``: scalar, with boxes or masks: share of maps
+      whose peak lies in the box
+    - ``gradcam/<layer>/<method>/no_evidence_rate``: scalar, with boxes or masks: share of
+      maps without positive evidence
+    - ``gradcam/<layer>/skipped_passes``: scalar, at a failed pass: failures so far
     """
 
     def __init__(
@@ -134,7 +166,6 @@ class GradCAMCallback(*CALLBACK_BASES):
         self.model, self.on_error = args.model, args.on_error
         self._alarm = AlarmWatch(check_alarm(alarm), args.alarm_after_epoch)
         self._fixed = FixedSamples(args)
-        self._guard = PassGuard("GradCAMCallback", self.on_error)
         self._last_step: int | None = None
         self._trial_done = False
         self._eval_count = 0
@@ -143,6 +174,7 @@ class GradCAMCallback(*CALLBACK_BASES):
         self._tags: tuple[str, ...] | None = None
         self._warned: set[str] = set()
         self.history: list[dict[str, Any]] = []
+        self._passes = LoggedPass(self.on_error, self._alarm, self.history)
 
     def __getattr__(self, name: str) -> Any:
         # The checked task options read as attributes: cb.target, cb.faithfulness, cb.mean...
@@ -204,7 +236,8 @@ class GradCAMCallback(*CALLBACK_BASES):
             resolve_layer(network, layer)  # LayerNotFoundError, with close matches
             if self._task is not None:
                 self._task.layer_name = full_layer_name(network, layer)
-        self._guard = PassGuard("GradCAMCallback", self.on_error)  # a fresh count per fit
+        # a fresh failure count per fit
+        self._passes = LoggedPass(self.on_error, self._alarm, self.history)
         self._last_step = None
         if self._samples is not None:
             self._fixed.set(self._samples)
@@ -312,9 +345,6 @@ class GradCAMCallback(*CALLBACK_BASES):
 
     # ------------------------------------------------------------------ the CAM pass
 
-    def _compute(self, pl_module: Any, samples: Any, start: int, stop: int | None) -> Any:
-        return self._task.explain_range(self._network(pl_module), samples, start, stop)
-
     def _trial_pass(self, pl_module: Any, samples: Any = None) -> None:
         """The unlogged pass before the first optimizer step (``passes.trial_pass``), on the
         samples to explain or, while those are not known yet, on ``samples``."""
@@ -327,53 +357,24 @@ class GradCAMCallback(*CALLBACK_BASES):
             announce(pl_module.trainer, self._task.name, self._layer(), prefix, self._tags)
 
     def _explain_and_log(self, trainer: Any, pl_module: Any) -> dict[str, float]:
-        """One guarded pass: compute (in chunks on out-of-memory), draw, log; the scalars
-        logged. A failure is a one-line warning and a ``skipped_passes`` mark, never the end
-        of the run (unless ``on_error="raise"``)."""
+        """One logged pass (``logged_pass.LoggedPass``); the scalars it logged."""
         step = int(trainer.global_step)
-        samples = self._samples
         self._last_step = step
-        self._logged: dict[str, float] = {}
-        outcome = self._guard.run_chunked(
-            f"the CAM pass at step {step}",
-            lambda start, stop: self._compute(pl_module, samples, start, stop),
-            len(samples),
-            merge=self._task.combine,
-            then=lambda result: self._log_pass(trainer, pl_module, result),
+        logged_before = self._passes.passes_logged
+        scalars = self._passes.run(
+            self._task,
+            lambda: self._network(pl_module),
+            self._samples,
+            self._sink,
+            self._prefix(),
+            step,
+            int(trainer.current_epoch),
         )
-        if outcome.ran and not outcome.ok:
-            self._mark_skipped(step)
-        return self._logged if outcome.ok else {}
+        self._cam_count += self._passes.passes_logged - logged_before
+        return scalars
 
     def _prefix(self) -> str:
         return f"{self.tag_prefix}/{self._layer()}"
-
-    def _mark_skipped(self, step: int) -> None:
-        try:  # the sink itself may be what failed
-            value = float(self._guard.failed_passes)
-            self._sink.scalar(f"{self._prefix()}/skipped_passes", value, step)
-            self._sink.flush()
-        except Exception:
-            pass
-
-    def _log_pass(self, trainer: Any, pl_module: Any, result: Any) -> None:
-        step, epoch = int(trainer.global_step), int(trainer.current_epoch)
-        task, samples = self._task, self._samples
-        report: PassReport = task.report(result, samples, step, epoch)
-        for method, values in task.faithfulness(self._network(pl_module), samples, result).items():
-            report.summary.setdefault(method, {}).update(values)
-            report.scalars.update({f"{method}/{k}": v for k, v in values.items()})
-        prefix = self._prefix()
-        scalars = {f"{prefix}/{tag}": value for tag, value in report.scalars.items()}
-        for tag, image, caption in report.images:
-            self._sink.image(f"{prefix}/{tag}", image, step, caption=caption)
-        for tag, value in scalars.items():
-            self._sink.scalar(tag, value, step)
-        self._sink.flush()
-        self._cam_count += 1
-        self.history.append({"epoch": epoch, "step": step, "scalars": report.summary})
-        self._alarm.check(report, epoch, prefix)
-        self._logged = scalars
 
     def filmstrip(self, method: str | None = None) -> np.ndarray:
         """Rows = samples (or objects), columns = the input, then one overlay per pass

@@ -83,7 +83,7 @@ def test_fit_start_logs_the_default_layer_and_the_tags_and_callback_tags_holds_t
     images, labels, boxes = _data()
     cb = GradCAMCallback(methods=("gradcam", "hirescam"), images=images[:4], boxes=boxes[:4])
     with pytest.raises(RuntimeError, match="known from fit start"):
-        cb.tags
+        _ = cb.tags
     _fit(tmp_path, [cb], caplog)
 
     prefix = "gradcam/net.vit.layers.0"
