@@ -22,9 +22,7 @@ def info_logger(trainer: Any) -> Callable[[str], None]:
         return logging.getLogger("lightning_gradcam").info
 
 
-def announce(
-    trainer: Any, task_name: str, layer: str, prefix: str, tags: Sequence[str]
-) -> str:
+def announce(trainer: Any, task_name: str, layer: str, prefix: str, tags: Sequence[str]) -> str:
     """Log (and return) one line: the task, the layer explained and the monitorable tags."""
     if tags:
         listed = ", ".join(tags)
