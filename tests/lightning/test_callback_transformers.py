@@ -4,6 +4,7 @@ DeiT / Swin with dict batches and ``ModelOutput`` results. ``layer=None`` everyw
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -171,3 +172,55 @@ def test_callback_passes_reshape_to_the_engine(tmp_path):
     assert (4, 17, 192) in calls  # the 4 validation samples, activations and gradients
     images, _ = read_events(tmp_path / "tb")
     assert "gradcam/net.blocks.1.norm1/gradcam/sample_03" in images
+
+
+class _Wide(Dataset):
+    """Non-square (96x160) images as transformers-style dicts."""
+
+    def __init__(self, n: int = 4):
+        generator = torch.Generator().manual_seed(0)
+        self.images = torch.rand(n, 3, 96, 160, generator=generator)
+        self.labels = torch.randint(0, CLASSES, (n,), generator=generator)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return {"pixel_values": self.images[i], "labels": self.labels[i]}
+
+
+def _pvt_v2():
+    config = transformers.PvtV2Config(
+        num_labels=CLASSES,
+        depths=[1, 1, 1, 1],
+        hidden_sizes=[8, 16, 32, 64],
+        num_attention_heads=[1, 1, 1, 1],
+        mlp_ratios=[2, 2, 2, 2],
+        sr_ratios=[2, 2, 1, 1],
+    )
+    return transformers.PvtV2ForImageClassification(config)
+
+
+def _fit_wide(root, layer):
+    pl.seed_everything(0, verbose=False)
+    module = Classifier(_pvt_v2(), as_dict=True)
+    cb = GradCAMCallback(layer=layer, methods=("gradcam", "hirescam"), num_samples=2)
+    trainer = make_trainer(pl, root, [cb], max_epochs=1, limit_train_batches=1)
+    loader = DataLoader(_Wide(), batch_size=2)
+    trainer.fit(module, loader, loader)
+    return cb, read_events(root / "tb")[0]
+
+
+def test_naming_the_default_layer_of_a_token_model_at_a_non_square_input_works_alike(tmp_path):
+    """Issue 26.2: PVTv2's token layer at 96x160 was refused ("cannot tell how the N tokens
+    form a grid") when named, while ``layer=None`` read it with the library's layout."""
+    default_cb, default_images = _fit_wide(tmp_path / "default", None)
+    layer = default_cb.task.layer_name
+    assert layer.startswith("net.pvt_v2.encoder")
+    named_cb, named_images = _fit_wide(tmp_path / "named", layer)
+    assert named_cb.task.layer_name == layer
+    for method in ("gradcam", "hirescam"):
+        tag = f"gradcam/{layer}/{method}/grid"
+        assert len(named_images[tag]) == len(default_images[tag]) >= 1
+        for (_, ours), (_, theirs) in zip(named_images[tag], default_images[tag]):
+            assert np.array_equal(ours, theirs), tag
