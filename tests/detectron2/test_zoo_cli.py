@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from detectron2_hooks import cli
+from detectron2_hooks.building import use_device
 from detectron2_hooks.loading import ConfigError, config_path, load_config
 from detectron2_hooks.tiny import tiny_config
+from lightning_gradcam.core.command_line import DeviceError
 from lightning_gradcam.io import sample_image, write_images
 
 PROG = cli.PROG
@@ -225,3 +227,18 @@ def test_auto_device_runs_a_cuda_config_on_the_cpu_with_a_note(cuda_yaml, image,
         capsys, *argv, "--device", "cpu", "--opts", "MODEL.DEVICE", "cuda"
     )  # fmt: skip
     assert status == 0 and "note" not in err, err
+
+
+@no_cuda
+def test_use_device_as_a_library(cuda_yaml):
+    cfg = load_config(str(cuda_yaml))
+    note = use_device(cfg)  # auto, the config's device from the file
+    assert cfg.MODEL.DEVICE == "cpu"
+    assert (
+        note == "the config asks for MODEL.DEVICE cuda, which is not available: running on the CPU"
+    )
+    opts = ["MODEL.DEVICE", "cuda:0"]
+    with pytest.raises(DeviceError, match=r"^MODEL.DEVICE cuda:0: CUDA is not available here"):
+        use_device(load_config(str(cuda_yaml), opts), opts=opts)
+    cfg = load_config(str(cuda_yaml), opts)
+    assert use_device(cfg, "cpu", opts) is None and cfg.MODEL.DEVICE == "cpu"
