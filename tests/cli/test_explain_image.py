@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from lightning_gradcam.engine import CAMEngine
@@ -17,16 +18,18 @@ NETWORK = "shufflenet_v2_x1_0"
 METHODS = ("gradcam", "guided_backprop")
 
 
-def _setup():
+@pytest.fixture(scope="module")
+def network():
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         spec = prepare_network(NETWORK, "random", input_size=64)
         model = materialize(spec, "cpu")
-    return spec, model, CAMEngine(model, layer=spec.layer, methods=METHODS)
+    return spec, model
 
 
-def test_prediction_pictures_and_faithfulness_are_returned():
-    spec, model, engine = _setup()
+def test_prediction_pictures_and_faithfulness_are_returned(network):
+    spec, model = network
+    engine = CAMEngine(model, layer=spec.layer, methods=METHODS)
     image = sample_image(80, seed=4)
     done = explain_image(
         engine, spec, image, METHODS, torch.device("cpu"), faithfulness=("deletion",), grid=True
@@ -44,15 +47,14 @@ def test_prediction_pictures_and_faithfulness_are_returned():
     assert set(done.faithfulness["gradcam"]) == {"deletion_auc"}
 
 
-def test_a_given_class_is_explained_and_the_prediction_still_reported():
-    spec, model, engine = _setup()
+def test_a_given_class_is_explained_and_the_prediction_still_reported(network):
+    spec, model = network
+    engine = CAMEngine(model, layer=spec.layer, methods=("gradcam",))
     image = sample_image(80, seed=4)
-    predicted = explain_image(engine, spec, image, METHODS, torch.device("cpu")).predicted
-    other = (predicted + 1) % spec.num_classes
-    done = explain_image(engine, spec, image, METHODS, torch.device("cpu"), class_id=other)
-    assert (done.predicted, done.explained) == (predicted, other)
+    first = explain_image(engine, spec, image, ("gradcam",), torch.device("cpu"))
+    other = (first.predicted + 1) % spec.num_classes
+    done = explain_image(engine, spec, image, ("gradcam",), torch.device("cpu"), class_id=other)
+    assert (done.predicted, done.explained) == (first.predicted, other)
     assert done.faithfulness == {}
     # The map of another class differs from the predicted one's (same image, same weights).
-    first = explain_image(engine, spec, image, ("gradcam",), torch.device("cpu"))
-    second = explain_image(engine, spec, image, ("gradcam",), torch.device("cpu"), class_id=other)
-    assert not np.array_equal(first.pictures["heatmap"], second.pictures["heatmap"])
+    assert not np.array_equal(first.pictures["heatmap"], done.pictures["heatmap"])
