@@ -10,7 +10,13 @@ detections are detectron2's (rescaled to the image, empty boxes dropped), boxes 
 in the original image's pixels, and every picture is drawn on the original image. The scalar
 differentiated is each detection's class logit (``--score logit``, the default) or its
 reported probability (``--score probability``); a map with no positive evidence is captioned
-so.
+so. The detector runs on ``--device`` (``auto``: the config's ``MODEL.DEVICE`` or
+``train.device``, on the CPU with a note when that is CUDA and this machine has none; CUDA
+asked for explicitly, by ``--device`` or in ``--opts``, is an error without it).
+
+This module holds the parser and the messages; the work is in library modules:
+:mod:`~detectron2_hooks.loading` (the config), :mod:`~detectron2_hooks.building` (device,
+detector, class names, layers) and :mod:`~detectron2_hooks.outputs` (the pictures).
 
 Files per image, in ``--output-dir`` (``{det}`` = ``det00``, ``det01``, ... by decreasing score;
 ``{class}`` the class name with non-alphanumerics as ``_``):
@@ -32,21 +38,14 @@ status 2. Files are written atomically, so an error never leaves a damaged pictu
 from __future__ import annotations
 
 import argparse
-import contextlib
-import difflib
-import os
-import re
 import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-import torch
-from detectron2.config import CfgNode, get_cfg
-
 from lightning_gradcam.core.checkpoints import RANDOM_WEIGHTS, WeightsError
 from lightning_gradcam.core.command_line import (
+    add_device_argument,
     first_line,
     non_negative_int,
     report_error,
@@ -59,54 +58,33 @@ from lightning_gradcam.core.images_io import (
     read_image,
     write_images,
 )
-from lightning_gradcam.core.layers import (
-    LayerNotFoundError,
-    expand_layer_names,
-    is_layer_pattern,
-)
-from lightning_gradcam.core.methods import check_methods, get_method, method_names
+from lightning_gradcam.core.layers import LayerNotFoundError
+from lightning_gradcam.core.methods import check_methods, method_names
 from lightning_gradcam.core.render import COLORMAPS
-from lightning_gradcam.pictures import detection_label, detection_pictures, detections_picture
 
-from .config import add_gradcam_config, default_layer, to_cam_config
-from .explain import Detection
+from .building import (
+    build_detector,
+    check_input_format,
+    class_names,
+    detector_name,
+    expand_layers,
+    use_device,
+)
+from .config import default_layer
+from .loading import load_config
+from .outputs import explain_image
 from .predictor import CAMPredictor
 from .selection import SCORES
-from .weights import (
-    load_detector_weights,
-    quiet_loggers,
-    resolve_weights,
-)
+from .weights import load_detector_weights, quiet_loggers, resolve_weights
 
-__all__ = [
-    "main",
-    "build_parser",
-    "load_config",
-    "expand_layers",
-    "class_names",
-    "picture_names",
-    "DEFAULT_METHODS",
-    "STRIP_CELL",
-]
+__all__ = ["main", "build_parser", "DEFAULT_METHODS", "PROG"]
 
 PROG = "detectron2-gradcam"
 
 #: The seed's two maps.
 DEFAULT_METHODS = ("gradcam", "gradcam++")
-#: Longer side, in pixels, of each cell of a strip (``--layer-name 'head.cls_subnet.*'``).
-STRIP_CELL = 320
-
-#: How a user of this command chooses a layer, for the "no such layer" message.
-CLI_LAYER_HINT = (
-    "or leave out --layer-name for the detector's default (roi_heads.res5 for C4, "
-    "roi_heads.box_pooler for FPN, head.cls_subnet.7 for RetinaNet)"
-)
-
+# ConfigError and DeviceError are ValueErrors.
 _USER_ERRORS = (WeightsError, LayerNotFoundError, ImageInputError, ValueError)
-
-
-class ConfigError(ValueError):
-    """A config file or ``--opts`` that detectron2 cannot use."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,6 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--colormap", choices=sorted(COLORMAPS), default="jet", help="heat-map colours (jet)"
     )
+    add_device_argument(
+        parser,
+        "the config's MODEL.DEVICE or train.device, on the CPU when that is CUDA and this "
+        "machine has none",
+    )
     parser.add_argument(
         "--opts",
         nargs=argparse.REMAINDER,
@@ -199,378 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# ---------------------------------------------------------------------------------- config
-
-
-def _zoo_root() -> Path:
-    """The model-zoo configs shipped inside detectron2 (``model_zoo.get_config_file``'s
-    folder, found without ``pkg_resources``)."""
-    import detectron2
-
-    return Path(detectron2.__file__).parent / "model_zoo" / "configs"
-
-
-def _zoo_names() -> list[str]:
-    root = _zoo_root()
-    found = [p for p in root.rglob("*") if p.suffix in (".yaml", ".py") and p.stem != "__init__"]
-    return sorted(str(p.relative_to(root)) for p in found if "__pycache__" not in p.parts)
-
-
-def config_path(name: str) -> str:
-    """A config path for ``--config-file``: the file itself, else a model-zoo config name
-    (YAML, or LazyConfig ``.py`` such as ``common/models/retinanet.py``).
-
-    Raises:
-        ConfigError: neither; the message names close model-zoo names.
-    """
-    if os.path.isfile(name):
-        return name
-    zoo = _zoo_names()
-    if name not in zoo:
-        close = difflib.get_close_matches(name, zoo, n=3, cutoff=0.6)
-        hint = f"did you mean {', '.join(close)}? " if close else ""
-        raise ConfigError(
-            f"config file {name} does not exist and is not a model-zoo config; {hint}give a "
-            "YAML or LazyConfig (.py) path, or a name such as "
-            "COCO-Detection/faster_rcnn_R_50_C4_1x.yaml or common/models/retinanet.py"
-        )
-    return str(_zoo_root() / name)
-
-
-def load_config(
-    config_file: str, opts: Sequence[str] = (), confidence_threshold: float | None = None
-) -> CfgNode:
-    """The config of ``config_file`` with ``opts``, switched to the CAM adapters
-    (``to_cam_config``); ``confidence_threshold`` sets every test score threshold.
-
-    A YAML config: ``get_cfg()`` + ``cfg.GRADCAM`` keys, merged with the file and ``opts``
-    (``KEY VALUE`` pairs). A LazyConfig (``.py``): loaded by ``LazyConfig.load``, ``opts`` as
-    ``key=value`` overrides (as ``tools/lazyconfig_train_net.py`` takes them, e.g.
-    ``train.init_checkpoint=model.pkl model.roi_heads.num_classes=3``), then described by a
-    ``CfgNode`` (see ``_describe_lazy``) that also carries it for ``_build``.
-
-    Raises:
-        ConfigError: unknown file, unknown key, bad YAML or Python, an odd ``opts``, or a
-            LazyConfig without ``train.init_checkpoint``; ValueError: a detector with no CAM
-            adapter.
-    """
-    path = config_path(config_file)
-    if confidence_threshold is not None and not 0.0 <= confidence_threshold <= 1.0:
-        raise ConfigError(f"--confidence-threshold must be in [0, 1], got {confidence_threshold}")
-    if path.endswith(".py"):
-        return _load_lazy(config_file, path, list(opts), confidence_threshold)
-    cfg = add_gradcam_config(get_cfg())
-    # detectron2's own RetinaNet YAML needs yaml.unsafe_load (a Python tag computes the anchor
-    # sizes), and says so with a warning; for the configs shipped with detectron2 that warning
-    # is noise. Config files run like code: only the weights file is treated as untrusted.
-    shipped = os.path.abspath(path) != os.path.abspath(config_file)
-    try:
-        with quiet_loggers("fvcore.common.config") if shipped else contextlib.nullcontext():
-            cfg.merge_from_file(path)
-    except Exception as exc:  # yaml, yacs and detectron2 raise several kinds
-        raise ConfigError(f"cannot read config {config_file}: {_yacs_message(exc)}") from None
-    stray = [word for word in list(opts)[::2] if word.startswith("--")]
-    if stray:
-        raise ConfigError(
-            f"--opts takes everything after it as KEY VALUE pairs, and {stray[0]} is not a "
-            f"config key: put {stray[0]} before --opts"
-        )
-    if len(opts) % 2:
-        raise ConfigError(
-            f"--opts takes KEY VALUE pairs, got an odd number of words ({' '.join(opts)}); e.g. "
-            "--opts MODEL.WEIGHTS model.pkl MODEL.DEVICE cpu"
-        )
-    try:
-        cfg.merge_from_list(list(opts))
-    except Exception as exc:
-        raise ConfigError(f"--opts: {_yacs_message(exc)}") from None
-    if confidence_threshold is not None:
-        cfg.MODEL.RETINANET.SCORE_THRESH_TEST = confidence_threshold
-        cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = confidence_threshold
-    return to_cam_config(cfg)
-
-
-#: Where ``_build`` finds the LazyConfig behind a ``CfgNode`` made by ``_describe_lazy``
-#: (in the node's ``__dict__``, beside yacs's own flags, so it is no config key).
-_LAZY = "_lazy_config"
-
-
-def _load_lazy(
-    config_file: str, path: str, opts: list[str], confidence_threshold: float | None
-) -> CfgNode:
-    from detectron2.config import LazyConfig
-
-    stray = [word for word in opts if word.startswith("--")]
-    if stray:
-        raise ConfigError(
-            f"--opts takes everything after it as key=value overrides, and {stray[0]} is not "
-            f"one: put {stray[0]} before --opts"
-        )
-    bad = [word for word in opts if "=" not in word]
-    if bad:
-        raise ConfigError(
-            f"--opts {bad[0]}: a LazyConfig (.py) takes key=value overrides, as detectron2's "
-            "lazyconfig_train_net.py does, e.g. --opts train.init_checkpoint=model.pkl "
-            "train.device=cpu"
-        )
-    try:
-        with warnings.catch_warnings():
-            # Imports made by the file (ViTDet's timm) warn about their own deprecations.
-            warnings.simplefilter("ignore", FutureWarning)
-            lazy = LazyConfig.load(path)
-    except Exception as exc:  # the file runs as Python: any error
-        raise ConfigError(
-            f"cannot read config {config_file}: {type(exc).__name__}: {first_line(exc)}"
-        ) from None
-    try:
-        lazy = LazyConfig.apply_overrides(lazy, opts)
-    except Exception as exc:
-        raise ConfigError(f"--opts: {type(exc).__name__}: {first_line(exc)}") from None
-    lazy = to_cam_config(lazy)  # first: a file with no detector is refused as such
-    checkpoint = (lazy.get("train") or {}).get("init_checkpoint")
-    if not checkpoint:
-        # The weights check of the YAML route would name MODEL.WEIGHTS, no LazyConfig key.
-        raise ConfigError(
-            f"{config_file} has no train.init_checkpoint, so the detector would have random "
-            "weights; pass --opts train.init_checkpoint=/path/to/model.pkl (or "
-            f"train.init_checkpoint={RANDOM_WEIGHTS} to run with random weights, meaningless maps)"
-        )
-    if confidence_threshold is not None:
-        _set_score_threshold(lazy.model, confidence_threshold)
-    try:
-        return _describe_lazy(lazy)
-    except Exception as exc:  # a field of the wrong type, a broken interpolation
-        raise ConfigError(
-            f"cannot read config {config_file}: {type(exc).__name__}: {first_line(exc)}"
-        ) from None
-
-
-def _set_score_threshold(model, value: float) -> None:
-    """Every test score threshold of a LazyConfig model node."""
-    if "test_score_thresh" in model or "roi_heads" not in model:
-        model.test_score_thresh = value  # RetinaNet, FCOS
-        return
-    heads = model.roi_heads
-    for predictor in heads.get("box_predictors") or [heads.get("box_predictor")]:
-        if predictor is not None:
-            predictor.test_score_thresh = value
-
-
-def _describe_lazy(lazy) -> CfgNode:
-    """A ``CfgNode`` with the few keys this command reads, taken from a (CAM) LazyConfig:
-
-    ``MODEL.META_ARCHITECTURE`` / ``MODEL.ROI_HEADS.NAME`` (the classes' names),
-    ``*.NUM_CLASSES`` (``model.num_classes`` or ``model.roi_heads.num_classes``),
-    ``INPUT.FORMAT`` (``model.input_format``, default BGR), ``MODEL.DEVICE`` and
-    ``MODEL.WEIGHTS`` (``train.device``, default cpu, / ``train.init_checkpoint``), ``INPUT.MIN/MAX_SIZE_TEST`` (the
-    ``ResizeShortestEdge`` of ``dataloader.test.mapper.augmentations``, else detectron2's
-    defaults), ``DATASETS.TEST`` (``dataloader.test.dataset.names``). The LazyConfig itself
-    rides along for ``_build``.
-    """
-    from detectron2.data import transforms as T
-
-    from .config import lazy_target
-
-    cfg = add_gradcam_config(get_cfg())
-    model = lazy.model
-    arch = lazy_target(model._target_)
-    cfg.MODEL.META_ARCHITECTURE = getattr(arch, "__name__", str(arch))
-    heads = model.get("roi_heads")
-    if heads is not None:
-        cls = lazy_target(heads._target_)
-        cfg.MODEL.ROI_HEADS.NAME = getattr(cls, "__name__", str(cls))
-        count = heads.num_classes
-    else:
-        count = model.num_classes
-    cfg.MODEL.ROI_HEADS.NUM_CLASSES = cfg.MODEL.RETINANET.NUM_CLASSES = int(count)
-    cfg.INPUT.FORMAT = str(model.get("input_format", "BGR"))
-    train = lazy.train
-    cfg.MODEL.DEVICE = str(train.get("device", "cpu"))
-    cfg.MODEL.WEIGHTS = str(train.init_checkpoint)
-    test = (lazy.get("dataloader") or {}).get("test") or {}
-    for aug in (test.get("mapper") or {}).get("augmentations") or []:
-        if lazy_target(aug.get("_target_")) is T.ResizeShortestEdge:
-            size = aug.short_edge_length
-            size = size if isinstance(size, int) else min(size)
-            cfg.INPUT.MIN_SIZE_TEST = int(size)
-            cfg.INPUT.MAX_SIZE_TEST = int(aug.get("max_size", cfg.INPUT.MAX_SIZE_TEST))
-    names = (test.get("dataset") or {}).get("names")
-    if names:
-        cfg.DATASETS.TEST = (names,) if isinstance(names, str) else tuple(names)
-    cfg.__dict__[_LAZY] = lazy
-    return cfg
-
-
-def _yacs_message(exc: BaseException) -> str:
-    text = first_line(exc).strip("'\"")
-    if text.startswith("Non-existent"):
-        text += " (check the spelling; detectron2's keys are in detectron2/config/defaults.py)"
-    return text
-
-
-def _device(cfg: CfgNode, opts: Sequence[str]) -> str | None:
-    """A note when the config's CUDA device falls back to the CPU; ValueError when a device
-    given in ``--opts`` cannot be used. The key is named as the config spells it:
-    ``MODEL.DEVICE`` (YAML) or ``train.device`` (LazyConfig)."""
-    lazy = cfg.__dict__.get(_LAZY) is not None
-    key = "train.device" if lazy else "MODEL.DEVICE"
-    text = str(cfg.MODEL.DEVICE)
-    try:
-        device = torch.device(text)
-    except RuntimeError:
-        raise ValueError(f"{key} {text!r} is not a torch device (cpu, cuda, cuda:1)") from None
-    if device.type != "cuda" or torch.cuda.is_available():
-        return None
-    given = (
-        any(str(opt).split("=", 1)[0] == key for opt in opts) if lazy else key in list(opts)[::2]
-    )
-    if given:
-        fix = "--opts train.device=cpu" if lazy else "--opts MODEL.DEVICE cpu"
-        raise ValueError(f"{key} {text}: CUDA is not available here; use {fix}")
-    cfg.defrost()
-    cfg.MODEL.DEVICE = "cpu"
-    return f"the config asks for {key} {text}, which is not available: running on the CPU"
-
-
-def num_classes(cfg: CfgNode) -> int:
-    """The detector's number of foreground classes."""
-    if "RetinaNet" in cfg.MODEL.META_ARCHITECTURE:
-        return int(cfg.MODEL.RETINANET.NUM_CLASSES)
-    return int(cfg.MODEL.ROI_HEADS.NUM_CLASSES)
-
-
-def class_names(cfg: CfgNode) -> list[str]:
-    """``thing_classes`` of ``cfg.DATASETS.TEST[0]`` in ``MetadataCatalog`` when it has one
-    name per class (COCO's for the model-zoo configs), else ``"class N"``."""
-    count = num_classes(cfg)
-    if cfg.DATASETS.TEST:
-        import detectron2.data  # noqa: F401  (registers the builtin datasets' metadata)
-        from detectron2.data import MetadataCatalog
-
-        names = MetadataCatalog.get(cfg.DATASETS.TEST[0]).get("thing_classes", None)
-        if names is not None and len(names) == count:
-            return [str(n) for n in names]
-    return [f"class {i}" for i in range(count)]
-
-
-# ---------------------------------------------------------------------------------- layers
-
-
-def expand_layers(model: torch.nn.Module, names: Sequence[str]) -> tuple[list[str], list[str]]:
-    """``--layer-name`` values to ``(single, strip)`` layer lists: a glob such as
-    ``head.cls_subnet.*`` gives strip layers (``head.cls_subnet.0`` ... ``.7``, expanded by
-    ``core.layers.expand_layer_names``, as the hook does), one strip per detection; other
-    names are single layers.
-
-    Raises:
-        LayerNotFoundError: an unknown name, or a glob that matches no layer (closest names
-            in the message).
-    """
-    single: list[str] = []
-    strip: list[str] = []
-    for name in names:
-        found = expand_layer_names(model, [name], CLI_LAYER_HINT)
-        (strip if is_layer_pattern(name) else single).extend(found)
-    return list(dict.fromkeys(single)), list(dict.fromkeys(strip))
-
-
-# ---------------------------------------------------------------------------------- pictures
-
-
-def _file_part(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9+-]+", "_", text).strip("_") or "_"
-
-
-def picture_names(
-    stem: str,
-    index: int,
-    class_name: str,
-    single: Sequence[str],
-    strip: Sequence[str],
-    methods: Sequence[str],
-) -> dict[tuple[str, str] | str, str]:
-    """File names of one detection's pictures: ``{(layer, method): name}`` for single layers,
-    ``{"strip": name}`` when there are strip layers."""
-    base = f"{stem}-det{index:02d}-{_file_part(class_name)}"
-    names: dict[tuple[str, str] | str, str] = {}
-    for layer in single:
-        middle = f"-{layer}" if len(single) > 1 else ""
-        for method in methods:
-            names[(layer, method)] = f"{base}{middle}-{method}.png"
-    if strip:
-        parent = ".".join(os.path.commonprefix([layer.split(".") for layer in strip]))
-        names["strip"] = f"{base}-{_file_part(parent.removeprefix('head.')) or 'layers'}-strip.png"
-    return names
-
-
-def _label(det: Detection, index: int, names: Sequence[str]) -> str:
-    return f"{index}: {detection_label(det, names)}"
-
-
-def render_detection(
-    image: np.ndarray,
-    det: Detection,
-    index: int,
-    names: Sequence[str],
-    single: Sequence[str],
-    strip: Sequence[str],
-    methods: Sequence[str],
-    colormap: str = "jet",
-) -> dict[tuple[str, str] | str, np.ndarray]:
-    """One detection's pictures, keyed as ``picture_names`` (see
-    ``lightning_gradcam.pictures.detection_pictures``), strip cells ``STRIP_CELL`` px."""
-    title = _label(det, index, names)
-    return detection_pictures(
-        image,
-        det,
-        title,
-        single,
-        strip,
-        methods,
-        {m: get_method(m).label for m in methods},
-        colormap,
-        STRIP_CELL,
-    )
-
-
-# ---------------------------------------------------------------------------------- running
-
-
-def _detector_name(cfg: CfgNode) -> str:
-    arch = cfg.MODEL.META_ARCHITECTURE
-    return f"{arch} with {cfg.MODEL.ROI_HEADS.NAME}" if arch == "GeneralizedRCNN" else arch
-
-
 def _error(message: str) -> int:
     return report_error(PROG, message)
-
-
-def _build(cfg: CfgNode, config_file: str) -> torch.nn.Module:
-    """The detector in eval mode: ``build_model(cfg)``, or ``instantiate`` of the LazyConfig's
-    model (moved to ``cfg.MODEL.DEVICE``); its random initialisation seeded (0) without
-    touching the caller's RNG, so ``random`` weights give the same model every time.
-
-    Raises:
-        ConfigError: detectron2 cannot build it.
-    """
-    from detectron2.modeling import build_model
-
-    lazy = cfg.__dict__.get(_LAZY)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        try:
-            if lazy is None:
-                model = build_model(cfg)
-            else:
-                from detectron2.config import instantiate
-
-                model = instantiate(lazy.model).to(torch.device(cfg.MODEL.DEVICE))
-        except Exception as exc:  # detectron2 asserts on many inconsistent configs
-            raise ConfigError(
-                f"cannot build the detector of {config_file} ({type(exc).__name__}: "
-                f"{first_line(exc)}); check the config and --opts"
-            ) from None
-    return model.eval()
 
 
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -587,16 +200,15 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     # Everything is checked before the first file is written.
     try:
         cfg = load_config(args.config_file, args.opts, args.confidence_threshold)
-        if cfg.INPUT.FORMAT not in ("BGR", "RGB"):
-            raise ConfigError(f"INPUT.FORMAT {cfg.INPUT.FORMAT!r}: only BGR and RGB are supported")
-        note = _device(cfg, args.opts)
+        check_input_format(cfg)
+        note = use_device(cfg, args.device, args.opts)
         weights = str(cfg.MODEL.WEIGHTS)
         weights_file = None if weights == RANDOM_WEIGHTS else resolve_weights(weights)
         paths = list(dict.fromkeys(p for spec in args.input for p in expand_image_paths(spec)))
         stems = output_names(paths)
         for path in paths:
             read_image(path)
-        model = _build(cfg, args.config_file)
+        model = build_detector(cfg, args.config_file)
         single, strip = expand_layers(model, args.layer_name or [default_layer(cfg)])
         if weights_file is not None:
             load_detector_weights(model, weights_file)
@@ -622,7 +234,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             file=sys.stderr,
         )
     print(
-        f"{_detector_name(cfg)}: weights {weights_file or RANDOM_WEIGHTS}; layers "
+        f"{detector_name(cfg)}: weights {weights_file or RANDOM_WEIGHTS}; layers "
         f"{', '.join(layers)}; "
         f"methods {', '.join(methods)}; score {args.score}"
     )
@@ -630,28 +242,19 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     for path, stem in zip(paths, stems):
         try:
             image = read_image(path)  # RGB, the original: every picture is drawn on it
-            pixels = image[:, :, ::-1] if cfg.INPUT.FORMAT == "BGR" else image
-            model_input = predictor.model_input(np.ascontiguousarray(pixels))
-            detections = predictor(np.ascontiguousarray(pixels))
-            labels = [_label(det, i, names) for i, det in enumerate(detections)]
-            boxes = [det.box.tolist() for det in detections]
-            pictures = {f"{stem}-detections.png": detections_picture(image, boxes, labels)}
-            for index, det in enumerate(detections):
-                rendered = render_detection(
-                    image, det, index, names, single, strip, methods, args.colormap
-                )
-                files = picture_names(stem, index, names[det.class_id], single, strip, methods)
-                pictures.update({files[key]: pic for key, pic in rendered.items()})
-            write_images({output_dir / name: pic for name, pic in pictures.items()})
+            result = explain_image(
+                predictor, image, stem, names, single, strip, methods, args.colormap
+            )
+            write_images({output_dir / name: pic for name, pic in result.pictures.items()})
         except ValueError as exc:  # a layer that does not fit the detector: not the image's fault
             return _error(first_line(exc))
         except (RuntimeError, OSError) as exc:
             return _error(f"{path}: {first_line(exc)}")
-        seen = tuple(model_input["image"].shape[-2:])
+        height, width = result.input_size
         print(
-            f"{path}: {len(detections)} detections explained (model input {seen[1]}x{seen[0]} "
-            f"px); wrote {len(pictures)} pictures {output_dir / stem}-*.png, "
-            f"{image.shape[1]}x{image.shape[0]} px"
+            f"{path}: {len(result.detections)} detections explained (model input "
+            f"{width}x{height} px); wrote {len(result.pictures)} pictures "
+            f"{output_dir / stem}-*.png, {image.shape[1]}x{image.shape[0]} px"
         )
     return 0
 

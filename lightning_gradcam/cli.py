@@ -3,25 +3,36 @@
 For every image and network it writes the pictures of the original Grad-CAM.pytorch (heat
 map and overlay for Grad-CAM and Grad-CAM++, guided backpropagation, guided Grad-CAM and
 guided Grad-CAM++) as ``{image}-{network}-{kind}.png`` in the output folder, and prints the
-predicted class. Every argument is checked (weights against the network, layer, class id,
+predicted class. The network runs on ``--device`` (``auto``, the default: CUDA if this machine
+has it, else the CPU; ``--device cuda`` without CUDA is an error). Every argument is checked (weights against the network, layer, class id,
 images) before the first file is written; a bad one ends the command with a one-line
 ``lightning-gradcam: error: ...`` on stderr and exit status 2.
+
+This module holds the parser and the messages; one image is explained by
+:func:`lightning_gradcam.explain_image.explain_image`, networks are checked and built by
+:mod:`lightning_gradcam.models.networks`.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-import torch
 from tqdm import tqdm
 
 from .core.checkpoints import RANDOM_WEIGHTS, WeightsError
-from .core.command_line import first_line, non_negative_int, report_error, run_command
+from .core.command_line import (
+    DeviceError,
+    add_device_argument,
+    first_line,
+    non_negative_int,
+    report_error,
+    resolve_device,
+    run_command,
+)
 from .core.faithfulness import METRICS, check_metrics
 from .core.images_io import (
     ImageInputError,
@@ -31,10 +42,10 @@ from .core.images_io import (
     write_images,
 )
 from .core.layers import LayerNotFoundError
-from .core.methods import check_methods, get_method, method_names
+from .core.methods import check_methods, method_names
 from .core.render import COLORMAPS
-from .core.targets import logits_of
-from .engine import CAMEngine, CAMResult
+from .engine import CAMEngine
+from .explain_image import ImageExplanation, explain_image, picture_suffixes
 from .io import sample_image as make_sample_image
 from .models.networks import (
     SEED_NETWORKS,
@@ -46,7 +57,6 @@ from .models.networks import (
     materialize,
     prepare_network,
 )
-from .pictures import seed_pictures, seed_sheet
 
 __all__ = ["main", "build_parser", "picture_suffixes", "DEFAULT_METHODS"]
 
@@ -56,17 +66,6 @@ PROG = "lightning-gradcam"
 DEFAULT_METHODS = ("gradcam", "gradcam++", "guided_backprop", "guided_gradcam", "guided_gradcam++")
 
 _USER_ERRORS = (NetworkError, WeightsError, LayerNotFoundError, ImageInputError, ValueError)
-
-
-def picture_suffixes(method: str) -> tuple[str, ...]:
-    """The ``{kind}`` parts of the file names a method writes: ``("heatmap", "cam")`` for
-    Grad-CAM, ``("heatmap++", "cam++")`` for Grad-CAM++, ``("gb",)`` for guided
-    backpropagation, ``("cam_gb",)`` / ``("cam++_gb",)`` for guided Grad-CAM / ++, and
-    ``("heatmap-{method}", "cam-{method}")`` for the others (``CAMMethod.suffix``)."""
-    entry = get_method(method)
-    if entry.guided:
-        return (entry.suffix,)
-    return (f"heatmap{entry.suffix}", f"cam{entry.suffix}")
 
 
 def _split(values: Sequence[str] | None) -> list[str]:
@@ -133,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"CAM methods (default: {' '.join(DEFAULT_METHODS)}; also "
         f"{', '.join(m for m in method_names() if m not in DEFAULT_METHODS)})",
     )
-    parser.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:1")
+    add_device_argument(parser, "cuda if this machine has it, else cpu")
     parser.add_argument(
         "--format",
         choices=("files", "grid"),
@@ -178,30 +177,6 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _device(parser: argparse.ArgumentParser, text: str) -> torch.device:
-    try:
-        device = torch.device(text)
-    except RuntimeError:
-        parser.error(f"argument --device: {text!r} is not a torch device (cpu, cuda, cuda:1)")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            parser.error(
-                "argument --device: CUDA is not available here (torch.cuda.is_available() is "
-                "False); use --device cpu"
-            )
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            parser.error(
-                f"argument --device: {text} does not exist; {torch.cuda.device_count()} CUDA "
-                "device(s) visible"
-            )
-    elif device.type != "cpu":
-        try:
-            torch.empty(1, device=device)
-        except (RuntimeError, AssertionError) as exc:
-            parser.error(f"argument --device: {text} cannot be used ({first_line(exc)})")
-    return device
-
-
 def _per_network(
     parser: argparse.ArgumentParser, option: str, values: list[str], networks: list[str]
 ) -> list[str | None]:
@@ -218,80 +193,21 @@ def _per_network(
     raise AssertionError  # parser.error exits
 
 
-class _Target:
-    """The engine's target: the given class, or the predicted one; keeps the first forward's
-    logits so the prediction is printed without another forward."""
-
-    def __init__(self, class_id: int | None):
-        self.class_id = class_id
-        self.logits: torch.Tensor | None = None
-        self.ids: torch.Tensor | None = None
-
-    def __call__(self, output: object) -> torch.Tensor:
-        logits = logits_of(output)
-        if self.ids is None:  # the guided pass must explain the same class
-            self.logits = logits.detach().float()
-            if self.class_id is None:
-                self.ids = logits.argmax(dim=1, keepdim=True)
-            else:
-                self.ids = torch.full((logits.shape[0], 1), self.class_id, device=logits.device)
-        return logits.gather(1, self.ids.to(logits.device))
+def _summary(spec: NetworkSpec, done: ImageExplanation) -> str:
+    summary = f"predicted {spec.class_name(done.predicted)} (p={done.probability:.3f})"
+    if done.explained != done.predicted:
+        summary += f", explained {spec.class_name(done.explained)}"
+    return summary
 
 
-def render_pictures(
-    view: torch.Tensor,
-    result: CAMResult,
-    methods: Sequence[str],
-    colormap: str = "jet",
-) -> dict[str, np.ndarray]:
-    """``{kind: RGB picture}`` for image 0, target 0 of ``result``; ``view (3, H, W)`` in
-    [0, 1] is the network's view of the image, on which overlays are drawn."""
-    maps = {m: result.maps[m][0, 0] for m in methods if not get_method(m).guided}
-    guided = {m: result.guided[m][0, 0] for m in methods if get_method(m).guided}
-    return seed_pictures(view, maps, guided, picture_suffixes, colormap)
-
-
-def _grid_sheet(
-    view: torch.Tensor, pictures: dict[str, np.ndarray], methods: Sequence[str], title: str
-) -> np.ndarray:
-    """The seed's table row: the input, then every picture, each captioned."""
-    return seed_sheet(
-        view, pictures, methods, picture_suffixes, {m: get_method(m).label for m in methods}, title
-    )
-
-
-def _explain_one(
-    engine: CAMEngine,
-    spec: NetworkSpec,
-    image: np.ndarray,
-    args: argparse.Namespace,
-    methods: tuple[str, ...],
-    device: torch.device,
-) -> tuple[dict[str, np.ndarray], str, list[str]]:
-    """Pictures, a one-line summary and the ``--faithfulness`` lines for one image."""
-    view, x = spec.preprocess(image)
-    target = _Target(args.class_id)
-    result = engine.explain(x[None].to(device), targets=target)
-    probs = target.logits[0].softmax(dim=0)
-    predicted = int(probs.argmax())
-    explained = int(target.ids[0, 0])
-    pictures = render_pictures(view, result, methods, args.colormap)
-    summary = f"predicted {spec.class_name(predicted)} (p={float(probs[predicted]):.3f})"
-    if explained != predicted:
-        summary += f", explained {spec.class_name(explained)}"
-    faithfulness = []
-    if args.faithfulness:
-        scored = dataclasses.replace(result, class_ids=target.ids)  # the class explained
-        measured = engine.faithfulness(x[None].to(device), scored, args.faithfulness)
-        for name, values in measured.scores.items():
-            numbers = ", ".join(f"{key} {float(v[0]):.4g}" for key, v in values.items())
-            if all(v[0].isnan() for v in values.values()):
-                numbers = "not measured, the map is flat (no positive evidence)"
-            faithfulness.append(f"  faithfulness {name}: {numbers}")
-    if args.format == "grid":
-        title = spec.class_name(explained)
-        pictures["grid"] = _grid_sheet(view, pictures, methods, title)
-    return pictures, summary, faithfulness
+def _faithfulness_lines(done: ImageExplanation) -> list[str]:
+    lines = []
+    for name, values in done.faithfulness.items():
+        numbers = ", ".join(f"{key} {value:.4g}" for key, value in values.items())
+        if all(math.isnan(value) for value in values.values()):
+            numbers = "not measured, the map is flat (no positive evidence)"
+        lines.append(f"  faithfulness {name}: {numbers}")
+    return lines
 
 
 def _error(message: str) -> int:
@@ -312,7 +228,10 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error("argument --network: give at least one network name")
     weights = _per_network(parser, "--weight-path", list(args.weight_path or ()), networks)
     layers = _per_network(parser, "--layer-name", _split(args.layer_name), networks)
-    device = _device(parser, args.device)
+    try:
+        device = resolve_device(args.device)
+    except DeviceError as exc:
+        return _error(str(exc))
     output_dir: Path = args.output_dir
     if output_dir.exists() and not output_dir.is_dir():
         return _error(f"--output-dir {output_dir} exists and is not a folder")
@@ -362,18 +281,27 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 )
                 for path, stem in zip(paths, names):
                     image = make_sample_image() if path is None else read_image(path)
-                    pictures, summary, details = _explain_one(
-                        engine, spec, image, args, methods, device
+                    done = explain_image(
+                        engine,
+                        spec,
+                        image,
+                        methods,
+                        device,
+                        class_id=args.class_id,
+                        colormap=args.colormap,
+                        faithfulness=args.faithfulness,
+                        grid=args.format == "grid",
                     )
+                    pictures = done.pictures
                     stem_out = output_dir / f"{stem}-{spec.name}"
                     write_images({f"{stem_out}-{kind}.png": pic for kind, pic in pictures.items()})
                     label = "sample" if path is None else str(path)
                     bar.write(
-                        f"{label} [{spec.name}]: {summary}; wrote {len(pictures)} pictures "
+                        f"{label} [{spec.name}]: {_summary(spec, done)}; wrote {len(pictures)} pictures "
                         f"{stem_out}-*.png",
                         file=sys.stdout,
                     )
-                    for line in details:
+                    for line in _faithfulness_lines(done):
                         bar.write(line, file=sys.stdout)
                     bar.update(1)
             except _USER_ERRORS + (RuntimeError, OSError) as exc:

@@ -14,8 +14,9 @@ import pytest
 import torch
 from cli_weights import random_state_dict
 
-from lightning_gradcam.cli import DEFAULT_METHODS, main, picture_suffixes
+from lightning_gradcam.cli import DEFAULT_METHODS, main
 from lightning_gradcam.core.render import heatmap
+from lightning_gradcam.explain_image import picture_suffixes
 from lightning_gradcam.io import read_image, sample_image, write_images
 from lightning_gradcam.models.networks import SEED_NETWORKS, prepare_network, pretrained_cache_path
 
@@ -391,9 +392,27 @@ def test_usage_errors_exit_2(argv, message, tmp_path, capsys):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without CUDA")
 def test_cuda_without_cuda_is_a_clear_error(tmp_path, capsys):
-    code, _, err = run_cli(capsys, "--device", "cuda", "--output-dir", tmp_path)
+    code, _, err = run_cli(capsys, "--device", "cuda", "--output-dir", tmp_path / "out")
     assert code == 2
-    assert "CUDA is not available" in err and "--device cpu" in err
+    assert err.strip().splitlines() == [
+        ERROR_PREFIX + "argument --device: CUDA is not available here "
+        "(torch.cuda.is_available() is False); use --device cpu"
+    ]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fallback without CUDA")
+@pytest.mark.parametrize("device", [[], ["--device", "auto"]])
+def test_auto_device_is_the_default_and_runs_on_the_cpu_without_cuda(device, tmp_path, capsys):
+    code, out, err = run_cli(
+        capsys, "--network", SMALL, "--weight-path", "random", "--input-size", 64,
+        "--methods", "gradcam", "--output-dir", tmp_path, *device,
+    )  # fmt: skip
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f"sample-{SMALL}-cam.png",
+        f"sample-{SMALL}-heatmap.png",
+    ]
 
 
 def test_list_networks(capsys):

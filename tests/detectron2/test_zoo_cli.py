@@ -11,7 +11,10 @@ import pytest
 import torch
 
 from detectron2_hooks import cli
-from detectron2_hooks.cli import ConfigError, load_config
+from detectron2_hooks.building import use_device
+from detectron2_hooks.loading import ConfigError, config_path, load_config
+from detectron2_hooks.tiny import tiny_config
+from lightning_gradcam.core.command_line import DeviceError
 from lightning_gradcam.io import sample_image, write_images
 
 PROG = cli.PROG
@@ -119,7 +122,8 @@ def test_lazy_config_names_train_device(tmp_path, image, capsys):
         "--opts", "train.device=cuda",
     )  # fmt: skip
     assert status == 2 and "train.device cuda" in err and "--opts train.device=cpu" in err
-    assert "MODEL.DEVICE" not in err
+    assert "--device cpu" in err and "MODEL.DEVICE" not in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_lazy_model_zoo_names_load_with_overrides():
@@ -164,6 +168,77 @@ def test_lazy_config_refusals(tmp_path, image, capsys):
 
 
 def test_model_zoo_names_include_lazy_configs():
-    assert cli.config_path("common/models/retinanet.py").endswith("common/models/retinanet.py")
+    assert config_path("common/models/retinanet.py").endswith("common/models/retinanet.py")
     with pytest.raises(ConfigError, match="LazyConfig"):
-        cli.config_path("common/models/nothing.py")
+        config_path("common/models/nothing.py")
+
+
+# ------------------------------------------------------------------------ --device, no CUDA
+
+no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+
+
+@pytest.fixture
+def cuda_yaml(tmp_path) -> Path:
+    """A stock C4 YAML that asks for CUDA, as detectron2's get_cfg() default does."""
+    cfg = tiny_config("c4", cam=False)
+    cfg.MODEL.DEVICE = "cuda"
+    cfg.MODEL.WEIGHTS = "random"
+    path = tmp_path / "c4_cuda.yaml"
+    path.write_text(cfg.dump())
+    return path
+
+
+def _one_error_line(status: int, err: str) -> str:
+    assert status == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{PROG}: error: "), err
+    return lines[0]
+
+
+@no_cuda
+def test_explicit_cuda_device_without_cuda_is_one_line_and_exit_2(
+    cuda_yaml, image, tmp_path, capsys
+):
+    out_dir = tmp_path / "out"
+    base = ["--config-file", cuda_yaml, "--input", image, "--output-dir", out_dir]
+    line = _one_error_line(*_run(capsys, *base, "--device", "cuda")[::2])
+    assert "argument --device: CUDA is not available here" in line and "--device cpu" in line
+    # The same device asked for in --opts is as explicit: refused, with both fixes named.
+    line = _one_error_line(*_run(capsys, *base, "--opts", "MODEL.DEVICE", "cuda")[::2])
+    assert "MODEL.DEVICE cuda: CUDA is not available here" in line
+    assert "--device cpu" in line and "--opts MODEL.DEVICE cpu" in line
+    line = _one_error_line(*_run(capsys, *base, "--device", "gpu")[::2])
+    assert "'gpu' is not a torch device" in line
+    assert not out_dir.exists()
+
+
+@no_cuda
+def test_auto_device_runs_a_cuda_config_on_the_cpu_with_a_note(cuda_yaml, image, tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    argv = ["--config-file", cuda_yaml, "--input", image, "--output-dir", out_dir]
+    argv += ["--max-detections", "1", "--methods", "gradcam"]
+    status, out, err = _run(capsys, *argv)  # --device auto, the default
+    assert status == 0, err
+    assert f"{PROG}: note: the config asks for MODEL.DEVICE cuda, which is not available" in err
+    assert "shapes-detections.png" in {p.name for p in out_dir.iterdir()}
+    # An explicit --device cpu wins over the config and --opts: no note, no error.
+    status, _, err = _run(
+        capsys, *argv, "--device", "cpu", "--opts", "MODEL.DEVICE", "cuda"
+    )  # fmt: skip
+    assert status == 0 and "note" not in err, err
+
+
+@no_cuda
+def test_use_device_as_a_library(cuda_yaml):
+    cfg = load_config(str(cuda_yaml))
+    note = use_device(cfg)  # auto, the config's device from the file
+    assert cfg.MODEL.DEVICE == "cpu"
+    assert (
+        note == "the config asks for MODEL.DEVICE cuda, which is not available: running on the CPU"
+    )
+    opts = ["MODEL.DEVICE", "cuda:0"]
+    with pytest.raises(DeviceError, match=r"^MODEL.DEVICE cuda:0: CUDA is not available here"):
+        use_device(load_config(str(cuda_yaml), opts), opts=opts)
+    cfg = load_config(str(cuda_yaml), opts)
+    assert use_device(cfg, "cpu", opts) is None and cfg.MODEL.DEVICE == "cpu"
