@@ -1,6 +1,9 @@
-"""GradCAMCallback, plumbing only: when to explain, which fixed samples, where to log, state,
-failure policy. What a batch holds, what a map explains, what is drawn and measured is the
-task's (``lightning_gradcam.tasks``). One class serves both Lightning packages (``compat``).
+"""GradCAMCallback: watch where a Lightning model looks, and how that moves, while it trains.
+
+Plumbing only: when to explain, which fixed samples, where to log, checkpoint state and what
+to do on failure. What a batch holds, what a map explains and what is drawn and measured is
+the task's (``lightning_gradcam.tasks``); one logged pass is ``logged_pass.LoggedPass``. One
+class serves ``pytorch_lightning.Trainer`` and ``lightning.pytorch.Trainer`` (see ``compat``).
 """
 
 from __future__ import annotations
