@@ -113,28 +113,55 @@ def overlay(
     return cv2.addWeighted(image, 1.0 - alpha, heat, alpha, 0.0)
 
 
+# The smallest font scale drawn: FONT_HERSHEY_SIMPLEX's capitals are about 22 px x scale, so
+# 0.45 keeps them 10 px tall, legible on a 64 px tile; narrower text wraps instead of shrinking.
+MIN_CAPTION_SCALE = 0.45
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+def _text_width(text: str, scale: float) -> int:
+    return cv2.getTextSize(text, _FONT, scale, 1)[0][0]
+
+
+def _wrapped(text: str, width: int, scale: float) -> list[str]:
+    """``text`` in lines that fit ``width`` pixels at ``scale``: at word breaks, and inside a
+    word only when the word alone is too wide."""
+    lines: list[str] = []
+    for word in text.split():
+        while len(word) > 1 and _text_width(word, scale) > width:
+            cut = 1
+            while cut < len(word) and _text_width(word[: cut + 1], scale) <= width:
+                cut += 1
+            lines.append(word[:cut])
+            word = word[cut:]
+        if lines and _text_width(f"{lines[-1]} {word}", scale) <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines or [""]
+
+
 def caption(image: np.ndarray, text: str, height: int | None = None) -> np.ndarray:
     """The image with a black band below it holding ``text`` in white. The image's own
-    pixels are never drawn over, whatever the font's extent in this OpenCV version."""
+    pixels are never drawn over, whatever the font's extent in this OpenCV version.
+
+    ``height`` is one line's height (default: from the width, 14 to 28 px). A caption too
+    long for one line is drawn smaller down to ``MIN_CAPTION_SCALE``, then wrapped onto more
+    lines (the band grows), so it stays legible on small tiles."""
     width = image.shape[1]
-    band = height or max(14, min(28, width // 8))
-    scale = band / 30.0
-    strip = np.zeros((band, width, 3), dtype=np.uint8)
-    (text_w, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-    if text_w > width - 4:  # shrink long captions rather than clip them
-        scale *= (width - 4) / text_w
-    # Drawn on the band alone: tall glyphs (OpenCV 4.x, bands of 28 px) reach above the
-    # baseline's 72 % and would otherwise overwrite the image's last row.
-    cv2.putText(
-        strip,
-        text,
-        (2, int(band * 0.72)),
-        cv2.FONT_HERSHEY_SIMPLEX,
-        scale,
-        (255, 255, 255),
-        1,
-        cv2.LINE_AA,
-    )
+    line = height or max(14, min(28, width // 8))
+    scale = line / 30.0
+    room = max(1, width - 4)
+    if _text_width(text, scale) > room:  # shrink long captions down to a legible size
+        scale = max(min(scale, MIN_CAPTION_SCALE), scale * room / _text_width(text, scale))
+    lines = _wrapped(text, room, scale) if _text_width(text, scale) > room else [text]
+    line = max(line, int(round(30 * scale))) if len(lines) > 1 else line
+    strip = np.zeros((line * len(lines), width, 3), dtype=np.uint8)
+    for number, words in enumerate(lines):
+        # Drawn on the band alone: tall glyphs (OpenCV 4.x, bands of 28 px) reach above the
+        # baseline's 72 % and would otherwise overwrite the image's last row.
+        baseline = number * line + int(line * 0.72)
+        cv2.putText(strip, words, (2, baseline), _FONT, scale, (255, 255, 255), 1, cv2.LINE_AA)
     return np.concatenate([np.asarray(image, dtype=np.uint8), strip], axis=0)
 
 

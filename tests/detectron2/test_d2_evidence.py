@@ -57,10 +57,12 @@ def test_pictures_caption_maps_without_positive_evidence(saturated):
         for d in dets
     ]
     plain = pass_pictures(image, unmarked, **kwargs)["gradcam"]
-    assert marked.shape == plain.shape
-    differs = np.flatnonzero((marked != plain).any(axis=(1, 2)))
-    # only the caption bands differ (below each 128-px overlay): the caption says so
-    assert differs.size and differs.min() >= 128
+    assert marked.shape[1] == plain.shape[1]
+    # only the caption bands differ (below each 128-px overlay, the longer caption may wrap
+    # onto another line): the caption says so
+    assert np.array_equal(marked[:128], plain[:128])
+    rows = min(marked.shape[0], plain.shape[0])
+    assert marked.shape != plain.shape or (marked[:rows] != plain[:rows]).any()
 
 
 def test_hook_counts_maps_without_evidence_as_zero_energy_and_leaves_them_out_of_drift(saturated):

@@ -83,7 +83,7 @@ def test_no_detections_is_the_captioned_input(image):
     np.testing.assert_array_equal(picture, caption(shrunk, text))
     np.testing.assert_array_equal(picture[:20], shrunk)
     band = picture[20:]
-    assert band.shape[0] > 0 and (band != caption(shrunk, "")[20:]).any()  # text, not a bare band
+    assert band.shape[0] > 0 and band.any()  # text on the black band, not a bare band
     assert_caption_visible(band, text)
 
 
@@ -104,4 +104,5 @@ def test_seed_pictures_and_sheet():
     labels = {"gradcam": "Grad-CAM", "guided_backprop": "guided backprop"}
     out = seed_sheet(view, pictures, ("gradcam", "guided_backprop"), kinds, labels, "cat")
     band = caption(pictures["gb"], "x").shape[0]
-    assert out.shape == (band, 4 * 16 + 3 * 2, 3)
+    # one row of four captioned cells; a long label wraps, so the row is the tallest cell
+    assert out.shape[1:] == (4 * 16 + 3 * 2, 3) and out.shape[0] >= band

@@ -80,16 +80,28 @@ def test_caption_adds_a_band_with_visible_text(width, text):
     out = caption(image, text)
     assert out.shape[0] > 32 and out.shape[1:] == (width, 3) and out.dtype == np.uint8
     assert np.array_equal(out[:32], image)
-    bare = caption(image, "")
-    assert bare.shape == out.shape and not bare[32:].any()  # the band alone is black
+    assert not caption(image, "")[32:].any()  # the band alone is black
     assert_caption_visible(out[32:], text)
 
 
-def test_a_caption_too_long_for_its_band_is_shrunk_not_widened():
-    image = np.full((32, 40, 3), 100, np.uint8)
-    out = caption(image, "a very long caption that would not fit")
-    assert out.shape == caption(image, "").shape and np.array_equal(out[:32], image)
-    assert out[32:].any()  # drawn, if small: 38 characters in 36 pixels
+@pytest.mark.parametrize("width", [40, 64, 96])
+def test_a_caption_too_long_for_one_line_wraps_at_a_legible_size(width):
+    """Issue 26.6: "no positive evidence" was shrunk to 6 px glyphs on 64-96 px tiles. Now
+    it is never drawn below MIN_CAPTION_SCALE (capitals about 10 px): it wraps instead."""
+    image = np.full((32, width, 3), 100, np.uint8)
+    text = "circle 0.53: no positive evidence"
+    out = caption(image, text)
+    assert out.shape[1:] == (width, 3) and np.array_equal(out[:32], image)
+    band = out[32:]
+    line = max(14, min(28, width // 8))
+    assert band.shape[0] % line == 0 and band.shape[0] // line >= 2  # wrapped, not shrunk
+    heights = []
+    for number in range(band.shape[0] // line):
+        lit = np.where(band[number * line : (number + 1) * line].max(axis=(1, 2)) > 128)[0]
+        heights.append(lit.max() - lit.min() + 1 if lit.size else 0)
+    # lower case at least 6 px, tall letters ("l", "t", digits) at least 9 px
+    assert min(heights) >= 6 and max(heights) >= 9, heights
+    assert_caption_visible(band, text)
 
 
 def test_grid_layout():
