@@ -116,6 +116,9 @@ def overlay(
 # The smallest font scale drawn: FONT_HERSHEY_SIMPLEX's capitals are about 22 px x scale, so
 # 0.45 keeps them 10 px tall, legible on a 64 px tile; narrower text wraps instead of shrinking.
 MIN_CAPTION_SCALE = 0.45
+# Below this width (32 px film-strip thumbnails) a legible font holds a few letters a line:
+# wrapping would stack a tall band of fragments, so the caption is shrunk onto one line.
+MIN_WRAP_WIDTH = 48
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
@@ -147,14 +150,17 @@ def caption(image: np.ndarray, text: str, height: int | None = None) -> np.ndarr
 
     ``height`` is one line's height (default: from the width, 14 to 28 px). A caption too
     long for one line is drawn smaller down to ``MIN_CAPTION_SCALE``, then wrapped onto more
-    lines (the band grows), so it stays legible on small tiles."""
+    lines (the band grows), so it stays legible on small tiles; on tiles narrower than
+    ``MIN_WRAP_WIDTH`` it is shrunk onto one line."""
     width = image.shape[1]
     line = height or max(14, min(28, width // 8))
     scale = line / 30.0
     room = max(1, width - 4)
     if _text_width(text, scale) > room:  # shrink long captions down to a legible size
-        scale = max(min(scale, MIN_CAPTION_SCALE), scale * room / _text_width(text, scale))
-    lines = _wrapped(text, room, scale) if _text_width(text, scale) > room else [text]
+        floor = min(scale, MIN_CAPTION_SCALE) if width >= MIN_WRAP_WIDTH else 0.0
+        scale = max(floor, scale * room / _text_width(text, scale))
+    wrap = width >= MIN_WRAP_WIDTH and _text_width(text, scale) > room
+    lines = _wrapped(text, room, scale) if wrap else [text]
     line = max(line, int(round(30 * scale))) if len(lines) > 1 else line
     strip = np.zeros((line * len(lines), width, 3), dtype=np.uint8)
     for number, words in enumerate(lines):

@@ -3,6 +3,7 @@ or raises a ``ValueError``/``TypeError`` that says what was wrong and what to pa
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -195,7 +196,7 @@ class CallbackArguments:
         ):
             raise ValueError("class_names must be a sequence of strings, one per class id")
         options = TaskOptions(
-            methods=check_methods(kwargs["methods"]),
+            methods=() if kwargs["methods"] is None else check_methods(kwargs["methods"]),
             layer=layer,
             reshape=check_reshape(kwargs["reshape"]),
             target=check_target(kwargs["target"]),
@@ -250,4 +251,7 @@ class CallbackArguments:
                 chosen = ClassificationTask
             else:
                 chosen = next(t for t in registered_tasks() if t.recognises(network, batch))
-        return chosen(self.options)
+        options = self.options
+        if not options.methods:  # methods=None: the task's own
+            options = dataclasses.replace(options, methods=chosen.default_methods)
+        return chosen(options)

@@ -51,7 +51,9 @@ class GradCAMCallback(*CALLBACK_BASES):
             engine cannot tell by itself.
         methods: one or more of ``gradcam``, ``gradcam++``, ``xgradcam``, ``layercam``,
             ``hirescam``, ``guided_backprop``, ``guided_gradcam``, ``guided_gradcam++``, or a
-            name added with ``lightning_gradcam.register_method``.
+            name added with ``lightning_gradcam.register_method``; ``None``: the task's
+            defaults (classification ``gradcam``, ``gradcam++``; detection and segmentation
+            ``gradcam``, ``hirescam``).
         num_samples: how many samples to explain (the first of the first validation
             dataloader, or of ``images``).
         every_n_epochs: explain after every n-th validation run inside ``fit`` (after every
@@ -137,7 +139,7 @@ class GradCAMCallback(*CALLBACK_BASES):
     def __init__(
         self,
         layer: str | None = None,
-        methods: str | Sequence[str] = ("gradcam", "gradcam++"),
+        methods: str | Sequence[str] | None = None,
         num_samples: int = 8,
         every_n_epochs: int = 1,
         target: str | int | Sequence[int] | Callable[[Any], torch.Tensor] = "auto",
@@ -164,7 +166,8 @@ class GradCAMCallback(*CALLBACK_BASES):
     ):
         args = CallbackArguments.check(**{k: v for k, v in locals().items() if k != "self"})
         self.args = args
-        self.layer, self.methods, self.tag_prefix = args.layer, args.options.methods, args.prefix
+        self.layer, self.tag_prefix = args.layer, args.prefix
+        self._methods_given = args.options.methods  # () for methods=None: the task's
         self.num_samples, self.every_n_epochs = args.num_samples, args.every_n_epochs
         self.model, self.on_error = args.model, args.on_error
         self._alarm = AlarmWatch(check_alarm(alarm), args.alarm_after_epoch)
@@ -194,13 +197,22 @@ class GradCAMCallback(*CALLBACK_BASES):
     @property
     def state_key(self) -> str:
         return self._generate_state_key(
-            layer=self.layer, methods=self.methods, tag_prefix=self.tag_prefix
+            layer=self.layer,
+            methods=self._methods_given or CAMTask.default_methods,
+            tag_prefix=self.tag_prefix,
         )
 
     @property
     def task(self) -> CAMTask | None:
         """The task explained (chosen at the first batch unless ``task=`` named it)."""
         return self._fixed.task
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The methods computed: those given, or (``methods=None``) the task's defaults once
+        the task is known (``()`` before)."""
+        task = self._fixed.task
+        return task.options.methods if task is not None else self._methods_given
 
     @property
     def tags(self) -> tuple[str, ...]:

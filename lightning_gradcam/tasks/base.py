@@ -69,7 +69,9 @@ class TaskSamples(Protocol):
 
 @dataclass(frozen=True)
 class TaskOptions:
-    """The callback's arguments that every task reads (already checked by the callback)."""
+    """The callback's arguments that every task reads (already checked by the callback).
+    ``methods`` is ``()`` until a task is chosen when the user gave none: the task's own
+    ``default_methods`` then."""
 
     methods: tuple[str, ...]
     layer: str | None = None
@@ -114,6 +116,8 @@ class CAMTask(ABC):
 
     name: ClassVar[str]
     samples_class: ClassVar[type]  # the TaskSamples class parse_batch returns
+    # What ``GradCAMCallback(methods=None)`` computes for this task (docs/callback.md#methods).
+    default_methods: ClassVar[tuple[str, ...]] = ("gradcam", "gradcam++")
 
     def __init__(self, options: TaskOptions):
         self.options = options

@@ -228,6 +228,10 @@ class DetectionTask(CAMTask):
     """torchvision detectors with ``(images, targets)`` batches (module docstring)."""
 
     name: ClassVar[str] = "detection"
+    # Channel-averaged Grad-CAM at a pooler or FPN level lights every similar region; HiResCAM
+    # keeps each position's own gradient, so the map is the detection's. Grad-CAM++ assumes
+    # non-negative activations (after a ReLU), which FPN outputs are not.
+    default_methods: ClassVar[tuple[str, ...]] = ("gradcam", "hirescam")
     samples_class = DetectionSamples
 
     def __init__(self, options):

@@ -123,6 +123,9 @@ class SegmentationTask(CAMTask):
 
     name: ClassVar[str] = "segmentation"
     samples_class: ClassVar[type] = SegmentationSamples
+    # Grad-CAM++'s closed form assumes the exponential of one logit, not a class's sum over
+    # a region: its weights lose the class. HiResCAM keeps the gradient per position.
+    default_methods: ClassVar[tuple[str, ...]] = ("gradcam", "hirescam")
 
     def __init__(self, options: TaskOptions, background: int | None = 0):
         super().__init__(options)
@@ -134,8 +137,8 @@ class SegmentationTask(CAMTask):
         self._thumbs: dict[str, list[list[np.ndarray]]] = {m: [] for m in options.methods}
         self._samples: SegmentationSamples | None = None
         if "gradcam++" in options.methods:
-            # The callback's default methods include Grad-CAM++; for a class's sum of logits
-            # over many pixels its weights lose the class (docs/segmentation.md): say so.
+            # Asked for by name; for a class's sum of logits over many pixels its weights
+            # lose the class (docs/segmentation.md): say so.
             warnings.warn(
                 "GradCAMCallback: Grad-CAM++ on a segmenter weights every channel with a "
                 "positive gradient alike (its closed form assumes the exponential of one "

@@ -81,7 +81,7 @@ def test_fit_logs_per_object_overlays_energy_and_drift(tmp_path):
     # A monitor on a detection scalar must find it at the first pass: a detector two steps
     # into training finds few objects, and their maps often have no positive evidence.
     checkpoint = ModelCheckpoint(
-        dirpath=tmp_path / "ckpt", monitor=f"{prefix}/gradcam++/energy_in_box", mode="max"
+        dirpath=tmp_path / "ckpt", monitor=f"{prefix}/hirescam/energy_in_box", mode="max"
     )
     trainer = _trainer(tmp_path, [callback, checkpoint], max_epochs=2, limit_train_batches=2)
     module = DetectorModule()
@@ -91,10 +91,10 @@ def test_fit_logs_per_object_overlays_energy_and_drift(tmp_path):
     assert checkpoint.best_model_path  # the monitored scalar was there
     names = ("energy_in_box", "pointing_game", "found_rate", "no_evidence_rate")
     assert set(callback.tags) == {
-        f"{prefix}/{method}/{name}" for method in ("gradcam", "gradcam++") for name in names
+        f"{prefix}/{method}/{name}" for method in ("gradcam", "hirescam") for name in names
     }
     images, scalars = read_events(tmp_path / "tb")
-    for method in ("gradcam", "gradcam++"):
+    for method in ("gradcam", "hirescam"):
         for number in range(3):  # one object per sample
             series = images[f"{prefix}/{method}/object_{number:02d}"]
             assert len(series) >= 2 and series[0][1].shape[0] > 0

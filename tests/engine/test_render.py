@@ -84,7 +84,7 @@ def test_caption_adds_a_band_with_visible_text(width, text):
     assert_caption_visible(out[32:], text)
 
 
-@pytest.mark.parametrize("width", [40, 64, 96])
+@pytest.mark.parametrize("width", [48, 64, 96])
 def test_a_caption_too_long_for_one_line_wraps_at_a_legible_size(width):
     """Issue 26.6: "no positive evidence" was shrunk to 6 px glyphs on 64-96 px tiles. Now
     it is never drawn below MIN_CAPTION_SCALE (capitals about 10 px): it wraps instead."""
@@ -145,3 +145,9 @@ def test_box_labels_at_the_top_edge_stay_on_the_canvas(size):
     at_top, lower = label_pixels(0.0), label_pixels(size / 3)
     assert lower > 0
     assert at_top == pytest.approx(lower, rel=0.1)  # nothing of the label clipped
+
+
+def test_a_thumbnail_narrower_than_the_wrap_width_keeps_one_shrunk_line():
+    image = np.full((32, 32, 3), 100, np.uint8)
+    out = caption(image, "ep 3: no positive evidence")
+    assert out.shape == caption(image, "").shape and out[32:].any()

@@ -97,3 +97,18 @@ def test_bad_task_arguments_fail_in_init(task, error, message):
 def test_user_images_are_classification_samples():
     with pytest.raises(ValueError, match="images=... .* are classification samples"):
         GradCAMCallback(images=torch.rand(2, 3, 8, 8), task="segmentation")
+
+
+def test_methods_none_is_each_tasks_own_default():
+    """Issue 26.6: Grad-CAM++ is not the default where its premise fails (a class's sum of
+    logits over a region for segmenters; FPN features that are not ReLU outputs for
+    detectors); an explicit methods= is always honoured."""
+    from lightning_gradcam.tasks import DetectionTask, SegmentationTask
+
+    assert ClassificationTask.default_methods == ("gradcam", "gradcam++")
+    assert SegmentationTask.default_methods == ("gradcam", "hirescam")
+    assert DetectionTask.default_methods == ("gradcam", "hirescam")
+    cb = GradCAMCallback(task="segmentation")
+    assert cb.methods == ()  # not known before the task is made (the fits of
+    # tests/segmentation and tests/detection log the defaults' tags)
+    assert GradCAMCallback(methods="gradcam++", task="segmentation").methods == ("gradcam++",)
