@@ -3,6 +3,8 @@ eval metrics in log_history, best-checkpoint selection and early stopping on its
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 transformers = pytest.importorskip("transformers")
@@ -39,7 +41,13 @@ def test_logs_to_the_trainers_run_and_metrics(tmp_path):
     evals = [e for e in trainer.state.log_history if "eval_loss" in e]
     assert len(evals) == 2
     assert all(0.0 <= e[key] <= 1.0 for e in evals)
-    assert f"eval_gradcam/{cb._layer()}/gradcam/drift_vs_first" in evals[1]  # from the 2nd
+    # The same keys at every evaluation (metric_for_best_model reads metrics[key]); drift
+    # has no value before a second pass: NaN, never taken for a best.
+    ours = [sorted(k for k in e if k.startswith("eval_gradcam/")) for e in evals]
+    assert ours[0] == ours[1] and len(ours[0]) == 6, ours
+    drift = f"eval_gradcam/{cb._layer()}/gradcam/drift_vs_first"
+    assert math.isnan(evals[0][drift]) and 0.0 <= evals[1][drift] <= 2.0
+    assert evals[1][f"eval_gradcam/{cb._layer()}/skipped_passes"] == 0.0
     images, scalars = read_events(cb.log_dir)
     tag = f"gradcam/{cb._layer()}/gradcam"
     assert "eval/loss" in scalars  # the Trainer's own run
