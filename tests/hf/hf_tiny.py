@@ -64,6 +64,22 @@ def tiny_segformer() -> transformers.PreTrainedModel:
     return transformers.SegformerForSemanticSegmentation(config)
 
 
+def tiny_upernet() -> transformers.PreTrainedModel:
+    """UperNet over a tiny random ConvNeXt backbone (four stages, one block each)."""
+    backbone = transformers.ConvNextConfig(
+        hidden_sizes=[8, 16, 32, 64],
+        depths=[1, 1, 1, 1],
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+    )
+    config = transformers.UperNetConfig(
+        backbone_config=backbone,
+        hidden_size=32,
+        use_auxiliary_head=False,
+        num_labels=CLASSES + 1,
+    )
+    return transformers.UperNetForSemanticSegmentation(config)
+
+
 def training_args(out, **kwargs) -> transformers.TrainingArguments:
     base = dict(
         output_dir=str(out),
