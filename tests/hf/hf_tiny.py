@@ -36,8 +36,9 @@ class Squares(Dataset):
         return {"pixel_values": self.images[i], "labels": self.labels[i], "boxes": self.boxes[i]}
 
 
-def tiny_vit() -> transformers.PreTrainedModel:
+def tiny_vit(dropout: float = 0.0) -> transformers.PreTrainedModel:
     config = transformers.ViTConfig(
+        hidden_dropout_prob=dropout,
         image_size=SIZE,
         patch_size=8,
         hidden_size=32,
