@@ -44,7 +44,9 @@ class GradCAMTrainerCallback(TrainerCallback):
     grid, drift_vs_prev, drift_vs_first, energy_in_box, pointing_game, ...}`` as for
     ``GradCAMCallback``. Every scalar also enters the evaluation's metrics (and so
     ``state.log_history``, ``metric_for_best_model``, ``EarlyStoppingCallback``) as
-    ``eval_<tag_prefix>/<layer>/<method>/<name>``.
+    ``eval_<tag_prefix>/<layer>/<method>/<name>``, with the same keys at every evaluation:
+    ``NaN`` where nothing is measurable (drift before a second pass, every key of a failed
+    pass), and ``eval_<tag_prefix>/<layer>/skipped_passes`` (``hf.metrics``).
 
     The arguments are ``GradCAMCallback``'s (same meaning, same checks) where they apply:
     ``layer`` (``None``: the model's default from its config), ``methods``,
