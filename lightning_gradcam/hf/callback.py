@@ -4,13 +4,13 @@ Trainer's TensorBoard run, and the evaluation's metrics (``eval_gradcam/...``)."
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 from transformers import TrainerCallback
 
@@ -21,6 +21,7 @@ from ..lightning.batch import FixedSamples
 from ..lightning.passes import trial_pass
 from ..lightning.sinks import Sink
 from ..tasks import CAMTask
+from .metrics import EvaluationMetrics, same_on_every_rank
 from .samples import calling_trainer, eval_batch, sink_for_trainer, to_task_batch
 
 __all__ = ["GradCAMTrainerCallback"]
@@ -43,7 +44,9 @@ class GradCAMTrainerCallback(TrainerCallback):
     grid, drift_vs_prev, drift_vs_first, energy_in_box, pointing_game, ...}`` as for
     ``GradCAMCallback``. Every scalar also enters the evaluation's metrics (and so
     ``state.log_history``, ``metric_for_best_model``, ``EarlyStoppingCallback``) as
-    ``eval_<tag_prefix>/<layer>/<method>/<name>``.
+    ``eval_<tag_prefix>/<layer>/<method>/<name>``, with the same keys at every evaluation:
+    ``NaN`` where nothing is measurable (drift before a second pass, every key of a failed
+    pass), and ``eval_<tag_prefix>/<layer>/skipped_passes`` (``hf.metrics``).
 
     The arguments are ``GradCAMCallback``'s (same meaning, same checks) where they apply:
     ``layer`` (``None``: the model's default from its config), ``methods``,
@@ -93,6 +96,8 @@ class GradCAMTrainerCallback(TrainerCallback):
         self._sink: Sink | None = None
         self.log_dir: str | None = None
         self._network: nn.Module | None = None
+        self._metrics: EvaluationMetrics | None = None
+        self._last: tuple[int, dict[str, float]] | None = None  # (step, metrics) given
         self.history: list[dict[str, Any]] = []
 
     @property
@@ -107,6 +112,7 @@ class GradCAMTrainerCallback(TrainerCallback):
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model=None, **kwargs):
         trainer = calling_trainer()
+        refuse_sharded(trainer)
         network = model if model is not None else getattr(trainer, "model", None)
         if not isinstance(network, nn.Module):
             raise TypeError("GradCAMTrainerCallback: the Trainer handed no model to explain")
@@ -126,26 +132,43 @@ class GradCAMTrainerCallback(TrainerCallback):
             resolve_layer(network, self.layer)  # LayerNotFoundError, with close matches
             self.task.layer_name = full_layer_name(network, self.layer)
         self._guard = PassGuard("GradCAMTrainerCallback", self.on_error)
-        trial_pass(self.task, network, self._fixed.samples)  # every rank: all fail together
+        self._metrics = self._trial(network)  # every rank: all fail together
+        self._last = None
         self._sink, self.log_dir = sink_for_trainer(trainer, args.output_dir, self.tag_prefix)
+
+    def _trial(self, network: nn.Module) -> EvaluationMetrics:
+        """The trial pass (``GradCAMCallback``'s checks); the keys a pass gives are read off
+        its result, reported by a copy of the task (the drift references stay unset)."""
+        recorder = _Recorder(self.task)
+        trial_pass(recorder, network, self._fixed.samples)
+        result = recorder.result()
+        metrics = EvaluationMetrics(f"{self.tag_prefix}/{self._layer()}", self.methods)
+        metrics.expect(copy.deepcopy(self.task).report(result, self._fixed.samples, 0, 0).scalars)
+        return metrics
 
     def on_log(self, args: Any, state: Any, control: Any, logs=None, **kwargs):
         # An evaluation's metrics are logged (Trainer.log) before on_evaluate and before the
         # best-model check reads them; this is the dict both see, so the scalars go in here.
         match = next((m for m in map(_EVAL_LOG.match, logs or {}) if m), None)
-        if match is None or self._fixed.samples is None or self._network is None:
+        if match is None or self._metrics is None or self._network is None:
             return
-        scalars = self._explain_and_log(state) if state.is_world_process_zero else {}
-        scalars = _same_on_every_rank(scalars)
-        added = {f"{match.group(1)}_{tag}": value for tag, value in scalars.items()}
+        step = int(state.global_step)
+        if self._last is None or self._last[0] != step:  # once per step: several eval sets
+            metrics = {}
+            if state.is_world_process_zero:
+                metrics = self._metrics.complete(self._explain_and_log(state))
+            self._last = (step, same_on_every_rank(metrics))
+        added = {f"{match.group(1)}_{tag}": value for tag, value in self._last[1].items()}
         logs.update(added)
         if state.log_history and state.log_history[-1].get("step") == state.global_step:
             state.log_history[-1].update(added)
 
     # ------------------------------------------------------------------ the CAM pass
 
-    def _explain_and_log(self, state: Any) -> dict[str, float]:
+    def _explain_and_log(self, state: Any) -> dict[str, float] | None:
+        """One guarded pass, drawn and written: its scalars, ``None`` when it failed."""
         step, samples, task = int(state.global_step), self._fixed.samples, self.task
+        prefix = f"{self.tag_prefix}/{self._layer()}"
         logged: dict[str, float] = {}
 
         def log(result: Any) -> None:
@@ -154,7 +177,6 @@ class GradCAMTrainerCallback(TrainerCallback):
             for method, values in task.faithfulness(self._network, samples, result).items():
                 report.summary.setdefault(method, {}).update(values)
                 report.scalars.update({f"{method}/{k}": v for k, v in values.items()})
-            prefix = f"{self.tag_prefix}/{self._layer()}"
             for tag, image, caption in report.images:
                 self._sink.image(f"{prefix}/{tag}", image, step, caption=caption)
             for tag, value in report.scalars.items():
@@ -170,7 +192,14 @@ class GradCAMTrainerCallback(TrainerCallback):
             merge=task.combine,
             then=log,
         )
-        return logged if outcome.ok else {}
+        if outcome.ok:
+            return logged
+        try:  # the sink itself may be what failed
+            self._sink.scalar(f"{prefix}/skipped_passes", self._metrics.skipped + 1.0, step)
+            self._sink.flush()
+        except Exception:
+            pass
+        return None
 
     def filmstrip(self, method: str | None = None) -> np.ndarray:
         """Rows = samples, columns = the input then one overlay per evaluation, ``uint8
@@ -183,11 +212,35 @@ class GradCAMTrainerCallback(TrainerCallback):
         return self.task.filmstrip(method)
 
 
-def _same_on_every_rank(scalars: dict[str, float]) -> dict[str, float]:
-    """Rank zero's scalars on every rank (every rank logs the evaluation at the same point,
-    so the broadcast cannot wait on a rank that never comes)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
-        return scalars
-    box = [scalars]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+class _Recorder:
+    """``task`` as ``trial_pass`` calls it, keeping what its ``explain_range`` returned."""
+
+    def __init__(self, task: CAMTask):
+        self.name = task.name
+        self._task = task
+        self._parts: list[Any] = []
+
+    def explain_range(self, network: nn.Module, samples: Any, start: int, stop: int | None):
+        part = self._task.explain_range(network, samples, start, stop)
+        self._parts.append(part)
+        return part
+
+    def combine(self, parts: Sequence[Any]) -> Any:
+        return self._task.combine(parts)
+
+    def result(self) -> Any:
+        parts = self._parts
+        return parts[0] if len(parts) == 1 else self._task.combine(parts)
+
+
+def refuse_sharded(trainer: Any | None) -> None:
+    """Raise before training when the Trainer shards the model (FSDP, DeepSpeed): a CAM
+    pass runs on rank zero only, and a sharded model needs every rank in each forward."""
+    for flag, name in (("is_fsdp_enabled", "FSDP"), ("is_deepspeed_enabled", "DeepSpeed")):
+        if getattr(trainer, flag, False):
+            raise RuntimeError(
+                f"GradCAMTrainerCallback does not run under {name}: a CAM pass runs on rank "
+                "zero only, but a sharded model needs every rank in each forward pass. Train "
+                "the runs you explain with plain data parallelism (torchrun / accelerate "
+                "launch without FSDP or DeepSpeed) or on one device."
+            )

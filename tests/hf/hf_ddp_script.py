@@ -1,4 +1,4 @@
-"""Run by test_trainer_ddp under ``torchrun --nproc_per_node 2``: a Trainer run on gloo with
+"""Run by test_trainer_ddp under ``torchrun`` or ``accelerate launch`` (2 processes): a Trainer run on gloo with
 the callback; each rank writes the callback's eval metrics to <out>/rank<r>.json."""
 
 from __future__ import annotations
@@ -32,4 +32,12 @@ evals = [
     if "eval_loss" in e
 ]
 with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
-    json.dump({"evals": evals, "passes": len(cb.history), "log_dir": cb.log_dir}, f)
+    json.dump(
+        {
+            "evals": evals,
+            "passes": len(cb.history),
+            "log_dir": os.path.abspath(cb.log_dir),
+            "world_size": trainer.args.world_size,
+        },
+        f,
+    )

@@ -36,8 +36,9 @@ class Squares(Dataset):
         return {"pixel_values": self.images[i], "labels": self.labels[i], "boxes": self.boxes[i]}
 
 
-def tiny_vit() -> transformers.PreTrainedModel:
+def tiny_vit(dropout: float = 0.0) -> transformers.PreTrainedModel:
     config = transformers.ViTConfig(
+        hidden_dropout_prob=dropout,
         image_size=SIZE,
         patch_size=8,
         hidden_size=32,
@@ -62,6 +63,22 @@ def tiny_segformer() -> transformers.PreTrainedModel:
         num_labels=CLASSES + 1,
     )
     return transformers.SegformerForSemanticSegmentation(config)
+
+
+def tiny_upernet() -> transformers.PreTrainedModel:
+    """UperNet over a tiny random ConvNeXt backbone (four stages, one block each)."""
+    backbone = transformers.ConvNextConfig(
+        hidden_sizes=[8, 16, 32, 64],
+        depths=[1, 1, 1, 1],
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+    )
+    config = transformers.UperNetConfig(
+        backbone_config=backbone,
+        hidden_size=32,
+        use_auxiliary_head=False,
+        num_labels=CLASSES + 1,
+    )
+    return transformers.UperNetForSemanticSegmentation(config)
 
 
 def training_args(out, **kwargs) -> transformers.TrainingArguments:

@@ -3,6 +3,8 @@ eval metrics in log_history, best-checkpoint selection and early stopping on its
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 transformers = pytest.importorskip("transformers")
@@ -18,14 +20,14 @@ pytestmark = pytest.mark.timeout(240)
 LAYER = "vit.layers.0"
 
 
-def _fit(tmp_path, callbacks, **kwargs):
+def _fit(tmp_path, callbacks, dropout=0.0, eval_dataset=None, **kwargs):
     transformers.set_seed(0)
-    model = tiny_vit()
+    model = tiny_vit(dropout)
     trainer = transformers.Trainer(
         model=model,
         args=training_args(tmp_path, **kwargs),
         train_dataset=Squares(32, seed=1),
-        eval_dataset=Squares(8, seed=2),
+        eval_dataset=Squares(8, seed=2) if eval_dataset is None else eval_dataset,
         callbacks=callbacks,
     )
     trainer.train()
@@ -39,7 +41,13 @@ def test_logs_to_the_trainers_run_and_metrics(tmp_path):
     evals = [e for e in trainer.state.log_history if "eval_loss" in e]
     assert len(evals) == 2
     assert all(0.0 <= e[key] <= 1.0 for e in evals)
-    assert f"eval_gradcam/{cb._layer()}/gradcam/drift_vs_first" in evals[1]  # from the 2nd
+    # The same keys at every evaluation (metric_for_best_model reads metrics[key]); drift
+    # has no value before a second pass: NaN, never taken for a best.
+    ours = [sorted(k for k in e if k.startswith("eval_gradcam/")) for e in evals]
+    assert ours[0] == ours[1] and len(ours[0]) == 6, ours
+    drift = f"eval_gradcam/{cb._layer()}/gradcam/drift_vs_first"
+    assert math.isnan(evals[0][drift]) and 0.0 <= evals[1][drift] <= 2.0
+    assert evals[1][f"eval_gradcam/{cb._layer()}/skipped_passes"] == 0.0
     images, scalars = read_events(cb.log_dir)
     tag = f"gradcam/{cb._layer()}/gradcam"
     assert "eval/loss" in scalars  # the Trainer's own run
@@ -51,9 +59,11 @@ def test_logs_to_the_trainers_run_and_metrics(tmp_path):
 
 
 def test_training_is_bit_identical_and_leaves_no_hooks(tmp_path):
-    _, plain = _fit(tmp_path / "a", [])
+    # Dropout draws from the RNG at every training step: a pass that drew a number, or left
+    # the model in another mode, would change the weights.
+    _, plain = _fit(tmp_path / "a", [], dropout=0.2)
     cb = GradCAMTrainerCallback(methods=("gradcam", "gradcam++"), num_samples=4)
-    _, watched = _fit(tmp_path / "b", [cb])
+    _, watched = _fit(tmp_path / "b", [cb], dropout=0.2)
     assert cb.history
     for (name, a), (_, b) in zip(plain.state_dict().items(), watched.state_dict().items()):
         assert torch.equal(a, b), name
@@ -107,6 +117,26 @@ def test_bad_layer_fails_before_training(tmp_path):
     with pytest.raises(Exception, match="layr"):
         _fit(tmp_path, [cb])
     assert not list(tmp_path.glob("checkpoint-*"))
+
+
+def test_a_target_outside_the_head_fails_before_training(tmp_path):
+    cb = GradCAMTrainerCallback(methods=("gradcam",), target=7)  # the ViT has 3 classes
+    with pytest.raises(ValueError, match="class id 7 is outside the model.s 3 classes"):
+        _fit(tmp_path, [cb])
+    assert not cb.history and not list(tmp_path.glob("checkpoint-*"))
+
+
+def test_several_eval_sets_share_one_pass_per_evaluation(tmp_path):
+    cb = GradCAMTrainerCallback(methods=("gradcam",), num_samples=4)
+    sets = {"near": Squares(8, seed=2), "far": Squares(8, seed=3)}
+    trainer, _ = _fit(tmp_path, [cb], eval_dataset=sets)
+    assert len(cb.history) == 2  # one pass per evaluation, not one per set
+    key = f"gradcam/{cb._layer()}/gradcam/energy_in_box"
+    for name in sets:
+        values = [
+            e[f"eval_{name}_{key}"] for e in trainer.state.log_history if f"eval_{name}_loss" in e
+        ]
+        assert values == [p["scalars"]["gradcam"]["energy_in_box"] for p in cb.history]
 
 
 def test_bad_arguments_fail_at_construction():

@@ -1,10 +1,12 @@
-"""GradCAMTrainerCallback under the Trainer's distributed run: 2 CPU processes on gloo
-(torchrun): every rank reports the same scalars, only rank zero computes and writes."""
+"""GradCAMTrainerCallback under the Trainer's distributed run: 2 CPU processes on gloo, started
+by torchrun or by accelerate launch: every rank reports the same scalars, only rank zero
+computes and writes (one event file under the whole output folder)."""
 
 from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 import subprocess
 import sys
@@ -16,20 +18,37 @@ pytest.importorskip("accelerate")
 pytestmark = pytest.mark.timeout(300)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPT = os.path.join(os.path.dirname(__file__), "hf_ddp_script.py")
+LAUNCHERS = {
+    "torchrun": ["-m", "torch.distributed.run", "--nproc_per_node", "2",
+                 "--master_port", "29517"],
+    # accelerate's --cpu starts one process (several only through mpirun): its torch
+    # launcher starts two, and the script's use_cpu=True makes them CPU processes on gloo.
+    "accelerate": ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                   "--main_process_port", "29523"],
+}  # fmt: skip
 
 
-def test_two_ranks_report_the_same_values_and_one_writes(tmp_path):
-    script = os.path.join(os.path.dirname(__file__), "hf_ddp_script.py")
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+def _comparable(evals):
+    return [{k: None if math.isnan(v) else v for k, v in e.items()} for e in evals]
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_two_ranks_report_the_same_values_and_one_writes(tmp_path, launcher):
+    out = tmp_path / "run"
+    # HF_HOME in tmp_path: accelerate reads no user config file, only these flags.
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", HF_HOME=str(tmp_path / "hf"))
     run = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         "--master_port", "29517", script, str(tmp_path)],
+        [sys.executable, *LAUNCHERS[launcher], SCRIPT, str(out)],
         env=env, capture_output=True, text=True, timeout=240,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
-    zero, one = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    zero, one = (json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert zero["world_size"] == one["world_size"] == 2
     assert len(zero["evals"]) == 2 and all(zero["evals"])
-    assert zero["evals"] == one["evals"]
+    assert _comparable(zero["evals"]) == _comparable(one["evals"])
     assert zero["passes"] == 2 and one["passes"] == 0  # rank one never computes
-    events = glob.glob(os.path.join(zero["log_dir"], "events.out.tfevents.*"))
+    events = glob.glob(os.path.join(str(out), "**", "events.out.tfevents.*"), recursive=True)
     assert len(events) == 1  # the Trainer's one run, written by rank zero
+    assert os.path.dirname(events[0]) == zero["log_dir"]
