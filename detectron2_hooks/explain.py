@@ -59,6 +59,7 @@ import torch
 from torch import nn
 
 from lightning_gradcam.core.capture import ActivationCapture
+from lightning_gradcam.core.detect import InputRecorder
 from lightning_gradcam.core.layers import resolve_layer, unwrap_model
 from lightning_gradcam.core.layouts import Reshape, check_reshape
 from lightning_gradcam.core.methods import check_methods
@@ -67,7 +68,7 @@ from lightning_gradcam.core.state import cam_mode, preserve_model_state
 from .assembly import Detection, assemble_detections, paste_in_boxes
 from .detector import describe_detector
 from .postprocess import postprocess_like_detectron2
-from .pullback import InputRecorder, gather_evidence, locate_layers
+from .pullback import gather_evidence, locate_layers
 from .selection import check_score, select_detections
 
 __all__ = ["DetectionCAM", "Detection", "paste_in_boxes", "DETECTOR_LAYER_HINT"]

@@ -27,11 +27,15 @@ into the trainer's ``EventStorage`` (``put_image`` / ``put_scalar``), where dete
                                        detections in this image
 =====================================  =========================================================
 
-Detections are matched across passes by class and box overlap (greedy, highest score first,
-IoU >= ``match_iou``); a scalar without any matched pair is not written. Scalars use the first
-layer's maps. A map with no positive evidence (zero everywhere after the ReLU) is captioned
-"no positive evidence" and left out of ``energy_in_box`` and drift, not counted as 0 (a mean
-over no map is not written). The scalar differentiated is the detection's class logit by
+Also per method ``P/image_NN/<method>/pointing_game`` (share of maps whose peak lies in
+the detection's box) and ``P/image_NN/<method>/no_evidence_rate``. Every one of these scalars
+but drift is written at every pass from the first, so a monitor can rely on it. Detections
+are matched across passes by class and box overlap (greedy, highest score first, IoU >=
+``match_iou``); a drift scalar without any matched pair is not written. Scalars use
+the first layer's maps. A map with no positive evidence (zero everywhere after the ReLU) is
+captioned "no positive evidence", left out of drift, and counts 0 in ``energy_in_box`` and
+``pointing_game`` (``no_evidence_rate`` says how many); an image with no detection has energy
+0, pointing 0 and ``no_evidence_rate`` 1. The scalar differentiated is the detection's class logit by
 default (``score="logit"``), which does not saturate as the probability does.
 
 Getting everything written: one rule, the one detectron2's own ``EvalHook`` follows.
@@ -249,7 +253,9 @@ class GradCAMHook(HookBase):
         self._pictures: list[np.ndarray] = []
         # one key per (image, method); detections matched across passes by class and box;
         # maps with no positive evidence are left out of drift and energy
-        self._tracker = DriftTracker(match_iou=self.match_iou, leave_out_empty=True)
+        self._tracker = DriftTracker(
+            match_iou=self.match_iou, leave_out_empty=True, always_defined=True
+        )
         self._strips: dict[tuple[int, str], DetectionFilmStrips] = {}
 
     @classmethod
@@ -323,7 +329,9 @@ class GradCAMHook(HookBase):
         self._pictures = [
             input_picture(item["image"], input_format, _output_size(item)) for item in self.inputs
         ]
-        self._tracker = DriftTracker(match_iou=self.match_iou, leave_out_empty=True)
+        self._tracker = DriftTracker(
+            match_iou=self.match_iou, leave_out_empty=True, always_defined=True
+        )
         self._strips = {}
         self._guard = PassGuard("GradCAMHook", self.on_error)  # a fresh count per run
 
@@ -435,7 +443,10 @@ class GradCAMHook(HookBase):
 
     def _scalars(self, index: int, detections: list[Detection]) -> dict[str, float]:
         values: dict[str, float] = {"num_detections": float(len(detections))}
-        if not detections:
+        if not detections:  # every scalar is there all the same (module docstring)
+            for method in self.methods:
+                nothing = self._tracker.nothing_explained()
+                values.update({f"{method}/{name}": value for name, value in nothing.items()})
             return values  # the previous pass with detections stays the reference
         layer = self.layers[0]
         boxes = torch.stack([det.box for det in detections])

@@ -32,7 +32,9 @@ from detectron2.structures import Boxes
 from torch import nn
 
 from lightning_gradcam.core.capture import ActivationCapture
-from lightning_gradcam.core.gradients import batched_gradients
+from lightning_gradcam.core.detect import InputRecorder, depends_on, is_clone_of
+from lightning_gradcam.core.detect import require_dependence as _require_dependence
+from lightning_gradcam.core.gradients import GRADIENT_BUDGET, batched_gradients
 
 from .detector import DetectorParts
 from .selection import AnchorOrigin, ProposalOrigin, SelectedDetections
@@ -44,53 +46,6 @@ __all__ = [
     "gather_evidence",
     "locate_layers",
 ]
-
-# Elements per chunk of per-detection feature copies in the pooler re-run (256 MB float32).
-_COPY_BUDGET = 1 << 26
-
-
-class InputRecorder:
-    """Forward hook keeping the positional inputs and the output of a module's first
-    ``calls`` calls (a cascade's pooler: one call per stage).
-
-    Each output is made grad-requiring if it is not (a fully frozen backbone), the same way
-    ``ActivationCapture`` does, so gradients can be taken at it.
-    """
-
-    def __init__(self, module: nn.Module, calls: int = 1):
-        self.module = module
-        self.max_calls = calls
-        self.calls: list[tuple[tuple, torch.Tensor]] = []  # (inputs, output) per call
-        self._handle = None
-
-    @property
-    def inputs(self) -> tuple | None:
-        """The first call's positional inputs."""
-        return self.calls[0][0] if self.calls else None
-
-    @property
-    def output(self) -> torch.Tensor | None:
-        """The first call's output."""
-        return self.calls[0][1] if self.calls else None
-
-    def _hook(self, _module, inputs, output):
-        if len(self.calls) >= self.max_calls:
-            return None
-        if isinstance(output, torch.Tensor) and not output.requires_grad:
-            output = output.detach().requires_grad_()
-            self.calls.append((inputs, output))
-            return output
-        self.calls.append((inputs, output))
-        return None
-
-    def __enter__(self) -> InputRecorder:
-        self._handle = self.module.register_forward_hook(self._hook)
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
 
 
 @dataclass(frozen=True)
@@ -121,45 +76,9 @@ class LayerEvidence:
     gradients: Sequence[torch.Tensor]
 
 
-# ---------------------------------------------------------------------- graph checks
-
-
-def depends_on(output: torch.Tensor, target: torch.Tensor) -> bool:
-    """Whether ``target`` is on the autograd graph of ``output`` (a walk over grad_fn nodes)."""
-    if output is target:
-        return True
-    goal = target.grad_fn
-    stack = [output.grad_fn]
-    seen = set()
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        if node is goal or getattr(node, "variable", None) is target:
-            return True
-        seen.add(node)
-        stack.extend(next_node for next_node, _ in node.next_functions)
-    return False
-
-
-def is_clone_of(tensor: torch.Tensor, source: torch.Tensor) -> bool:
-    """``tensor`` is ``source`` or its direct clone (what ``ActivationCapture`` hands on)."""
-    if tensor is source:
-        return True
-    node = tensor.grad_fn
-    if node is None or type(node).__name__ != "CloneBackward0":
-        return False
-    parent = node.next_functions[0][0]
-    return parent is source.grad_fn or getattr(parent, "variable", None) is source
-
-
 def require_dependence(name: str, targets: torch.Tensor, activation: torch.Tensor) -> None:
-    """Refuse a layer the targets do not depend on (it would give an all-zero map)."""
-    if not depends_on(targets, activation):
-        raise ValueError(
-            f"the detection scores do not depend on layer {name!r} (e.g. an RPN or "
-            "box-regression layer); choose a layer on the classification path"
-        )
+    """Refuse a layer the targets do not depend on (the kernel's check)."""
+    _require_dependence(name, targets, activation)
 
 
 # ---------------------------------------------------------------------- where layers sit
@@ -307,7 +226,7 @@ def pooler_pullback(
     for level in levels.unique().tolist():
         idx = (levels == level).nonzero()[:, 0].to(image_of.device)
         feature = pooler_inputs[level].detach()
-        chunk = max(1, _COPY_BUDGET // max(feature[0].numel(), 1))
+        chunk = max(1, GRADIENT_BUDGET // max(feature[0].numel(), 1))
         pieces = []
         for start in range(0, len(idx), chunk):
             part = idx[start : start + chunk]

@@ -1,5 +1,6 @@
 """lightning-gradcam: Grad-CAM and Grad-CAM++ as a training-time instrument."""
 
+from .core.detector_sides import register_detector_side
 from .core.layers import LayerNotFoundError
 from .core.methods import CAMMethod, register_method, unregister_method
 from .core.targets import TopK
@@ -13,6 +14,7 @@ __all__ = [
     "CAMResult",
     "DetectionCAM",
     "GradCAMCallback",
+    "GradCAMTrainerCallback",
     "LayerNotFoundError",
     "Region",
     "SegmentationCAM",
@@ -23,10 +25,27 @@ __all__ = [
 __version__ = "0.1.0"
 
 
+def _is_ultralytics(model: object) -> bool:
+    return type(model).__module__.split(".")[0] == "ultralytics"
+
+
+def _yolo_detection_cam(model, *args, **kwargs):
+    from .yolo.explain import YOLODetectionCAM  # Ultralytics (AGPL) only when a YOLO comes
+
+    return YOLODetectionCAM(model, *args, **kwargs)
+
+
+register_detector_side(_is_ultralytics, _yolo_detection_cam)
+
+
 def __getattr__(name: str):
     # The callback imports Lightning; keep `import lightning_gradcam` light for engine users.
     if name == "GradCAMCallback":
         from .lightning.callback import GradCAMCallback
 
         return GradCAMCallback
+    if name == "GradCAMTrainerCallback":  # imports transformers
+        from .hf.callback import GradCAMTrainerCallback
+
+        return GradCAMTrainerCallback
     raise AttributeError(f"module 'lightning_gradcam' has no attribute {name!r}")

@@ -24,7 +24,7 @@ from .core.methods import (
 )
 from .core.state import cam_mode, preserve_model_state
 from .core.targets import TargetSpec, select_scores
-from .models.defaults import choose_default_layer, layout_fits
+from .models.defaults import choose_default_layer, layout_fits, library_layout
 
 __all__ = ["CAMEngine", "CAMResult"]
 
@@ -57,6 +57,15 @@ class CAMResult:
     layer: str
     guided: dict[str, torch.Tensor] = field(default_factory=dict)
     layout: Layout | None = None
+
+
+def check_image_dtype(images: torch.Tensor) -> None:
+    """Images are floating point, or uint8 for a model whose forward converts them."""
+    if not images.is_floating_point() and images.dtype != torch.uint8:
+        raise TypeError(
+            f"images must be floating point, or uint8 for a model whose forward converts them "
+            f"itself, got {images.dtype}"
+        )
 
 
 def _model_dtype(model: nn.Module) -> torch.dtype | None:
@@ -111,6 +120,8 @@ class CAMEngine:
         self.reshape = check_reshape(reshape)
         self._announce = False
         self._default_layout: Layout | None = None
+        # A named layer's library layout, per (layer, input size): looked up once.
+        self._library_layouts: dict[tuple[str, tuple[int, ...]], Layout | None] = {}
         if layer is not None:
             resolve_layer(model, layer)  # fail now, with close matches, not at the first call
 
@@ -122,12 +133,23 @@ class CAMEngine:
         return self.layer
 
     def _layout(
-        self, network: nn.Module, name: str, activation: torch.Tensor, size: tuple[int, int]
+        self,
+        network: nn.Module,
+        name: str,
+        activation: torch.Tensor,
+        images: torch.Tensor,
     ) -> Layout:
         if self.reshape is not None:
             return user_layout(self.reshape)
         if self._default_layout is not None and layout_fits(self._default_layout, activation):
             return self._default_layout  # the model library's own reading of this layer
+        size = (int(images.shape[-2]), int(images.shape[-1]))
+        key = (name, tuple(images.shape[1:]))
+        if key not in self._library_layouts:  # a named layer: what the library says first
+            self._library_layouts[key] = library_layout(network, name, images)
+        known = self._library_layouts[key]
+        if known is not None and layout_fits(known, activation):
+            return known
         module, owners, parent = layer_context(network, name)
         return detect_layout(activation, name, size, module, owners, parent)
 
@@ -142,11 +164,16 @@ class CAMEngine:
         if not isinstance(images, torch.Tensor) or images.dim() != 4:
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images)
             raise ValueError(f"images must be a (B, C, H, W) tensor, got {shape}")
-        if not images.is_floating_point():
-            raise TypeError(f"images must be floating point, got {images.dtype}")
+        check_image_dtype(images)
         network = unwrap_model(self.model)
         gradient_methods = [m for m in self.methods if not get_method(m).guided]
         guided_methods = [m for m in self.methods if get_method(m).guided]
+        if guided_methods and images.dtype == torch.uint8:
+            raise TypeError(
+                f"{', '.join(guided_methods)} back-propagate to the input pixels, which uint8 "
+                "images cannot carry; pass float images (e.g. images.float() / 255 and the "
+                "model's own scaling) or leave the guided methods out"
+            )
         for method in guided_methods:  # guided Grad-CAM(++) multiplies by its plain map
             base = get_method(method).base
             if base is not None and base not in gradient_methods:
@@ -155,9 +182,11 @@ class CAMEngine:
         with preserve_model_state(network), cam_mode():
             # A clone made outside inference mode is an ordinary tensor, even when the
             # batch was created under torch.inference_mode() (as in Lightning's validate).
+            # A uint8 pipeline (the model's forward converts its input) keeps its dtype:
+            # the maps need gradients at the layer only, not at the pixels.
+            dtype = images.dtype if images.dtype == torch.uint8 else _model_dtype(network)
             x = images.detach().to(
-                device=_model_device(network, images.device),
-                dtype=_model_dtype(network) or images.dtype,
+                device=_model_device(network, images.device), dtype=dtype or images.dtype
             )
             x = x.clone()
             layer_name = self._layer_for(network, x)
@@ -171,7 +200,7 @@ class CAMEngine:
             activation = self._single_call(cap.activations[layer_name], layer_name)
             self._check_layer_batch(activation, layer_name, x.shape[0])
             size = tuple(images.shape[-2:])
-            layout = self._layout(network, layer_name, activation, size)
+            layout = self._layout(network, layer_name, activation, x)
             if self._announce:
                 log.info("CAMEngine: layer=None explains %r, read as %s", layer_name, layout)
                 self._announce = False

@@ -6,7 +6,11 @@ import warnings
 
 import torch
 
-__all__ = ["row_gradients", "batched_gradients"]
+__all__ = ["GRADIENT_BUDGET", "row_gradients", "batched_gradients"]
+
+#: Elements of gradient one batched backward may produce (256 MB float32): the one memory
+#: budget of every batched gradient (classification columns, detection rounds, pull-backs).
+GRADIENT_BUDGET = 1 << 26
 
 
 def _check_connected(scores: torch.Tensor) -> None:

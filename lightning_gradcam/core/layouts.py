@@ -36,6 +36,7 @@ __all__ = [
     "LayoutError",
     "Reshape",
     "check_reshape",
+    "closest_aspect",
     "detect_layout",
     "layer_channels",
     "to_feature_maps",
@@ -253,6 +254,26 @@ def token_grids(
     return found
 
 
+# How much closer (in |log| of the h/w ratio against H/W) the best grid must be than the
+# next one for the aspect ratio to decide: 6x10 against 6x9 at 96x160 differ by 0.105.
+_ASPECT_MARGIN = 0.05
+
+
+def closest_aspect(
+    grids: set[tuple[int, int, int]], size: tuple[int, int]
+) -> tuple[int, int, int] | None:
+    """Of several ``(h, w, P)`` readings of one token count, the one whose ``h / w`` matches
+    the input's ``H / W`` clearly best (by at least ``_ASPECT_MARGIN`` in ``|log|`` of the
+    ratio): ``1 + 6x10`` rather than ``7 + 6x9`` for 61 tokens at 96x160. ``None`` when two
+    readings match about as well (a square input, ``0 + 4x4`` against ``7 + 3x3``)."""
+    if len(grids) < 2:
+        return None
+    target = math.log(size[0] / size[1])
+    ranked = sorted(grids, key=lambda g: abs(math.log(g[0] / g[1]) - target))
+    errors = [abs(math.log(g[0] / g[1]) - target) for g in ranked[:2]]
+    return ranked[0] if errors[1] - errors[0] >= _ASPECT_MARGIN else None
+
+
 def _hint(shape: tuple[int, ...], name: str, size: tuple[int, int]) -> str:
     example = {
         3: "reshape=lambda a: a[:, 1:].reshape(a.shape[0], h, w, a.shape[-1]).permute(0, 3, 1, 2)"
@@ -358,6 +379,13 @@ def _detect_tokens(
     if len(grids) == 1:
         h, w, p = grids.pop()
         how = f"{owner} says {p} prefix token(s)" if prefix is not None else "guessed prefix"
+        return Layout("tokens", (h, w), p, source=f"shapes: {tokens} tokens, {how}")
+    best = closest_aspect(grids, size)
+    if best is not None:
+        h, w, p = best
+        how = "the input's aspect ratio decides among " + ", ".join(
+            f"{q}+{a}x{b}" for a, b, q in sorted(grids)
+        )
         return Layout("tokens", (h, w), p, source=f"shapes: {tokens} tokens, {how}")
     found = ", ".join(f"{p}+{h}x{w}" for h, w, p in sorted(grids)) or "none"
     raise LayoutError(

@@ -53,7 +53,8 @@ def to_uint8_image(
     std: Sequence[float] | None = None,
 ) -> np.ndarray:
     """A ``(C, H, W)`` float tensor to ``uint8 (H, W, 3)``: ``x * std + mean``, then [0, 1] to
-    [0, 255] (values are clipped). One channel is repeated to three.
+    [0, 255] (values are clipped). One channel is repeated to three. A uint8 tensor (a
+    pipeline whose model converts its input) is read as 0-255.
 
     Without ``mean``/``std`` an image outside [0, 1] is min-max scaled, so a normalised
     batch still renders recognisably.
@@ -61,7 +62,9 @@ def to_uint8_image(
     x = image.detach().float().cpu()
     if x.dim() != 3:
         raise ValueError(f"expected one image (C, H, W), got shape {tuple(x.shape)}")
-    if mean is not None or std is not None:
+    if image.dtype == torch.uint8:  # a uint8 pipeline: 0-255, whatever mean/std say
+        x = x / 255.0
+    elif mean is not None or std is not None:
         channels = x.shape[0]
         m = torch.as_tensor(mean if mean is not None else [0.0] * channels).view(-1, 1, 1)
         s = torch.as_tensor(std if std is not None else [1.0] * channels).view(-1, 1, 1)

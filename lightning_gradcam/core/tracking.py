@@ -24,6 +24,12 @@ With ``leave_out_empty=True``, a map with no positive evidence (zero everywhere 
 ReLU: Grad-CAM's signal can vanish, e.g. when a probability saturates) is left out of both
 means rather than counted as a drift of 1 and an energy of 0; a mean over nothing is not
 given. ``update(..., evidence=...)`` says explicitly which maps have evidence.
+
+With ``always_defined=True`` (what the callback's tasks and the detectron2 hook use, so that
+a monitored scalar is there at every pass from the first) every scalar is given at every
+update that has regions: a map with no positive evidence puts **0** energy in its region and
+does not point inside it (``no_evidence_rate`` says how many such maps there were). Drift
+needs two passes: it is given from the second update with a pair to compare.
 """
 
 from __future__ import annotations
@@ -86,13 +92,18 @@ class DriftTracker:
     Args:
         match_iou: box overlap for matching detections across passes.
         leave_out_empty: leave maps without positive evidence out of drift and energy.
+        always_defined: give the region scalars at every update: a map without evidence
+            scores 0 energy and no hit (module docstring).
     """
 
-    def __init__(self, match_iou: float = 0.5, leave_out_empty: bool = False):
+    def __init__(
+        self, match_iou: float = 0.5, leave_out_empty: bool = False, always_defined: bool = False
+    ):
         if not 0.0 < match_iou <= 1.0:
             raise ValueError(f"match_iou must be in (0, 1], got {match_iou}")
         self.match_iou = float(match_iou)
         self.leave_out_empty = bool(leave_out_empty)
+        self.always_defined = bool(always_defined)
         self.first: dict[Hashable, TrackedMaps] = {}
         self.previous: dict[Hashable, TrackedMaps] = {}
         self.last_per_image: dict[str, list[float | None]] = {}
@@ -115,6 +126,8 @@ class DriftTracker:
         maps = maps.detach().float().cpu()
         if maps.dim() != 3:
             raise ValueError(f"maps must be (N, H, W), got shape {tuple(maps.shape)}")
+        if not len(maps) and self.always_defined:
+            return self.nothing_explained(regions=boxes is not None or masks is not None)
         if classes is not None and boxes is None:
             raise ValueError("detections (classes given) need their boxes for matching")
         if evidence is None:
@@ -133,6 +146,16 @@ class DriftTracker:
         values |= self._localisation(current, masks)
         self.previous[key] = current
         self.first.setdefault(key, current)
+        return values
+
+    def nothing_explained(self, regions: bool = True) -> dict[str, float]:
+        """The scalars of an update with no map at all (no detection in an image), as
+        ``always_defined`` gives them: no evidence, nothing in a region. The
+        references stay those of the last update that had maps."""
+        self.last_per_image = {"energy_in_box": [], "pointing_game": []} if regions else {}
+        values: dict[str, float] = {}
+        if regions:
+            values |= {"energy_in_box": 0.0, "pointing_game": 0.0, "no_evidence_rate": 1.0}
         return values
 
     def _pairs(self, current: TrackedMaps, reference: TrackedMaps) -> list[tuple[int, int]]:
@@ -175,6 +198,11 @@ class DriftTracker:
         counted = [self._counted(current, i) for i in range(len(current.maps))]
         energy = energy_share(current.maps, masks).tolist()
         hits = pointing_hits(current.maps, masks).float().tolist()
+        if self.always_defined:  # no evidence: nothing in the region, no hit
+            empty = [not bool(e) for e in current.evidence]
+            energy = [0.0 if z else e for e, z in zip(energy, empty)]
+            hits = [0.0 if z else h for h, z in zip(hits, empty)]
+            counted = [True] * len(counted)
         self.last_per_image = {
             "energy_in_box": [e if c else None for e, c in zip(energy, counted)],
             "pointing_game": [h if c else None for h, c in zip(hits, counted)],

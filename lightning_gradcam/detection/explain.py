@@ -33,7 +33,10 @@ from torch import nn
 from torchvision.models.detection.transform import resize_boxes
 
 from ..core.capture import ActivationCapture
+from ..core.detect import InputRecorder
 from ..core.detections import Detection, place_maps
+from ..core.detector_sides import detector_side
+from ..core.gradients import GRADIENT_BUDGET
 from ..core.layers import full_layer_name, resolve_layer, unwrap_model
 from ..core.methods import check_methods, compute_cam
 from ..core.state import cam_mode, preserve_model_state
@@ -47,8 +50,6 @@ DETECTION_LAYER_HINT = (
     "'backbone.body.layer3'"
 )
 
-# Elements of gradient one batched backward may produce (256 MB float32).
-_GRADIENT_BUDGET = 1 << 26
 # The capture name of a two-stage pooler recorded for image-level layers.
 _POOLED = "\0pooled"
 
@@ -85,49 +86,6 @@ def _first_parameter_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-class _InputSize:
-    """Forward pre-hook on the backbone: the padded batch size the network saw."""
-
-    def __init__(self, module: nn.Module):
-        self.module = module
-        self.size: tuple[int, int] | None = None
-        self._handle = None
-
-    def _hook(self, _module, inputs):
-        if self.size is None and inputs and isinstance(inputs[0], torch.Tensor):
-            self.size = tuple(int(s) for s in inputs[0].shape[-2:])
-
-    def __enter__(self) -> _InputSize:
-        self._handle = self.module.register_forward_pre_hook(self._hook)
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._handle.remove()
-
-
-class _PoolerInputs:
-    """Forward pre-hook on a two-stage pooler: its positional inputs (features, proposals,
-    image sizes), for image-level layers' pull-back; nothing when ``module`` is None."""
-
-    def __init__(self, module: nn.Module | None):
-        self.module = module
-        self.args: tuple | None = None
-        self._handle = None
-
-    def _hook(self, _module, args):
-        if self.args is None:
-            self.args = tuple(args)
-
-    def __enter__(self) -> _PoolerInputs:
-        if self.module is not None:
-            self._handle = self.module.register_forward_pre_hook(self._hook)
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-
-
 def own_gradients(
     targets: Sequence[torch.Tensor], owners: Sequence[int], activation: torch.Tensor, name: str
 ) -> torch.Tensor:
@@ -148,7 +106,7 @@ def own_gradients(
     rows_of = torch.tensor(list(owners), dtype=torch.long, device=activation.device)
     stacked = torch.stack(list(targets)).reshape(-1)
     rounds = stacked.new_zeros(max(occurrence) + 1).index_add(0, rounds_of, stacked)
-    chunk = max(1, _GRADIENT_BUDGET // max(1, activation.numel()))
+    chunk = max(1, GRADIENT_BUDGET // max(1, activation.numel()))
     out = activation.new_zeros((count, *activation.shape[1:]))
     for start in range(0, len(rounds), chunk):
         part = rounds[start : start + chunk]
@@ -202,6 +160,13 @@ class DetectionCAM:
             feature block (SSD).
         methods: CAM methods from the registry (not the guided ones).
     """
+
+    def __new__(cls, model: nn.Module, *args, **kwargs):
+        # A framework's own side (Ultralytics YOLO), imported only when such a model comes.
+        build = detector_side(model)
+        if build is not None:
+            return build(model, *args, **kwargs)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -260,8 +225,8 @@ class DetectionCAM:
                 modules[_POOLED] = pooler  # image-level layers pull back through its rows
             with (
                 recording_postprocess(network, self.family) as record,
-                _InputSize(network.backbone) as padded,
-                _PoolerInputs(pooler) as pool_inputs,
+                InputRecorder(network.backbone, grad_output=False) as padded,
+                InputRecorder(pooler, grad_output=False) as pool_inputs,
                 ActivationCapture(modules, grad_from_layer=single) as capture,
             ):
                 if single:  # autograd records only what runs after the layer
@@ -287,7 +252,7 @@ class DetectionCAM:
             if flat:
                 if pooler is not None:
                     pooled_name = next(n for n, m in modules.items() if m is pooler)
-                    self._pooled = (capture.activations[pooled_name], pool_inputs.args)
+                    self._pooled = (capture.activations[pooled_name], pool_inputs.inputs)
                 try:
                     for name in self.layers:
                         self._explain_layer(
@@ -296,7 +261,7 @@ class DetectionCAM:
                             flat,
                             len(images),
                             record,
-                            padded.size,
+                            padded.input_size(),
                             image_sizes,
                             original_sizes,
                         )
@@ -392,7 +357,7 @@ class DetectionCAM:
         count = len(origins)
         positions = torch.tensor([starts[image] + k for image, k in slots], device=rows.device)
         out = activation.new_zeros((count, *activation.shape[1:]))
-        chunk = max(1, _GRADIENT_BUDGET // max(1, activation.numel(), repooled.numel()))
+        chunk = max(1, GRADIENT_BUDGET // max(1, activation.numel(), repooled.numel()))
         for start in range(0, count, chunk):
             stop = min(count, start + chunk)
             grad_outputs = rows.new_zeros((stop - start, *repooled.shape))

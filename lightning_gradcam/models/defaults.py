@@ -36,6 +36,7 @@ from ..core.capture import ActivationCapture
 from ..core.heuristics import default_layer_candidates
 from ..core.layers import (
     LayerNotFoundError,
+    full_layer_name,
     layer_context,
     named_layers,
     unwrap_model,
@@ -47,7 +48,13 @@ from .hf_meta import hf_references, is_transformers_model
 from .timm_meta import feature_modules, is_timm_model, timm_references
 from .torchvision_meta import family_layers, is_torchvision_classifier
 
-__all__ = ["DefaultLayer", "choose_default_layer", "layout_fits", "library_network"]
+__all__ = [
+    "DefaultLayer",
+    "choose_default_layer",
+    "layout_fits",
+    "library_layout",
+    "library_network",
+]
 
 log = logging.getLogger(__name__)
 
@@ -427,3 +434,30 @@ def choose_default_layer(model: nn.Module, images: torch.Tensor) -> DefaultLayer
         "Name the layer with layer=... (a block or stage whose output is (B, C, h, w), "
         "(B, h, w, C) or tokens (B, P + h*w, C)), and pass reshape= for another layout"
     )
+
+
+def library_layout(model: nn.Module, layer: str, images: torch.Tensor) -> Layout | None:
+    """How the model library reads the output of the named ``layer`` for inputs like
+    ``images``: the same lookup ``layer=None`` makes (:func:`choose_default_layer`'s library
+    candidates), keyed by the layer, so that naming the default's layer reads it exactly as
+    the default does (prefix tokens and grid from timm / transformers, not guessed from the
+    token count). ``None`` where the library says nothing about this layer (then the
+    caller falls back to :func:`~lightning_gradcam.core.layouts.detect_layout`).
+
+    Leaves no trace on the model (modes, RNG, ``.grad``)."""
+    network = unwrap_model(model)
+    found = library_network(network)
+    if found is None:
+        return None
+    prefix, root, library = found
+    name = full_layer_name(network, layer)
+    if prefix and not name.startswith(prefix + "."):
+        return None  # outside the library's network (a head the user added)
+    relative = name[len(prefix) + 1 :] if prefix else name
+    probe = images[:1]
+    with preserve_model_state(network), cam_mode():
+        root_images = probe if root is network else _input_of(root, lambda: network(probe))
+        for candidate in _library_candidates(root, library, root_images):
+            if candidate.name == relative and candidate.layout is not None:
+                return candidate.layout
+    return None

@@ -47,6 +47,11 @@ def check_samples(
             "target='label' but the images come without labels; pass labels=..., return "
             "(images, labels) from batch_parser, or use target='auto'/'prediction'"
         )
+    if samples.images.dtype == torch.uint8 and (mean is not None or std is not None):
+        raise ValueError(
+            "mean/std undo a float normalisation for display, but the images are uint8 (read "
+            "as 0-255); leave mean and std out for a uint8 pipeline"
+        )
     channels = samples.images.shape[1]
     for name, stats in (("mean", mean), ("std", std)):
         if stats is not None and len(stats) not in (1, channels):
@@ -73,7 +78,7 @@ class ClassificationTask(CAMTask):
         self._targets: torch.Tensor | None = None
         # One key per method: the same samples at each pass; maps without positive evidence
         # are left out of drift and energy, not counted as 0.
-        self._tracker = DriftTracker(leave_out_empty=True)
+        self._tracker = DriftTracker(leave_out_empty=True, always_defined=True)
         self._inputs_logged = False
         self._thumbs: list[dict[str, list[np.ndarray]]] = []
         self._samples: Samples | None = None

@@ -10,7 +10,13 @@ from typing import Any
 
 import torch
 
-__all__ = ["Samples", "default_batch_parser", "make_samples", "to_samples"]
+__all__ = [
+    "Samples",
+    "default_batch_parser",
+    "fields_of_tuple",
+    "make_samples",
+    "to_samples",
+]
 
 IMAGE_KEYS = ("image", "images", "img", "x", "input", "inputs", "pixel_values")
 LABEL_KEYS = ("label", "labels", "y", "target", "targets")
@@ -72,8 +78,10 @@ def _first_key(batch: Mapping, keys: Sequence[str]):
 def default_batch_parser(batch: object) -> dict[str, torch.Tensor | None]:
     """Find the images (and labels, boxes, masks) in a batch.
 
-    Accepted: an image tensor ``(B, C, H, W)``; a tuple/list whose first element is the
-    images and whose second (if a ``(B,)`` integer tensor) is the labels; a mapping with an
+    Accepted: an image tensor ``(B, C, H, W)``; a tuple/list ``(images, labels)``,
+    ``(images, labels, boxes)`` or ``(images, labels, masks)`` (labels may be left out), each
+    element told by its shape, any other element refused with a message naming
+    ``batch_parser=`` (``fields_of_tuple``); a mapping with an
     image key (``image``, ``images``, ``img``, ``x``, ``input``, ``inputs``,
     ``pixel_values``), optionally a label key (``label``, ``labels``, ``y``, ``target``,
     ``targets``), ``boxes`` ``(B, 4)`` and ``masks`` ``(B, H, W)``.
@@ -94,19 +102,71 @@ def default_batch_parser(batch: object) -> dict[str, torch.Tensor | None]:
             "masks": _first_key(batch, MASK_KEYS),
         }
     if isinstance(batch, Sequence) and batch and isinstance(batch[0], torch.Tensor):
-        labels = batch[1] if len(batch) > 1 else None
-        if not (
-            isinstance(labels, torch.Tensor)
-            and labels.dim() == 1
-            and not labels.is_floating_point()
-        ):
-            labels = None  # a second element that is not one class id per image
-        return {"images": batch[0], "labels": labels}
+        return fields_of_tuple(batch)
     raise ValueError(
         f"cannot find images in a batch of type {type(batch).__name__}; expected a tensor, an "
         "(images, labels) pair or a dict with an 'image' key, or pass "
         "batch_parser=lambda batch: (images, labels)"
     )
+
+
+_TUPLE_HELP = (
+    "a classification batch tuple is (images,), (images, labels), (images, boxes|masks) or "
+    "(images, labels, boxes|masks): labels (B,) integer class ids, boxes (B, 4) (x0, y0, x1, "
+    "y1) pixels, masks (B, H, W) at the image size; pass batch_parser=lambda batch: "
+    '{"images": ..., "labels": ..., "boxes": ..., "masks": ...} for any other layout'
+)
+
+
+def _field_kind(value: object, images: torch.Tensor) -> str | None:
+    """``labels``, ``boxes`` or ``masks``, told by shape (None: none of them). Boxes need a
+    positive area in every row, so a one-hot ``(B, 4)`` target is never read as boxes."""
+    if not isinstance(value, torch.Tensor) or images.dim() != 4:
+        return None
+    n, size = images.shape[0], tuple(images.shape[-2:])
+    if value.dim() == 1 and len(value) == n and not value.is_floating_point():
+        return "labels" if value.dtype != torch.bool else None
+    if value.shape == (n, 4):
+        boxes = value.detach().float()
+        if bool(((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).all()):
+            return "boxes"
+    if tuple(value.shape) in ((n, *size), (n, 1, *size)):
+        return "masks"
+    return None
+
+
+def fields_of_tuple(batch: Sequence) -> dict[str, torch.Tensor | None]:
+    """The fields of a batch tuple ``(images, ...)`` (``_TUPLE_HELP``), every element used or
+    the batch refused: nothing the user gave is dropped in silence."""
+    images = batch[0]
+    fields: dict[str, torch.Tensor | None] = {
+        "images": images,
+        "labels": None,
+        "boxes": None,
+        "masks": None,
+    }
+    if len(batch) > 3:
+        raise ValueError(
+            f"a batch tuple of {len(batch)} elements is more than it reads; {_TUPLE_HELP}"
+        )
+    order = ("labels", "boxes", "masks")
+    last = -1
+    for position, value in enumerate(batch[1:], start=1):
+        kind = _field_kind(value, images) if isinstance(images, torch.Tensor) else None
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        if kind is None:
+            raise ValueError(
+                f"element {position} of the batch tuple ({shape}) is neither labels, boxes nor "
+                f"masks of the {len(images)} images; {_TUPLE_HELP}"
+            )
+        if fields[kind] is not None or order.index(kind) < last or (kind != "labels" and last > 0):
+            raise ValueError(
+                f"element {position} of the batch tuple ({shape}) reads as {kind} after "
+                f"{', '.join(k for k in order if fields[k] is not None)}; {_TUPLE_HELP}"
+            )
+        fields[kind] = value
+        last = order.index(kind)
+    return fields
 
 
 def _cpu(t: object) -> torch.Tensor | None:
@@ -127,22 +187,29 @@ def to_samples(parsed: object) -> Samples:
         parts = {k: parsed.get(k) for k in ("images", "labels", "boxes", "masks")}
     elif isinstance(parsed, torch.Tensor):
         parts = {"images": parsed}
-    elif isinstance(parsed, Sequence) and 1 <= len(parsed) <= 2:
-        parts = {"images": parsed[0], "labels": parsed[1] if len(parsed) > 1 else None}
+    elif isinstance(parsed, Sequence) and parsed and isinstance(parsed[0], torch.Tensor):
+        parts = fields_of_tuple(parsed)
     else:
         raise TypeError(
-            f"a batch parser must return images, (images, labels) or a dict with 'images', "
-            f"got {type(parsed).__name__}"
+            f"a batch parser must return images, (images, labels), (images, labels, "
+            f"boxes|masks) or a dict with 'images', got {type(parsed).__name__}"
         )
     return make_samples(**parts)
+
+
+def _image_dtype(images: torch.Tensor) -> bool:
+    return images.is_floating_point() or images.dtype == torch.uint8
 
 
 def make_samples(images, labels=None, boxes=None, masks=None) -> Samples:
     """Validated CPU ``Samples`` from user-given or batch-taken tensors."""
     images = _cpu(images)
-    if images is None or images.dim() != 4 or not images.is_floating_point():
+    if images is None or images.dim() != 4 or not _image_dtype(images):
         shape = None if images is None else (tuple(images.shape), images.dtype)
-        raise ValueError(f"images must be a floating-point (N, C, H, W) tensor, got {shape}")
+        raise ValueError(
+            "images must be a floating-point (N, C, H, W) tensor, or uint8 for a model whose "
+            f"forward converts them itself (pictures then read 0-255), got {shape}"
+        )
     n = images.shape[0]
     labels = _cpu(labels)
     if labels is not None:

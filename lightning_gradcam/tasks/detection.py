@@ -7,17 +7,23 @@ y1) in pixels, "labels": (n,)}``. At each pass, for every fixed image and every 
 object, the detection explained is the one that best matches the object: same class, IoU >=
 0.5 with its box, the highest score among those (``lightning_gradcam.detection.DetectionCAM``
 explains exactly those detections, with their own class logit). An object no detection
-matches is *missed*: its tile says so, and it is left out of the scalars.
+matches is *missed*: its tile says so.
 
-Scalars per method, means over the objects that were found and whose map has positive
-evidence (``core.tracking.DriftTracker`` with ``leave_out_empty=True``, one key per object,
-its ground-truth box as the region):
+Scalars per method, each but drift logged at every pass from the first (a monitor can rely
+on them),
+means over all ground-truth objects (one ``core.tracking.DriftTracker`` key per object, its
+ground-truth box as the region):
 
-- ``energy_in_box``: share of the map's total inside the object's ground-truth box;
-- ``pointing_game``: share of maps whose maximum lies inside the box (Zhang et al., ECCV 2016);
-- ``no_evidence_rate``: share of the found objects' maps with no positive evidence;
+- ``energy_in_box``: share of the map's total inside the object's ground-truth box; a missed
+  object, or a map with no positive evidence, counts **0** (no map on the object);
+- ``pointing_game``: share of objects whose map's maximum lies inside the box (Zhang et al.,
+  ECCV 2016); missed or without evidence: no hit;
+- ``found_rate``: share of the objects a detection found;
+- ``no_evidence_rate``: share of the found objects' maps with no positive evidence (1 when
+  none is found): with ``found_rate`` it says why the two above are low;
 - ``drift_vs_prev`` / ``drift_vs_first``: ``1 - Pearson`` between an object's map and its map
-  at the previous / first pass at which it was found.
+  at the previous / first pass at which it was found with evidence, over the objects that
+  have both (from the second pass on: drift needs two passes).
 """
 
 from __future__ import annotations
@@ -159,6 +165,57 @@ def match_objects(
     return [int(b) if bool(ok[j, b]) else None for j, b in enumerate(best.tolist())]
 
 
+class _ObjectScalars:
+    """The pass's scalars over the ground-truth objects (module docstring): a missed object
+    and a map without positive evidence count 0 in ``energy_in_box`` and ``pointing_game``;
+    drift is the mean over the found objects with evidence at both passes."""
+
+    _LOCALISATION = ("energy_in_box", "pointing_game")
+    _DRIFT = ("drift_vs_prev", "drift_vs_first")
+
+    def __init__(self) -> None:
+        # per image, per scalar: the values of its objects
+        self._images: list[dict[str, list[float]]] = []
+        self._drift: dict[str, list[float]] = {name: [] for name in self._DRIFT}
+        self.objects = self.found_count = self.empty_count = 0
+
+    def start_image(self) -> None:
+        self._images.append({name: [] for name in self._LOCALISATION})
+
+    def missed(self) -> None:
+        self.objects += 1
+        for name in self._LOCALISATION:
+            self._images[-1][name].append(0.0)
+
+    def found(self, tracked: dict[str, float], evidence: bool) -> None:
+        self.objects += 1
+        self.found_count += 1
+        self.empty_count += not evidence
+        for name in self._LOCALISATION:
+            self._images[-1][name].append(tracked[name])
+        for name in self._DRIFT:
+            if evidence and name in tracked:
+                self._drift[name].append(tracked[name])
+
+    @property
+    def per_image(self) -> dict[str, list[float | None]]:
+        """Per scalar, each image's mean over its objects (None: no object)."""
+        return {
+            name: [float(np.mean(v[name])) if v[name] else None for v in self._images]
+            for name in self._LOCALISATION
+        }
+
+    def means(self) -> dict[str, float]:
+        out = {
+            name: float(np.mean([x for v in self._images for x in v[name]] or [0.0]))
+            for name in self._LOCALISATION
+        }
+        out |= {name: float(np.mean(v)) for name, v in self._drift.items() if v}
+        out["no_evidence_rate"] = self.empty_count / self.found_count if self.found_count else 1.0
+        out["found_rate"] = self.found_count / max(1, self.objects)
+        return out
+
+
 @dataclass
 class DetectionResult:
     """One pass: per image, per ground-truth object, the detection explained (None: missed)."""
@@ -175,7 +232,9 @@ class DetectionTask(CAMTask):
 
     def __init__(self, options):
         super().__init__(options)
-        self._trackers = {m: DriftTracker(leave_out_empty=True) for m in options.methods}
+        self._trackers = {
+            m: DriftTracker(leave_out_empty=True, always_defined=True) for m in options.methods
+        }
         self._firsts: list[np.ndarray] = []
         self._strips: dict[str, list[list[np.ndarray]]] = {m: [] for m in options.methods}
         self._cam = None
@@ -322,15 +381,10 @@ class DetectionTask(CAMTask):
                     self._firsts.append(caption(first, f"input: {class_text(label, names)}"))
         for method in self.options.methods:
             tiles, thumbs = [], []
-            values: dict[str, list[float]] = {}
-            per_image: dict[str, list[float | None]] = {
-                "energy_in_box": [],
-                "pointing_game": [],
-            }
-            found_count = empty_count = 0
+            measured = _ObjectScalars()
             number = 0
             for index, dets in enumerate(result.objects):
-                image_values: dict[str, list[float]] = {"energy_in_box": [], "pointing_game": []}
+                measured.start_image()
                 for box, label, det in zip(
                     samples.boxes[index], samples.labels[index].tolist(), dets
                 ):
@@ -349,37 +403,25 @@ class DetectionTask(CAMTask):
                             pictures[index], det, box, label, method, self.options.filmstrip_size
                         )
                     )
-                    if det is not None:
-                        found_count += 1
-                        empty_count += not det.evidence[method]
-                        scalars = self._trackers[method].update(
-                            number,
-                            det.maps[method][None],
-                            boxes=box[None],
-                            evidence=torch.tensor([det.evidence[method]]),
+                    if det is None:
+                        measured.missed()
+                    else:
+                        measured.found(
+                            self._trackers[method].update(
+                                number,
+                                det.maps[method][None],
+                                boxes=box[None],
+                                evidence=torch.tensor([det.evidence[method]]),
+                            ),
+                            evidence=det.evidence[method],
                         )
-                        for name in (
-                            "energy_in_box",
-                            "pointing_game",
-                            "drift_vs_prev",
-                            "drift_vs_first",
-                        ):
-                            if name in scalars:
-                                values.setdefault(name, []).append(scalars[name])
-                                if name in image_values:
-                                    image_values[name].append(scalars[name])
                     number += 1
-                for name, kept in image_values.items():
-                    per_image[name].append(sum(kept) / len(kept) if kept else None)
             report.images.append((f"{method}/grid", sheet(tiles), None))
-            summary = {name: float(np.mean(v)) for name, v in values.items() if v}
-            if found_count:
-                summary["no_evidence_rate"] = empty_count / found_count
-            summary["found_rate"] = found_count / max(1, number)
+            summary = measured.means()
             for name, value in summary.items():
                 report.scalars[f"{method}/{name}"] = value
             report.summary[method] = summary
-            for name, per in per_image.items():
+            for name, per in measured.per_image.items():
                 report.per_image[f"{method}/{name}"] = per
             self._strips[method].append(thumbs)
             if len(self._strips[method]) > _STRIP_PASSES:

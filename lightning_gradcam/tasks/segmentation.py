@@ -128,8 +128,8 @@ class SegmentationTask(CAMTask):
         self.background = background
         self._cam: SegmentationCAM | None = None
         self._network: nn.Module | None = None
-        self._tracker = DriftTracker(leave_out_empty=True)
-        self._class_tracker = DriftTracker(leave_out_empty=True)
+        self._tracker = DriftTracker(leave_out_empty=True, always_defined=True)
+        self._class_tracker = DriftTracker(leave_out_empty=True, always_defined=True)
         self._thumbs: dict[str, list[list[np.ndarray]]] = {m: [] for m in options.methods}
         self._samples: SegmentationSamples | None = None
         if "gradcam++" in options.methods:

@@ -63,7 +63,7 @@ def test_pictures_caption_maps_without_positive_evidence(saturated):
     assert differs.size and differs.min() >= 128
 
 
-def test_hook_leaves_maps_without_evidence_out_of_energy_and_drift(saturated):
+def test_hook_counts_maps_without_evidence_as_zero_energy_and_leaves_them_out_of_drift(saturated):
     inputs = make_inputs(1)
     hook = GradCAMHook(inputs=inputs, num_images=1, max_detections=3, score="probability")
     hook.trainer = fake_trainer(saturated, 0)
@@ -74,8 +74,13 @@ def test_hook_leaves_maps_without_evidence_out_of_energy_and_drift(saturated):
             hook.run()
     scalars = hook.history[-1]["scalars"]
     assert scalars["gradcam/image_00/num_detections"] >= 1
-    # every map lacks evidence: no energy of 0, no drift of 1, nothing written
-    assert not [k for k in scalars if "energy_in_box" in k or "drift" in k]
+    # every map lacks evidence: no drift of 1 written; energy and pointing are there (for a
+    # monitor), 0, and the rate says why
+    assert not [k for k in scalars if "drift" in k]
+    for method in ("gradcam", "gradcam++"):
+        assert scalars[f"gradcam/image_00/{method}/energy_in_box"] == 0.0
+        assert scalars[f"gradcam/image_00/{method}/pointing_game"] == 0.0
+        assert scalars[f"gradcam/image_00/{method}/no_evidence_rate"] == 1.0
     hook = GradCAMHook(inputs=inputs, num_images=1, max_detections=3)  # the logit
     hook.trainer = fake_trainer(saturated, 0)
     hook.before_train()

@@ -196,12 +196,18 @@ def test_no_detections_logs_the_captioned_input(shapes, silent_model, tmp_path):
         # by contrast in tests/engine/test_render.py: pixel levels vary with OpenCV)
         np.testing.assert_array_equal(picture, caption(source, "iter 6: no detections above 1"))
         assert hook.latest_images[f"gradcam/image_{index:02d}/gradcam"] is picture
-    assert hook.history[-1] == {
-        "iter": 6,
-        "scalars": {"gradcam/image_00/num_detections": 0.0, "gradcam/image_01/num_detections": 0.0},
-    }
+    # No detection: every region scalar is still written (a monitor finds it): nothing in a
+    # box, no hit, no map with evidence.
+    expected = {}
+    for index in range(2):
+        expected[f"gradcam/image_{index:02d}/num_detections"] = 0.0
+        for method in hook.methods:
+            base = f"gradcam/image_{index:02d}/{method}"
+            expected |= {f"{base}/energy_in_box": 0.0, f"{base}/pointing_game": 0.0}
+            expected[f"{base}/no_evidence_rate"] = 1.0
+    assert hook.history[-1] == {"iter": 6, "scalars": expected}
     for name, (value, step) in storage.latest().items():
-        assert step == 6 and value == 0.0, name
+        assert step == 6 and value == expected[name], name
 
 
 # ---------------------------------------------------------------- matching and drift

@@ -182,12 +182,16 @@ def test_cam_maps_beat_random_and_inverted_maps_for_every_method(trained, held_o
     inv = evaluate_maps(trained, images, inverted, result.class_ids[:, 0], steps=16)
     means = mean_scalars(res) | mean_scalars(inv)
     random = means["random"]
+    # Seeds 0-4 (scripts/seed_margins.py --only faithfulness): the worst margin over random and
+    # inverted maps was 0.081 in deletion AUC (seed 4) and 0.15 in insertion AUC (seed 2); a
+    # random-init model's maps give a margin of 0.00. The required margin is half the worst.
+    margin = 0.04
     for m in methods:
         ours, flipped = means[m], means[f"{m}_inverted"]
-        assert ours["deletion_auc"] < random["deletion_auc"], (m, ours, random)
-        assert ours["deletion_auc"] < flipped["deletion_auc"], (m, ours, flipped)
-        assert ours["insertion_auc"] > random["insertion_auc"], (m, ours, random)
-        assert ours["insertion_auc"] > flipped["insertion_auc"], (m, ours, flipped)
+        assert ours["deletion_auc"] + margin < random["deletion_auc"], (m, ours, random)
+        assert ours["deletion_auc"] + margin < flipped["deletion_auc"], (m, ours, flipped)
+        assert ours["insertion_auc"] - margin > random["insertion_auc"], (m, ours, random)
+        assert ours["insertion_auc"] - margin > flipped["insertion_auc"], (m, ours, flipped)
 
 
 def test_agrees_with_pytorch_grad_cam_where_the_settings_are_identical(trained, held_out):  # noqa: F811

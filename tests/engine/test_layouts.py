@@ -288,3 +288,26 @@ def test_as_many_channels_as_rows_and_columns_is_decided_by_the_layers_modules()
     assert detect_layout(out, "block", (32, 32), block).kind == "BCHW"
     with pytest.raises(LayoutError, match=r"'act' outputs shape \(2, 16, 16, 16\)"):
         detect_layout(out, "act", (32, 32), nn.GELU())
+
+
+def test_the_input_aspect_ratio_settles_an_ambiguous_token_count():
+    """Issue 26: with no word from the model, 61 tokens of a 96x160 input fit 1 + 6x10
+    (stride 16) and 7 + 6x9 (stride 18); only 6x10 has the input's 3:5 shape, so it is read
+    so, and gives the conv map. At a square input two readings (1 + 4x4, 8 + 3x3) have the
+    same shape: still refused."""
+    torch.manual_seed(0)
+    model = TokensOfAConv().eval()
+    model.patch_embed = nn.Conv2d(3, 8, 16, stride=16)  # no patch_size: the model says nothing
+    TokensOfAConv.num_prefix_tokens = None
+    try:
+        images = torch.rand(2, 3, 96, 160)
+        ours = CAMEngine(model, layer="tokens", methods=ALL[:5]).explain(images)
+        conv = CAMEngine(model, layer="conv", methods=ALL[:5]).explain(images)
+        assert (ours.layout.kind, ours.layout.grid, ours.layout.prefix) == ("tokens", (6, 10), 1)
+        assert "aspect ratio" in ours.layout.source
+        for method in ALL[:5]:
+            torch.testing.assert_close(ours.layer_maps[method], conv.layer_maps[method])
+        with pytest.raises(LayoutError, match=r"cannot tell how the 17 tokens"):
+            CAMEngine(model, layer="tokens").explain(torch.rand(2, 3, 64, 64))
+    finally:
+        TokensOfAConv.num_prefix_tokens = 1

@@ -63,7 +63,10 @@ def test_map_peaks_inside_the_deciding_object(trained):
         peak = maps.flatten(1).argmax(dim=1)
         y, x = peak // 64, peak % 64
         inside = (x >= boxes[:, 0]) & (x <= boxes[:, 2]) & (y >= boxes[:, 1]) & (y <= boxes[:, 3])
-        assert inside.float().mean() >= 0.9, (
+        # Seeds 0-7 (scripts/seed_margins.py): worst 0.97 (seed 7), accuracy 1.0 for all; a
+        # random-init model gives 0.30 (gradcam) / 0.56 (gradcam++): 0.8 is about halfway
+        # from 0.56 to the worst seed, so it fails on an untrained model on any CPU.
+        assert inside.float().mean() >= 0.8, (
             f"{method}: peak inside the box for {int(inside.sum())}/100"
         )
 
@@ -81,4 +84,5 @@ def test_maps_of_a_shuffled_head_do_not_localise(trained):
     y, x = peak // 64, peak % 64
     boxes = held_out.boxes
     inside = (x >= boxes[:, 0]) & (x <= boxes[:, 2]) & (y >= boxes[:, 1]) & (y <= boxes[:, 3])
+    # Seeds 0-7: the shuffled maps' peaks land inside 0.22-0.27 (the trained maps 0.97-1.0).
     assert inside.float().mean() < 0.6

@@ -1,6 +1,7 @@
 """A tiny ViT (timm's transformer ``Block``, a small conv patch embedding, class token,
 average-pooled patch tokens) trained for seconds on synthetic shapes: with ``layer=None`` the
-engine finds its last block and grid, and the maps sit on the deciding object."""
+engine finds its last block and grid; at the attention input the element-wise maps sit on
+the deciding object."""
 
 from __future__ import annotations
 
@@ -92,7 +93,7 @@ def _box_scores(maps: torch.Tensor, boxes: torch.Tensor) -> tuple[float, float, 
     return energy, inside, in_box.mean().item()
 
 
-def test_tiny_vit_maps_sit_on_the_deciding_shape(trained):
+def test_tiny_vit_default_layer_is_the_last_block_and_its_token_grid(trained):
     held_out = make_shapes(100, size=SIZE, seed=2)
     with torch.no_grad():
         accuracy = (trained(held_out.images).argmax(1) == held_out.labels).float().mean()
@@ -102,21 +103,31 @@ def test_tiny_vit_maps_sit_on_the_deciding_shape(trained):
     # The last block's output: the head averages its patch tokens, so all of them count.
     assert res.layer == "blocks.0"
     assert (res.layout.kind, res.layout.prefix, res.layout.grid) == ("tokens", 1, (8, 8))
-    # Measured (one thread, seed 0): gradcam energy 0.26, peaks inside 0.71; gradcam++
-    # 0.21 and 0.53; the box covers 0.15 of the image.
-    floors = {"gradcam": (1.3, 0.5), "gradcam++": (1.0, 0.35)}
+    # No localisation floor at this layer: measured over seeds 0-7 (scripts/seed_margins.py,
+    # one thread) every seed learns the task (accuracy 0.96-1.0, random init 0.27), but the
+    # channel-averaged maps after the last attention sit on the shape for some seeds only:
+    # gradcam energy 0.67-1.98 x the box's area, peaks inside 0.12-0.78; gradcam++ 0.98-2.84 x
+    # and 0.28-0.82; a random-init model gives 1.10 x / 0.10. Training 160 or 300 steps does
+    # not make it stable (seed 3 at 300 steps: 0.82 x / 0.39). A floor here only measured the
+    # CPU's float kernels (a 2-core EPYC trained seed 0 to gradcam++ peaks inside 0.30).
+    # What must hold on any machine: the maps are valid and not flat.
     for method in methods:
-        energy, inside, area = _box_scores(res.maps[method][:, 0], held_out.boxes)
-        low_energy, low_inside = floors[method]
-        assert energy >= low_energy * area and inside >= low_inside, (method, energy, inside)
+        maps = res.maps[method][:, 0]
+        assert maps.shape == (100, SIZE, SIZE) and bool(torch.isfinite(maps).all())
+        assert maps.min() >= 0 and maps.max() <= 1
+        assert (maps.flatten(1).amax(1) > 0).float().mean() >= 0.9, method
 
 
 def test_tiny_vit_element_wise_maps_need_the_attention_input(trained):
     """Element-wise methods (layercam, hirescam) at the last block's output of this
     average-pooled ViT are at chance (measured energy 0.14 for a 0.15 box): after the last
     attention every token carries the whole image. At that attention's input, the block's
-    first norm, they sit on the shape (measured energy 0.64 / 0.66, peaks inside 0.81 /
-    0.82): the layer docs/layouts.md names for them."""
+    first norm, they sit on the shape: the layer docs/layouts.md names for them.
+
+    Floors from seeds 0-7 (scripts/seed_margins.py, one thread): the worst seed gave energy
+    0.50 (hirescam, seed 6) and peaks inside 0.68 (seeds 1 and 3); a random-init model gives
+    energy 0.14 / 0.12 (the box is 0.15 of the image) and peaks inside 0.10 / 0.00. Each floor
+    sits about halfway between the random-init model and the worst seed."""
     held_out = make_shapes(100, size=SIZE, seed=2)
     methods = ("layercam", "hirescam")
     res = CAMEngine(trained, layer="blocks.0.norm1", methods=methods).explain(
@@ -124,4 +135,4 @@ def test_tiny_vit_element_wise_maps_need_the_attention_input(trained):
     )
     for method in methods:
         energy, inside, _ = _box_scores(res.maps[method][:, 0], held_out.boxes)
-        assert energy >= 0.5 and inside >= 0.7, (method, energy, inside)
+        assert energy >= 0.32 and inside >= 0.4, (method, energy, inside)

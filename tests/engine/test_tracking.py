@@ -171,3 +171,32 @@ def test_pointing_game_on_hand_made_maps():
     assert counted["pointing_game"] == pytest.approx(2 / 4)
     with pytest.raises(ValueError, match="must have the maps' shape"):
         pointing_hits(maps, masks[:, :5])
+
+
+def test_always_defined_gives_every_scalar_at_every_update():
+    """What the callback's tasks and the detectron2 hook log: a map without evidence puts 0
+    in its box and does not point inside it, at every update."""
+    blob, moved, empty = _blob(8, 8), _blob(12, 10), torch.zeros(32, 32)
+    boxes = torch.tensor([[0.0, 0.0, 16.0, 16.0]] * 2)
+    tracker = DriftTracker(leave_out_empty=True, always_defined=True)
+    first = tracker.update("m", torch.stack([blob, empty]), boxes=boxes)
+    energy = float(energy_in_boxes(blob[None], boxes[:1])[0])
+    assert first == {
+        "no_evidence_rate": 0.5,
+        "energy_in_box": pytest.approx(energy / 2),
+        "pointing_game": 0.5,
+    }
+    assert tracker.last_per_image["energy_in_box"] == [pytest.approx(energy), 0.0]
+    # a later pass: drift over the pairs with evidence at both passes only
+    later = tracker.update("m", torch.stack([moved, blob]), boxes=boxes)
+    assert later["drift_vs_prev"] == pytest.approx(float(map_drift(moved[None], blob[None])[0]))
+    # nothing at all has evidence: every key is still there
+    nothing = tracker.update("m", torch.zeros(2, 32, 32), boxes=boxes)
+    assert nothing == {
+        "no_evidence_rate": 1.0,
+        "energy_in_box": 0.0,
+        "pointing_game": 0.0,
+    }
+    # no map at all (an image without detections): the same keys; references kept
+    assert set(tracker.update("m", torch.zeros(0, 32, 32), boxes=torch.zeros(0, 4))) == set(nothing)
+    assert tracker.previous["m"].maps.shape[0] == 2

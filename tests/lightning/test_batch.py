@@ -16,7 +16,21 @@ def test_default_batch_parser_forms():
     x, y = torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])
     assert default_batch_parser(x)["images"] is x
     assert default_batch_parser((x, y))["labels"] is y
-    assert default_batch_parser([x, torch.rand(4, 2)])["labels"] is None  # not class ids
+    boxes = torch.tensor([[0.0, 0.0, 4.0, 4.0]] * 4)
+    masks = torch.zeros(4, 8, 8, dtype=torch.bool)
+    # (images, labels, boxes) and (images, labels, masks): every field used, told by shape
+    assert default_batch_parser((x, y, boxes))["boxes"] is boxes
+    assert default_batch_parser((x, y, masks))["masks"] is masks
+    assert default_batch_parser((x, boxes))["boxes"] is boxes
+    # anything the parser would not read is refused, never dropped in silence
+    with pytest.raises(ValueError, match=r"element 1 .*\(4, 2\).*batch_parser="):
+        default_batch_parser([x, torch.rand(4, 2)])  # not class ids
+    with pytest.raises(ValueError, match=r"element 2 .*batch_parser="):  # one-hot: no box
+        default_batch_parser((x, y, torch.eye(4)))
+    with pytest.raises(ValueError, match="4 elements is more than it reads.*batch_parser="):
+        default_batch_parser((x, y, boxes, masks))
+    with pytest.raises(ValueError, match="reads as labels after boxes"):
+        default_batch_parser((x, boxes, y))
     parsed = default_batch_parser({"image": x, "label": y, "boxes": torch.zeros(4, 4)})
     assert parsed["boxes"].shape == (4, 4)
     with pytest.raises(ValueError, match="cannot find images in a batch dict with keys"):
@@ -42,5 +56,6 @@ def test_make_samples_validates_shapes():
         make_samples(x, boxes=torch.zeros(3, 4))
     with pytest.raises(ValueError, match=r"masks must be \(2, 8, 8\)"):
         make_samples(x, masks=torch.zeros(2, 4, 4))
-    with pytest.raises(ValueError, match="floating-point"):
-        make_samples(torch.zeros(2, 3, 8, 8, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="floating-point .* or uint8"):
+        make_samples(torch.zeros(2, 3, 8, 8, dtype=torch.int32))
+    assert make_samples(torch.zeros(2, 3, 8, 8, dtype=torch.uint8)).images.dtype == torch.uint8

@@ -298,7 +298,7 @@ def test_out_of_memory_retries_in_smaller_chunks_with_the_same_maps(tmp_path):
 # ---------------------------------------------------------------------- no positive evidence
 
 
-def test_a_map_without_positive_evidence_is_said_so_and_not_counted(tmp_path):
+def test_a_map_without_positive_evidence_is_said_so_and_counted_as_zero(tmp_path):
     data = make_shapes(4, size=SIZE, seed=3)
     keep = torch.tensor([1.0, 1.0, 0.0, 0.0])  # images 2 and 3: a zero score, a zero map
     cb = GradCAMCallback(
@@ -316,16 +316,18 @@ def test_a_map_without_positive_evidence_is_said_so_and_not_counted(tmp_path):
     plain = draw_boxes(to_uint8_image(data.images[2]), data.boxes[2:3])
     final_tile = images[f"{PREFIX}/gradcam/sample_02"][-1][1]
     assert (final_tile == caption(plain, "score 0.00: no positive evidence")).all()
-    # energy_in_box: the mean over the two images with evidence only (the last pass is final)
+    # energy_in_box: the mean over all four images, the two without evidence counting 0
+    # (no_evidence_rate says so; the last pass is final)
     result = CAMEngine(module, layer=LAYER, methods="gradcam").explain(
         data.images[:2], targets=lambda out: out[:, 0]
     )
-    expected = energy_in_boxes(result.maps["gradcam"][:, 0], data.boxes[:2]).mean()
+    expected = energy_in_boxes(result.maps["gradcam"][:, 0], data.boxes[:2]).sum() / 4
+    assert scalars[f"{PREFIX}/gradcam/no_evidence_rate"][-1][1] == 0.5
     final_energy = scalars[f"{PREFIX}/gradcam/energy_in_box"][-1][1]
     assert final_energy == pytest.approx(float(expected), abs=1e-5)
 
 
-def test_no_drift_or_energy_is_given_when_no_map_has_evidence(tmp_path):
+def test_no_drift_and_zero_energy_when_no_map_has_evidence(tmp_path):
     data = make_shapes(2, size=SIZE, seed=3)
     cb = GradCAMCallback(
         layer=LAYER,
@@ -337,10 +339,13 @@ def test_no_drift_or_energy_is_given_when_no_map_has_evidence(tmp_path):
     _fit(tmp_path, [cb])
     images, scalars = read_events(tmp_path / "tb")
     assert steps(images[f"{PREFIX}/gradcam/grid"]) == [3, 6]
-    # Only the share of maps without evidence: all of them, at each pass.
-    logged = [tag for tag in scalars if tag.startswith(PREFIX)]
-    assert logged == [f"{PREFIX}/gradcam/no_evidence_rate"]
-    assert [value for _, value in scalars[logged[0]]] == [1.0, 1.0]
-    assert not any(
-        re.search("drift|energy", k) for e in cb.history for k in e["scalars"]["gradcam"]
-    )
+    # Every region scalar at each pass (a monitor finds it): all maps without evidence, so
+    # nothing in the boxes and no hit; no drift of 1 is made up.
+    logged = sorted(tag for tag in scalars if tag.startswith(PREFIX))
+    assert logged == [
+        f"{PREFIX}/gradcam/{name}"
+        for name in ("energy_in_box", "no_evidence_rate", "pointing_game")
+    ]
+    assert [value for _, value in scalars[f"{PREFIX}/gradcam/no_evidence_rate"]] == [1.0, 1.0]
+    assert [value for _, value in scalars[f"{PREFIX}/gradcam/energy_in_box"]] == [0.0, 0.0]
+    assert not any(re.search("drift", k) for e in cb.history for k in e["scalars"]["gradcam"])

@@ -63,6 +63,7 @@ def test_timm_long_tail(module, name, size, caplog):
     checked = _check_quietly(built, caplog)
     assert (checked.layer, checked.grid) == (layer, grid)
     assert checked.source.startswith("timm forward_intermediates")
+    assert zoo.named_layer_agrees(built) == layer  # issue 26: naming it must work too
 
 
 @pytest.mark.parametrize("class_name", list(HF_SAMPLE))
@@ -72,6 +73,7 @@ def test_transformers_long_tail(class_name, caplog):
     checked = _check_quietly(built, caplog)
     assert (checked.layer, checked.grid) == HF_SAMPLE[class_name]
     assert checked.source.startswith("transformers hidden_states")
+    assert zoo.named_layer_agrees(built) == checked.layer  # issue 26: naming it must work too
 
 
 @pytest.mark.parametrize("name", ["resnet18", "vgg11", "mobilenet_v3_small", "swin_t"])
@@ -91,6 +93,14 @@ def test_coat_is_no_longer_refused_but_lands_a_scale_early():
     assert default.name.startswith("parallel_blocks.5.norm")
     assert default.layout.grid in ((7, 7), (14, 14))
     assert "forward_intermediates" in default.source
+
+
+def test_coat_named_default_layer_at_a_non_square_input():
+    """Issue 26: at 96x160 CoaT's default norm holds 61 tokens (1 + 6x10, or 7 + 6x9 by the
+    count alone); naming that layer read it as timm does, not refused."""
+    built = zoo.build_timm("coat", "coat_tiny", (96, 160))
+    assert built is not None and built.size == (96, 160)
+    assert zoo.named_layer_agrees(built).startswith("parallel_blocks.5.norm")
 
 
 def test_a_layer_that_folds_the_batch_is_refused_by_name():
@@ -152,6 +162,7 @@ def _assert_sweep(built: zoo.Built) -> None:
     assert built.reference_grid is not None, f"{built.name}: the library gave no feature grid"
     checked = zoo.check(built)
     assert checked.grid == built.reference_grid, (checked.layer, checked.grid)
+    assert zoo.named_layer_agrees(built) == checked.layer  # the named default reads the same
     assert checked.grid[0] * checked.grid[1] > 1
     if (built.library, built.family) in SPREAD:
         assert checked.corners == -1, f"{built.family} no longer spreads: take it off SPREAD"

@@ -328,3 +328,25 @@ def check(built: Built, clock: Callable[[], float] = time.perf_counter) -> Check
         clock() - start,
         corners,
     )
+
+
+def named_layer_agrees(built: Built) -> str:
+    """Naming the default's own layer gives the very maps ``layer=None`` gives, at the
+    zoo's (non-square where the model takes it) input: the named layer is read through the
+    library's layout too, not refused or re-guessed. Returns the layer."""
+    from lightning_gradcam import CAMEngine
+
+    generator = torch.Generator().manual_seed(1)
+    images = torch.rand(2, 3, *built.size, generator=generator)
+    default = CAMEngine(built.model, methods=("gradcam", "hirescam")).explain(images)
+    named = CAMEngine(built.model, layer=default.layer, methods=("gradcam", "hirescam"))
+    result = named.explain(images)
+    assert (result.layout.kind, result.layout.grid, result.layout.prefix) == (
+        default.layout.kind,
+        default.layout.grid,
+        default.layout.prefix,
+    ), (default.layer, str(result.layout), str(default.layout))
+    for method, maps in default.maps.items():
+        assert torch.equal(result.layer_maps[method], default.layer_maps[method]), method
+        assert torch.equal(result.maps[method], maps), method
+    return default.layer

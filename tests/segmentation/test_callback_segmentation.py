@@ -71,7 +71,11 @@ def test_fit_logs_energy_in_mask_high_on_a_model_that_segments(tmp_path):
     with torch.no_grad():  # the model does segment: shapes found, background left
         predicted = module.eval()(val.images).argmax(1)
     found, shapes = predicted > 0, val.masks > 0
-    assert float((found & shapes).sum() / (found | shapes).sum()) > 0.7  # foreground IoU
+    # Floors from seeds 0-4 (scripts/seed_margins.py --only segmentation): worst foreground
+    # IoU 0.77 (seed 2), energy_in_mask 0.83 (gradcam, seed 0), pointing_game 1.0 for all; an
+    # untrained model finds no shape (IoU 0.0) and a uniform map puts ~0.12 in the masks.
+    # Each floor sits about halfway between those.
+    assert float((found & shapes).sum() / (found | shapes).sum()) > 0.45  # foreground IoU
     # What a uniform map would put in the masks of the 4 fixed images' classes.
     uniform = [
         float((mask == c).float().mean()) for mask in val.masks[:4] for c in mask.unique() if c
@@ -84,7 +88,7 @@ def test_fit_logs_energy_in_mask_high_on_a_model_that_segments(tmp_path):
     for method in ("gradcam", "hirescam"):
         energy = scalars[f"{prefix}/{method}/energy_in_mask"]
         assert len(energy) >= 5  # from the first epoch the model predicts shapes on
-        assert energy[-1][1] > max(0.6, 4 * uniform_share), energy
+        assert energy[-1][1] > max(0.5, 4 * uniform_share), energy
         assert scalars[f"{prefix}/{method}/pointing_game"][-1][1] > 0.6
         assert f"{prefix}/{method}/drift_vs_prev" in scalars
         assert f"{prefix}/{method}/grid" in images

@@ -105,17 +105,20 @@ def test_mask_outline_is_drawn():
     assert not (tile[4, 5] == 255).all()  # inside: the image, not the outline
 
 
-def test_class_absent_from_prediction_is_marked_and_left_out():
+def test_class_absent_from_prediction_is_marked_and_counted_as_zero():
     task = _task()
     samples = _samples(task, absent=True)
     report = _pass(task, samples)
-    # Pairs: (0, 1), (0, 2) not predicted, (1, 1), (1, 2).
+    # Pairs: (0, 1), (0, 2) not predicted, (1, 1), (1, 2). The absent class's map has no
+    # evidence: it puts nothing in its mask (0) and the rate says why.
     assert report.scalars["hirescam/no_evidence_rate"] == pytest.approx(0.25)
-    assert report.scalars["hirescam/energy_in_mask"] == pytest.approx(1.0)
+    assert report.scalars["hirescam/energy_in_mask"] == pytest.approx(0.75)
+    assert report.scalars["hirescam/pointing_game"] == pytest.approx(0.75)
     assert report.scalars["hirescam/class_02/no_evidence_rate"] == pytest.approx(0.5)
+    assert report.scalars["hirescam/class_02/energy_in_mask"] == pytest.approx(0.5)
     captions = {tag: text for tag, _, text in report.images}
     assert captions["hirescam/image_00_class_02"].startswith("class 2: not predicted")
-    assert report.per_image["hirescam/energy_in_mask"] == pytest.approx([1.0, 1.0])
+    assert report.per_image["hirescam/energy_in_mask"] == pytest.approx([0.5, 1.0])
 
 
 def test_drift_filmstrip_chunks_and_resume():

@@ -1,0 +1,118 @@
+"""Pull-backs: per-detection gradients carried from a feature reader to image-level layers.
+
+A two-stage detector's ROI head reads the image through its pooler; a one-stage detector's
+head reads the per-level features. Gradients taken first where the detection's own row is
+(the pooled row, or its level's head input) are carried upstream:
+
+- :func:`pooler_pullback`: through the framework's pooler alone, given as a callable. The
+  pooler is re-run on ``D`` copies of the features, copy ``j`` carrying detection ``j``'s
+  image and pooling its one box (ROIAlign pools every box on its own, so that row is the one
+  the detection was pooled from), and one backward gives all ``D`` gradients at the pooler's
+  inputs; exact for any pooler type and level assignment.
+- :func:`pull_back_to_layer`: from the reader's inputs to any layer upstream, by one batched
+  (vmapped) backward of ``s_j = sum_l <input_l[img_j], g_jl>``, whose gradient at the layer is
+  detection ``j``'s (the chain rule over every level the layer feeds).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from ..gradients import GRADIENT_BUDGET, batched_gradients
+from .graph import depends_on, is_clone_of, require_dependence
+
+__all__ = ["Pool", "pooler_pullback", "pull_back_to_layer"]
+
+Pool = Callable[[list[torch.Tensor], list[torch.Tensor], torch.Tensor], torch.Tensor]
+"""``pool(features, boxes, images) -> (sum_i len(boxes[i]), C, ph, pw)``: the framework's
+pooler on per-level features ``(N, C, h_l, w_l)`` and one ``(k_i, 4)`` box tensor per batch
+row; ``images (N,)`` is the original image of every row (for per-image sizes)."""
+
+
+def pooler_pullback(
+    pool: Pool,
+    row_grads: torch.Tensor,
+    features: Sequence[torch.Tensor],
+    boxes: torch.Tensor,
+    image_of: torch.Tensor,
+) -> list[torch.Tensor]:
+    """Gradients at the pooler's inputs from gradients at the pooled rows.
+
+    Args:
+        pool: the framework's pooler as a callable (:data:`Pool`).
+        row_grads: ``(D, C, ph, pw)`` detection ``d``'s gradient at its pooled row.
+        features: the pooler's per-level inputs ``(N, C, h_l, w_l)``, as recorded.
+        boxes: ``(D, 4)`` the box each detection was pooled at (its proposal).
+        image_of: ``(D,)`` the image of each detection.
+
+    Returns:
+        Per level, ``(D, C, h_l, w_l)``: detection ``d``'s gradient at
+        ``features[l][image_of[d]]`` (zeros at the levels its box was not pooled from).
+    """
+    feats = [f.detach() for f in features]
+    count = len(boxes)
+    out = [f.new_zeros((count, *f.shape[1:])) for f in feats]
+    per_copy = sum(f[0].numel() for f in feats)
+    chunk = max(1, GRADIENT_BUDGET // max(1, per_copy))
+    image_of = image_of.to(feats[0].device)
+    for start in range(0, count, chunk):
+        part = slice(start, min(count, start + chunk))
+        images = image_of[part]
+        copies = [f[images].requires_grad_() for f in feats]  # indexing copies
+        pooled = pool(copies, [box[None] for box in boxes[part].to(feats[0].dtype)], images)
+        grads = torch.autograd.grad(
+            pooled, copies, grad_outputs=row_grads[part].to(pooled), allow_unused=True
+        )
+        for level, grad in enumerate(grads):
+            if grad is not None:
+                out[level][part] = grad
+    return out
+
+
+def pull_back_to_layer(
+    name: str,
+    activation: torch.Tensor,
+    reader_inputs: Sequence[torch.Tensor],
+    reader_grads: Sequence[torch.Tensor | None],
+    image_of: torch.Tensor,
+    targets: torch.Tensor,
+    hint: str = "",
+) -> torch.Tensor:
+    """Each detection's gradient at an image-level layer: ``(D, *activation.shape[1:])``.
+
+    Args:
+        name: the layer (for errors).
+        activation: its recorded output ``(N, ...)``.
+        reader_inputs: the reader's per-level inputs ``(N, C, h_l, w_l)``.
+        reader_grads: per level, ``(D, C, h_l, w_l)`` each detection's gradient at its image's
+            row of that input, or None for a level no detection reads.
+        image_of: ``(D,)`` the image of each detection.
+        targets: ``(D,)`` the scalars, to refuse a layer they do not depend on.
+
+    A layer whose output is itself a reader input takes the gradient as it is; a layer
+    upstream goes through one batched backward (chunked under the gradient budget).
+    """
+    require_dependence(name, targets, activation, hint)
+    count = len(image_of)
+    grad = activation.new_zeros((count, *activation.shape[1:]))
+    inner = None
+    for reader_input, level_grads in zip(reader_inputs, reader_grads):
+        if level_grads is None:
+            continue
+        if is_clone_of(reader_input, activation):
+            grad += level_grads.to(grad.dtype)
+            continue
+        if not depends_on(reader_input, activation):
+            continue  # this level does not see the layer: zero gradient
+        term = (reader_input[image_of] * level_grads).flatten(1).sum(dim=1)
+        inner = term if inner is None else inner + term
+    if inner is not None:
+        chunk = max(1, GRADIENT_BUDGET // max(1, activation.numel()))
+        rows = torch.arange(count, device=activation.device)
+        for start in range(0, count, chunk):
+            stop = min(count, start + chunk)
+            batched = batched_gradients(inner[start:stop], activation, retain_graph=True)
+            grad[start:stop] += batched[rows[: stop - start], image_of[start:stop]].to(grad)
+    return grad

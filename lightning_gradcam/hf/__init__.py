@@ -1,0 +1,1 @@
+"""The Hugging Face ``Trainer`` adapter (imports transformers: import it lazily)."""

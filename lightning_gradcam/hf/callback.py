@@ -1,0 +1,193 @@
+"""GradCAMTrainerCallback: the Hugging Face ``Trainer`` plumbing over the CAM tasks. When:
+each evaluation. Which samples: the first of ``eval_dataset`` (or ``images=``). Where: the
+Trainer's TensorBoard run, and the evaluation's metrics (``eval_gradcam/...``)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from transformers import TrainerCallback
+
+from ..core.layers import full_layer_name, resolve_layer
+from ..core.resilience import PassGuard
+from ..lightning.arguments import CallbackArguments
+from ..lightning.batch import FixedSamples
+from ..lightning.passes import trial_pass
+from ..lightning.sinks import Sink
+from ..tasks import CAMTask
+from .samples import calling_trainer, eval_batch, sink_for_trainer, to_task_batch
+
+__all__ = ["GradCAMTrainerCallback"]
+
+_EVAL_LOG = re.compile(r"^(eval(?:_.+)?)_runtime$")
+
+
+class GradCAMTrainerCallback(TrainerCallback):
+    """Explain a fixed set of evaluation samples at each evaluation of a ``transformers.Trainer``.
+
+    Example::
+
+        from lightning_gradcam import GradCAMTrainerCallback
+        trainer = Trainer(model, args, train_dataset=train, eval_dataset=val,
+                          callbacks=[GradCAMTrainerCallback(methods=("gradcam",))])
+        # TrainingArguments(metric_for_best_model="gradcam/vit.encoder.layer.1/gradcam/energy_in_box",
+        #                   load_best_model_at_end=True, greater_is_better=True, ...)
+
+    Tags (in the Trainer's TensorBoard run): ``<tag_prefix>/<layer>/<method>/{sample_NN,
+    grid, drift_vs_prev, drift_vs_first, energy_in_box, pointing_game, ...}`` as for
+    ``GradCAMCallback``. Every scalar also enters the evaluation's metrics (and so
+    ``state.log_history``, ``metric_for_best_model``, ``EarlyStoppingCallback``) as
+    ``eval_<tag_prefix>/<layer>/<method>/<name>``.
+
+    The arguments are ``GradCAMCallback``'s (same meaning, same checks) where they apply:
+    ``layer`` (``None``: the model's default from its config), ``methods``,
+    ``num_samples``, ``target``, ``images``/``labels``/``boxes``/``masks`` (instead of the
+    first items of ``eval_dataset``, which may hold ``pixel_values``, ``labels`` and
+    optionally ``boxes``/``masks``; segmentation ``labels`` are ``(H, W)`` class ids),
+    ``batch_parser``, ``mean``/``std``, ``colormap``, ``alpha``, ``tag_prefix``,
+    ``max_image_size``, ``class_names``, ``filmstrip_size``, ``reshape``,
+    ``faithfulness``, ``on_error``, ``task``. Mistakes fail at ``on_train_begin``, before
+    the first step (a trial pass on every rank); a later failed pass warns and is skipped.
+    Under a distributed run rank zero computes and writes, and every rank receives the same
+    scalars.
+    """
+
+    def __init__(
+        self,
+        layer: str | None = None,
+        num_samples: int = 8,
+        methods: str | Sequence[str] = ("gradcam", "gradcam++"),
+        target: Any = "auto",
+        images: torch.Tensor | None = None,
+        labels: torch.Tensor | Sequence[int] | None = None,
+        boxes: torch.Tensor | None = None,
+        masks: torch.Tensor | None = None,
+        batch_parser: Callable[[Any], Any] | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        colormap: str | int = "jet",
+        alpha: float = 0.5,
+        tag_prefix: str = "gradcam",
+        max_image_size: int | None = 256,
+        class_names: Sequence[str] | None = None,
+        filmstrip_size: int | None = 96,
+        reshape: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        faithfulness: str | Sequence[str] = (),
+        on_error: str = "warn",
+        task: str | type[CAMTask] | None = None,
+    ):
+        kwargs = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        self.args = CallbackArguments.check(
+            **kwargs, every_n_epochs=1, model=None, alarm=None, alarm_after_epoch=0
+        )
+        self.layer, self.methods = self.args.layer, self.args.options.methods
+        self.tag_prefix, self.on_error = self.args.prefix, self.args.on_error
+        self._fixed = FixedSamples(self.args)
+        self._guard = PassGuard("GradCAMTrainerCallback", self.on_error)
+        self._sink: Sink | None = None
+        self.log_dir: str | None = None
+        self._network: nn.Module | None = None
+        self.history: list[dict[str, Any]] = []
+
+    @property
+    def task(self) -> CAMTask | None:
+        """The task explained (chosen at train begin unless ``task=`` named it)."""
+        return self._fixed.task
+
+    def _layer(self) -> str | None:
+        return self.task.layer_name if self.task is not None else self.layer
+
+    # ------------------------------------------------------------------ Trainer events
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model=None, **kwargs):
+        trainer = calling_trainer()
+        network = model if model is not None else getattr(trainer, "model", None)
+        if not isinstance(network, nn.Module):
+            raise TypeError("GradCAMTrainerCallback: the Trainer handed no model to explain")
+        self._network = network
+        if self._fixed.samples is None:
+            batch = None if trainer is None else eval_batch(trainer, self.args.num_samples)
+            if batch is None:
+                raise ValueError(
+                    "GradCAMTrainerCallback needs samples to explain: give the Trainer an "
+                    "eval_dataset (items with pixel_values and labels) or pass images=... "
+                    "(with labels=, boxes=, masks=) to the callback"
+                )
+            batch = to_task_batch(batch)
+            self._fixed.take(network, batch)
+            self._fixed.finish()
+        if self.layer is not None:
+            resolve_layer(network, self.layer)  # LayerNotFoundError, with close matches
+            self.task.layer_name = full_layer_name(network, self.layer)
+        self._guard = PassGuard("GradCAMTrainerCallback", self.on_error)
+        trial_pass(self.task, network, self._fixed.samples)  # every rank: all fail together
+        self._sink, self.log_dir = sink_for_trainer(trainer, args.output_dir, self.tag_prefix)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs=None, **kwargs):
+        # An evaluation's metrics are logged (Trainer.log) before on_evaluate and before the
+        # best-model check reads them; this is the dict both see, so the scalars go in here.
+        match = next((m for m in map(_EVAL_LOG.match, logs or {}) if m), None)
+        if match is None or self._fixed.samples is None or self._network is None:
+            return
+        scalars = self._explain_and_log(state) if state.is_world_process_zero else {}
+        scalars = _same_on_every_rank(scalars)
+        added = {f"{match.group(1)}_{tag}": value for tag, value in scalars.items()}
+        logs.update(added)
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(added)
+
+    # ------------------------------------------------------------------ the CAM pass
+
+    def _explain_and_log(self, state: Any) -> dict[str, float]:
+        step, samples, task = int(state.global_step), self._fixed.samples, self.task
+        logged: dict[str, float] = {}
+
+        def log(result: Any) -> None:
+            epoch = int(state.epoch or 0)
+            report = task.report(result, samples, step, epoch)
+            for method, values in task.faithfulness(self._network, samples, result).items():
+                report.summary.setdefault(method, {}).update(values)
+                report.scalars.update({f"{method}/{k}": v for k, v in values.items()})
+            prefix = f"{self.tag_prefix}/{self._layer()}"
+            for tag, image, caption in report.images:
+                self._sink.image(f"{prefix}/{tag}", image, step, caption=caption)
+            for tag, value in report.scalars.items():
+                self._sink.scalar(f"{prefix}/{tag}", value, step)
+                logged[f"{prefix}/{tag}"] = float(value)
+            self._sink.flush()
+            self.history.append({"epoch": state.epoch, "step": step, "scalars": report.summary})
+
+        outcome = self._guard.run_chunked(
+            f"the CAM pass at step {step}",
+            lambda start, stop: task.explain_range(self._network, samples, start, stop),
+            len(samples),
+            merge=task.combine,
+            then=log,
+        )
+        return logged if outcome.ok else {}
+
+    def filmstrip(self, method: str | None = None) -> np.ndarray:
+        """Rows = samples, columns = the input then one overlay per evaluation, ``uint8
+        (H, W, 3)`` RGB; ``method`` defaults to the first one."""
+        method = method or self.methods[0]
+        if method not in self.methods:
+            raise ValueError(f"method {method!r} was not computed; choose from {self.methods}")
+        if not self.history or self.task is None:
+            raise RuntimeError("no evaluation has run yet: train with the callback first")
+        return self.task.filmstrip(method)
+
+
+def _same_on_every_rank(scalars: dict[str, float]) -> dict[str, float]:
+    """Rank zero's scalars on every rank (every rank logs the evaluation at the same point,
+    so the broadcast cannot wait on a rank that never comes)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return scalars
+    box = [scalars]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
