@@ -3,7 +3,13 @@ computation by hand over all its detections; metrics_batches limits the batches.
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +21,7 @@ from detectron2_hooks.explain import DetectionCAM
 from lightning_gradcam.core.drift import box_masks, energy_share, pointing_hits
 
 METHODS = ("gradcam", "gradcam++")
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _by_hand(model, batches, layer) -> dict[str, float]:
@@ -69,3 +76,31 @@ def test_loader_means_equal_a_computation_by_hand(limit):
 def test_metrics_batches_without_a_loader_is_refused():
     with pytest.raises(ValueError, match="pass that loader too"):
         GradCAMHook(inputs=make_inputs(1), metrics_batches=2)
+
+
+@pytest.mark.timeout(300)
+def test_two_processes_measure_their_shards_and_rank_zero_logs_the_whole(tmp_path):
+    with socket.socket() as sock:  # a free port
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    script = Path(__file__).with_name("hook_population_script.py")
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), str(port)],
+        cwd=str(ROOT),
+        env=env,
+        capture_output=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    ranks = [json.loads((tmp_path / f"rank_{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["images"] == ranks[1]["images"] == 8  # both shards, on both ranks
+    assert ranks[1]["scalars"] == {}  # rank zero alone writes
+    batches = [make_inputs(2, seed=s) for s in (1, 2, 3, 4)]
+    cam_model = build("c4")
+    want = _by_hand(cam_model, batches, "roi_heads.res5")
+    for name, value in want.items():
+        if name.startswith("gradcam++"):
+            continue
+        got = ranks[0]["scalars"][f"gradcam/validation/{name}"]
+        assert math.isclose(got, value, rel_tol=1e-5, abs_tol=1e-7), (name, got, value)
