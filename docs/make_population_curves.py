@@ -20,7 +20,6 @@ from torch.utils.data import DataLoader
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 from examples.shortcut import LAYER, Classifier, ScenesDataset, make_scenes  # noqa: E402
-
 from lightning_gradcam import GradCAMCallback  # noqa: E402
 
 NAMES = ("pointing_game", "energy_in_box")
