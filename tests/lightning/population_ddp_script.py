@@ -33,6 +33,7 @@ def main(out: str, devices: int) -> None:
         devices=devices,
         strategy="ddp" if devices > 1 else "auto",
         logger=False,
+        default_root_dir=out,  # the PNG folder the callback falls back to
         callbacks=[cb],
         enable_checkpointing=False,
         enable_progress_bar=False,
