@@ -59,7 +59,9 @@ from lightning_gradcam.pictures import DetectionFilmStrips, input_picture, pass_
 
 from .config import config_methods, config_score
 from .explain import DETECTOR_LAYER_HINT, Detection, DetectionCAM
+from .hook_arguments import check_hook_arguments
 from .hook_inputs import fixed_inputs
+from .population import LoaderMetrics
 from .selection import check_score
 
 __all__ = ["GradCAMHook", "parse_layers"]
@@ -172,6 +174,12 @@ class GradCAMHook(HookBase):
             before the softmax / sigmoid) or ``"probability"`` (the reported score).
         filmstrip_columns: most passes shown in each ``<method>/filmstrip`` (evenly spaced,
             first and latest included); 0: no film strips.
+        metrics_loader: a data loader (e.g. ``build_detection_test_loader(cfg, "val")``):
+            at each pass every rank explains its batches and ``P/validation/<method>/
+            {energy_in_box, pointing_game, no_evidence_rate}`` and
+            ``P/validation/detections_per_image`` are the means over all of them, joined by
+            one ``all_reduce`` under ``launch`` (``detectron2_hooks.population``).
+        metrics_batches: measure only the first N batches of ``metrics_loader`` per rank.
 
     The pass runs on the main process only, on the unwrapped model, with no barrier and no
     copy of the model; the model is back in train mode afterwards, parameters' ``.grad`` are
@@ -201,39 +209,22 @@ class GradCAMHook(HookBase):
         on_error: str = "warn",
         score: str = "logit",
         filmstrip_columns: int = 10,
+        metrics_loader: Any = None,
+        metrics_batches: int | None = None,
     ):
-        if (inputs is None) == (dataset is None):
-            raise ValueError(
-                "GradCAMHook needs exactly one image source: inputs=[detectron2 dicts] or "
-                "dataset='registered_name' (with num_images=...)"
-            )
-        if inputs is not None and (isinstance(inputs, dict) or not len(inputs)):
-            raise ValueError("inputs must be a non-empty list of detectron2 dicts")
-        for name, value, low in (
-            ("num_images", num_images, 1),
-            ("period", period, 0),
-            ("max_detections", max_detections, 1),
-            ("max_image_size", max_image_size, 16),
-            ("filmstrip_columns", filmstrip_columns, 0),
-        ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        if not 0.0 < match_iou <= 1.0:
-            raise ValueError(f"match_iou must be in (0, 1], got {match_iou}")
-        if not isinstance(tag_prefix, str) or not tag_prefix.strip("/ "):
-            raise ValueError(f"tag_prefix must be a non-empty string, got {tag_prefix!r}")
-        writers = list(writers)
-        for writer in writers:
-            if not callable(getattr(writer, "write", None)):
-                raise ValueError(
-                    "writers must be detectron2 event writers with a write() method (e.g. the "
-                    f"TensorboardXWriter of your PeriodicWriter), got {type(writer).__name__}"
-                )
-        if mapper is not None and not callable(mapper):
-            raise ValueError(
-                "mapper must be a callable dataset dict -> model input dict (e.g. "
-                f"instantiate(cfg.dataloader.test.mapper)), got {type(mapper).__name__}"
-            )
+        writers = check_hook_arguments(
+            inputs,
+            dataset,
+            num_images,
+            period,
+            max_detections,
+            max_image_size,
+            filmstrip_columns,
+            match_iou,
+            tag_prefix,
+            writers,
+            mapper,
+        )
         self.methods = check_methods(methods, detectors=True)
         self.score = check_score(score)
         self.filmstrip_columns = filmstrip_columns
@@ -268,6 +259,7 @@ class GradCAMHook(HookBase):
             match_iou=self.match_iou, leave_out_empty=True, always_defined=True
         )
         self._strips: dict[tuple[int, str], DetectionFilmStrips] = {}
+        self._metrics = LoaderMetrics.optional(metrics_loader, self.methods, metrics_batches)
 
     @classmethod
     def from_config(
@@ -316,9 +308,11 @@ class GradCAMHook(HookBase):
 
     def before_train(self) -> None:
         self.enabled = comm.is_main_process()
+        model = unwrap_model(self.trainer.model)
+        if self._metrics is not None:  # every rank measures its shard of metrics_loader
+            self._metrics.start(model, self.layer, self.score)
         if not self.enabled:
             return
-        model = unwrap_model(self.trainer.model)
         layers = (
             expand_layer_names(model, self.layer, DETECTOR_LAYER_HINT)
             if self.layer is not None
@@ -350,12 +344,16 @@ class GradCAMHook(HookBase):
         self._guard = PassGuard("GradCAMHook", self.on_error)  # a fresh count per run
 
     def after_step(self) -> None:
-        if not self.enabled or self._cam is None:
-            return
         next_iter = self.trainer.iter + 1
         last = next_iter == self.trainer.max_iter
-        if last or (self.period > 0 and next_iter % self.period == 0):
+        if not (last or (self.period > 0 and next_iter % self.period == 0)):
+            return
+        means = None
+        if self._metrics is not None:  # on every rank: one all_reduce inside
+            means = self._metrics.measure(self.max_detections)
+        if self.enabled and self._cam is not None:
             self.run()
+            LoaderMetrics.put(self.trainer.storage, f"{self.tag_prefix}/validation", means)
             self._write_now()
 
     # ------------------------------------------------------------------ writers

@@ -20,6 +20,7 @@ from ..core.resilience import check_on_error
 from ..tasks import CAMTask, TaskOptions, registered_tasks, task_named
 from ..tasks.classification import ClassificationTask
 from ..tasks.classification_samples import Samples, make_samples
+from .population import check_metrics_on
 
 __all__ = [
     "CallbackArguments",
@@ -163,6 +164,8 @@ class CallbackArguments:
     task: str | type[CAMTask] | None
     alarm_after_epoch: int
     user_images: Samples | None
+    metrics_on: str = "samples"
+    metrics_batches: int | None = None
 
     @classmethod
     def check(cls, **kwargs: Any) -> CallbackArguments:
@@ -224,7 +227,18 @@ class CallbackArguments:
                 "images=... (with labels, boxes, masks) are classification samples; for "
                 f"task={task!r} let the callback take its samples from the validation batches"
             )
+        metrics_on, metrics_batches = check_metrics_on(
+            kwargs.get("metrics_on", "samples"), kwargs.get("metrics_batches")
+        )
+        if metrics_on == "validation" and isinstance(options.target, torch.Tensor):
+            raise ValueError(
+                "target= gives one class id per fixed sample; metrics_on='validation' explains "
+                "every validation image: use target='auto', 'label', 'prediction', one class "
+                "id or a callable"
+            )
         return cls(
+            metrics_on=metrics_on,
+            metrics_batches=metrics_batches,
             options=options,
             layer=layer,
             num_samples=num_samples,

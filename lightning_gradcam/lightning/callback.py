@@ -26,6 +26,7 @@ from .explained import explained_network
 from .logged_pass import LoggedPass
 from .metrics import AlarmWatch, publish_metrics
 from .passes import trial_pass
+from .population import ValidationMetrics
 from .sinks import Sink, sinks_for
 
 __all__ = ["GradCAMCallback"]
@@ -96,6 +97,11 @@ class GradCAMCallback(*CALLBACK_BASES):
             below it.
         alarm_after_epoch: the alarm is quiet before this epoch (attention is diffuse while
             a model starts to learn).
+        metrics_on: ``"samples"``: the scalars are the fixed samples'; ``"validation"``: the
+            localisation scalars (``energy_in_box``, ``pointing_game``, ...) are means over
+            every validation batch of every rank, under the same tags (``docs/callback.md``).
+        metrics_batches: with ``metrics_on="validation"``, measure only the first N
+            validation batches per rank (``None``: all of them).
 
     Each pass logs the task's pictures and scalars under ``<tag_prefix>/<layer>/<method>/``
     to every logger that takes them; every scalar also enters ``trainer.callback_metrics``
@@ -163,6 +169,8 @@ class GradCAMCallback(*CALLBACK_BASES):
         task: str | type[CAMTask] | None = None,
         alarm: Mapping[str, float] | None = None,
         alarm_after_epoch: int = 0,
+        metrics_on: str = "samples",
+        metrics_batches: int | None = None,
     ):
         args = CallbackArguments.check(**{k: v for k, v in locals().items() if k != "self"})
         self.args = args
@@ -181,6 +189,9 @@ class GradCAMCallback(*CALLBACK_BASES):
         self._warned: set[str] = set()
         self.history: list[dict[str, Any]] = []
         self._passes = LoggedPass(self.on_error, self._alarm, self.history)
+        self._metrics_on, self._metrics_batches = args.metrics_on, args.metrics_batches
+        self._population: ValidationMetrics | None = None  # made with the task (its methods)
+        self._population_means: dict[str, float] | None = None
 
     def __getattr__(self, name: str) -> Any:
         # The checked task options read as attributes: cb.target, cb.faithfulness, cb.mean...
@@ -288,8 +299,15 @@ class GradCAMCallback(*CALLBACK_BASES):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if trainer.state.fn == "fit" and trainer.is_global_zero and dataloader_idx == 0:
-            self._fixed.take(self._network(pl_module), batch)
+        if trainer.state.fn != "fit" or dataloader_idx != 0:
+            return
+        network = self._network(pl_module)
+        if trainer.is_global_zero:
+            self._fixed.take(network, batch)
+        if self._metrics_on == "validation":  # every rank measures its own batches
+            measured = (self._eval_count + 1) % self.every_n_epochs == 0
+            task = self._fixed.task_for(network, batch)
+            self._population_for(task).on_batch(trainer, task, network, batch, batch_idx, measured)
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         # No sanity check ran: take the validation samples now, for the trial pass before
@@ -302,6 +320,8 @@ class GradCAMCallback(*CALLBACK_BASES):
                 self._fixed.take_from(self._network(pl_module), loader)
         if self._samples is not None:
             self._trial_pass(pl_module)
+            if self._metrics_on == "validation" and not self._fixed.user_given:
+                self._population_for(self._task).check(self._task, self._samples)
 
     def on_train_batch_start(
         self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
@@ -347,6 +367,8 @@ class GradCAMCallback(*CALLBACK_BASES):
         if self._eval_count % self.every_n_epochs:
             return
         scalars: dict[str, float] = {}
+        if self._population is not None:  # one all_reduce, on every rank
+            self._population_means = self._population.finish() or {}
         if trainer.is_global_zero:
             if self._samples is None:
                 self._warn_once(
@@ -356,6 +378,9 @@ class GradCAMCallback(*CALLBACK_BASES):
                 )
             else:
                 scalars = self._explain_and_log(trainer, pl_module)
+            if self._population_means and not scalars:  # the fixed samples' pass failed
+                scalars = self._log_scalars(self._population_means, int(trainer.global_step))
+        self._population_means = None
         publish_metrics(trainer, scalars)  # every rank: the same values, for monitors
 
     # ------------------------------------------------------------------ the CAM pass
@@ -384,12 +409,29 @@ class GradCAMCallback(*CALLBACK_BASES):
             self._prefix(),
             step,
             int(trainer.current_epoch),
+            # metrics_on="validation": the whole set's means in place of the samples'
+            whole_set=(self._population_means or {}) if self._metrics_on == "validation" else None,
         )
         self._cam_count += self._passes.passes_logged - logged_before
         return scalars
 
     def _prefix(self) -> str:
         return f"{self.tag_prefix}/{self._layer()}"
+
+    def _population_for(self, task: CAMTask) -> ValidationMetrics:
+        """The whole-set sums (``metrics_on="validation"``), over the task's methods."""
+        if self._population is None:
+            self._population = ValidationMetrics(
+                task.options.methods, self._metrics_batches, self.on_error
+            )
+        return self._population
+
+    def _log_scalars(self, scalars: dict[str, float], step: int) -> dict[str, float]:
+        tagged = {f"{self._prefix()}/{tag}": value for tag, value in scalars.items()}
+        for tag, value in tagged.items():
+            self._sink.scalar(tag, value, step)
+        self._sink.flush()
+        return tagged
 
     def filmstrip(self, method: str | None = None) -> np.ndarray:
         """Rows = samples (or objects), columns = the input, then one overlay per pass

@@ -13,6 +13,7 @@ from torch import nn
 from ..core.resilience import PassGuard
 from ..tasks import CAMTask, PassReport
 from .metrics import AlarmWatch
+from .population import ValidationMetrics
 from .sinks import Sink
 
 __all__ = ["LoggedPass"]
@@ -43,12 +44,17 @@ class LoggedPass:
         prefix: str,
         step: int,
         epoch: int,
+        whole_set: dict[str, float] | None = None,
     ) -> dict[str, float]:
-        """One guarded pass at ``step``; the scalars logged (``{}`` when it failed)."""
+        """One guarded pass at ``step``; the scalars logged (``{}`` when it failed).
+        ``whole_set``: means over the validation epoch, logged in place of the samples'
+        (``population.ValidationMetrics.merge``)."""
         logged: dict[str, float] = {}
 
         def log(result: Any) -> None:
-            logged.update(self._log(task, network(), samples, result, sink, prefix, step, epoch))
+            logged.update(
+                self._log(task, network(), samples, result, sink, prefix, step, epoch, whole_set)
+            )
 
         outcome = self._guard.run_chunked(
             f"the CAM pass at step {step}",
@@ -78,11 +84,14 @@ class LoggedPass:
         prefix: str,
         step: int,
         epoch: int,
+        whole_set: dict[str, float] | None,
     ) -> dict[str, float]:
         report: PassReport = task.report(result, samples, step, epoch)
         for method, values in task.faithfulness(network, samples, result).items():
             report.summary.setdefault(method, {}).update(values)
             report.scalars.update({f"{method}/{k}": v for k, v in values.items()})
+        if whole_set is not None:
+            report.scalars = ValidationMetrics.merge(report.scalars, whole_set)
         scalars = {f"{prefix}/{tag}": value for tag, value in report.scalars.items()}
         for tag, image, caption in report.images:
             sink.image(f"{prefix}/{tag}", image, step, caption=caption)

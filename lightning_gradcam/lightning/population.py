@@ -1,0 +1,159 @@
+"""``GradCAMCallback(metrics_on="validation")``: the attention scalars over the whole
+validation epoch, sharded across ranks like the validation loop itself.
+
+During a validation epoch that the callback explains, every rank measures each of its own
+validation batches (the first dataloader's; the first ``metrics_batches`` of them when
+given) with the task's :class:`~lightning_gradcam.tasks.population.PopulationMeasure`,
+adding sums; at the epoch's end one ``all_reduce`` gives the sums over every rank's images
+and the means are logged under the tags the fixed samples' scalars have (those scalars are
+then not logged from the fixed samples; pictures, drift and film strips still are).
+Lightning's ``limit_val_batches`` and ``check_val_every_n_epoch`` decide which batches and
+epochs there are; the callback's ``every_n_epochs`` which of those epochs are measured.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from torch import nn
+
+from ..core.population import MetricSums
+from ..tasks import CAMTask
+from ..tasks.population import (
+    MAX_CLASSES,
+    ClassificationMeasure,
+    DetectionMeasure,
+    PopulationMeasure,
+    measure_for,
+)
+
+__all__ = ["METRICS_ON", "ValidationMetrics", "check_metrics_on"]
+
+METRICS_ON = ("samples", "validation")
+
+#: The scalars a whole-epoch measure gives (the last part of their tags).
+_FIELDS = tuple(
+    dict.fromkeys((*ClassificationMeasure.fields, *DetectionMeasure.fields, "failed", "images"))
+)
+_OWNED = {"energy_in_box", "energy_in_mask", "pointing_game", "no_evidence_rate", "found_rate"}
+
+
+def check_metrics_on(metrics_on: object, metrics_batches: object) -> tuple[str, int | None]:
+    """``metrics_on`` and ``metrics_batches``, checked; a message saying what to pass."""
+    if metrics_on not in METRICS_ON:
+        raise ValueError(
+            f"metrics_on must be 'samples' (the scalars over the fixed samples) or "
+            f"'validation' (over every validation batch), got {metrics_on!r}"
+        )
+    if metrics_batches is not None:
+        if metrics_on != "validation":
+            raise ValueError(
+                "metrics_batches limits the batches measured with metrics_on='validation'; "
+                "pass metrics_on='validation' too, or leave metrics_batches=None"
+            )
+        if (
+            isinstance(metrics_batches, bool)
+            or not isinstance(metrics_batches, int)
+            or metrics_batches < 1
+        ):
+            raise ValueError(
+                f"metrics_batches must be a positive integer (batches per rank) or None (all "
+                f"of them), got {metrics_batches!r}"
+            )
+    return metrics_on, metrics_batches
+
+
+class ValidationMetrics:
+    """The sums of one callback's validation epochs, on one rank (module docstring).
+
+    The table has the same shape on every rank whatever the task (every task's fields), so
+    a rank that saw no batch still joins the one ``all_reduce``.
+
+    Attributes: ``images``: how many images the last logged means are over (all ranks).
+    """
+
+    def __init__(self, methods: tuple[str, ...], max_batches: int | None, on_error: str):
+        self.max_batches = max_batches
+        self.on_error = on_error
+        self.images = 0
+        self._measure: PopulationMeasure | None = None
+        self._sums = MetricSums(methods, _FIELDS, MAX_CLASSES + 1)
+        self._failed = False
+        self._worked = False
+
+    def _for(self, task: CAMTask) -> PopulationMeasure:
+        if self._measure is None or self._measure.task is not task:
+            self._measure = measure_for(task)
+        return self._measure
+
+    def check(self, task: CAMTask, samples: Any) -> None:
+        """Refuse, before training, validation batches like ``samples`` (the fixed samples
+        parsed from them) that cannot be measured."""
+        self._for(task).check(samples)
+
+    def on_batch(
+        self,
+        trainer: Any,
+        task: CAMTask,
+        network: nn.Module,
+        batch: Any,
+        batch_idx: int,
+        measured: bool,
+    ) -> None:
+        """A validation batch on this rank: its first batch of the sanity check is a trial
+        (:meth:`trial`), a batch of an epoch the callback explains (``measured``) is added."""
+        if trainer.sanity_checking:
+            if batch_idx == 0:
+                self.trial(task, network, batch)
+        elif measured:
+            self.batch(task, network, batch, batch_idx)
+
+    def trial(self, task: CAMTask, network: nn.Module, batch: Any) -> None:
+        """Measure one batch and forget it (Lightning's sanity check): mistakes fail before
+        training, with the measure's own message."""
+        scratch = MetricSums(self._sums.methods, _FIELDS, MAX_CLASSES + 1)
+        self._for(task).measure(network, batch, scratch)
+
+    def batch(self, task: CAMTask, network: nn.Module, batch: Any, batch_idx: int) -> None:
+        """Add one validation batch's sums (past ``metrics_batches``: nothing)."""
+        if self.max_batches is not None and batch_idx >= self.max_batches:
+            return
+        measure = self._for(task)
+        try:
+            images = measure.measure(network, batch, self._sums)
+        except Exception as error:
+            if self.on_error == "raise" or not self._worked:
+                raise  # the first batch measured: a mistake to fix, not a pass to skip
+            self._failed = True
+            warnings.warn(
+                f"GradCAMCallback: metrics_on='validation' could not measure validation batch "
+                f"{batch_idx} ({type(error).__name__}: {error}); this epoch's whole-set "
+                "scalars are not logged",
+                UserWarning,
+                stacklevel=2,
+            )
+        else:
+            self._worked = True
+            self._sums.add(self._sums.methods[0], {"images": images})
+
+    def finish(self) -> dict[str, float] | None:
+        """Every rank, at the end of a measured epoch: one ``all_reduce``, then the means
+        (``{"<method>/<name>": value}``), or None when a rank failed or none measured."""
+        self._sums.add(self._sums.methods[0], {"failed": float(self._failed)})
+        self._sums.reduce()
+        first = self._sums.totals(self._sums.methods[0])
+        self.images = int(first["images"])
+        means = None
+        if self._measure is not None and not first["failed"] and self.images:
+            means = self._measure.means(self._sums)
+        self._sums.clear()
+        self._failed = False
+        return means
+
+    @staticmethod
+    def merge(scalars: dict[str, float], means: dict[str, float] | None) -> dict[str, float]:
+        """The fixed samples' ``scalars`` with the whole-set ``means`` in place of theirs
+        (``means=None``, as at the final pass after training: without them)."""
+        kept = {k: v for k, v in scalars.items() if k.rsplit("/", 1)[-1] not in _OWNED}
+        return kept | (means or {})

@@ -1,0 +1,284 @@
+"""Each task's attention metrics over whole batches, as sums (``GradCAMCallback(metrics_on=
+"validation")``).
+
+A :class:`PopulationMeasure` explains one batch the way its task explains the fixed samples
+and adds, per method, sums to a ``core.population.MetricSums``; :meth:`PopulationMeasure.means`
+turns the (reduced) sums into the task's scalars, under the tags the task's ``report`` gives
+them. The rules are the tasks' own (``core.tracking.DriftTracker(always_defined=True)``): a
+map without positive evidence, or a ground-truth object no detection found, counts **0**
+energy and no pointing hit, and every scalar is defined at every pass, so the means over the
+fixed samples' images equal the sample path's values on those images.
+
+Classification (region: the deciding object's box or mask of each image, ``n`` maps)::
+
+    energy_in_box    = sum_i share_i / n      share_i = 0 without evidence
+    pointing_game    = sum_i hit_i / n        hit_i = 0 without evidence
+    no_evidence_rate = #(maps without evidence) / n
+
+Segmentation: the same over every (image, ground-truth class but background) map, with
+``energy_in_mask`` for ``energy_in_box``, and per class (``class_KK/...``, for class ids
+below :data:`MAX_CLASSES`). Detection, over the ``n`` ground-truth objects, ``f`` of them
+found by a detection (``tasks.detection``)::
+
+    energy_in_box = sum share / n,  pointing_game = sum hit / n   (missed: 0)
+    found_rate = f / n,  no_evidence_rate = #(found without evidence) / f   (1 when f = 0)
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..core.drift import box_masks, energy_share, pointing_hits
+from ..core.layers import full_layer_name
+from ..core.population import MetricSums
+from ..core.tracking import has_evidence
+from ..engine import CAMEngine
+from .base import CAMTask
+from .classification import ClassificationTask
+from .detection import DetectionTask, _split_batch
+from .segmentation import SegmentationTask
+
+__all__ = [
+    "ClassificationMeasure",
+    "DetectionMeasure",
+    "MAX_CLASSES",
+    "PopulationMeasure",
+    "SegmentationMeasure",
+    "measure_for",
+]
+
+#: Segmentation classes with their own sums (class ids at or above it enter the overall ones).
+MAX_CLASSES = 256
+
+
+def _region_sums(maps: torch.Tensor, regions: torch.Tensor, evidence: torch.Tensor) -> dict:
+    """Sums over ``maps (N, H, W)`` in ``regions (N, H, W)``; no evidence: 0 and no hit."""
+    share = torch.where(evidence, energy_share(maps, regions).double(), 0.0)
+    hits = pointing_hits(maps, regions) & evidence
+    return {
+        "energy_sum": float(share.sum()),
+        "hits": float(hits.sum()),
+        "maps": float(len(maps)),
+        "no_evidence": float((~evidence).sum()),
+    }
+
+
+def _region_means(s: dict[str, float], energy: str) -> dict[str, float]:
+    n = s["maps"]
+    return {
+        energy: s["energy_sum"] / n if n else 0.0,
+        "pointing_game": s["hits"] / n if n else 0.0,
+        "no_evidence_rate": s["no_evidence"] / n if n else 1.0,
+    }
+
+
+class PopulationMeasure(ABC):
+    """One task's sums over batches (module docstring). ``task`` parses the batches and
+    knows the layer; ``fields`` and ``groups`` shape the ``MetricSums`` table."""
+
+    fields: ClassVar[tuple[str, ...]]
+    groups: ClassVar[int] = 1
+
+    def __init__(self, task: CAMTask):
+        self.task = task
+        self.methods = tuple(task.options.methods)
+
+    def new_sums(self) -> MetricSums:
+        return MetricSums(self.methods, self.fields, self.groups)
+
+    @abstractmethod
+    def check(self, samples: Any) -> None:
+        """Raise, saying what to pass, when batches like ``samples`` cannot be measured."""
+
+    @abstractmethod
+    def measure(self, network: nn.Module, batch: Any, sums: MetricSums) -> int:
+        """Explain ``batch`` and add its sums; the number of images measured."""
+
+    @abstractmethod
+    def means(self, sums: MetricSums) -> dict[str, float]:
+        """``{"<method>/<name>": value}``: the task's scalars from the sums."""
+
+
+class ClassificationMeasure(PopulationMeasure):
+    """Classification batches with the deciding object's ``boxes`` or ``masks``. The class
+    explained is the label when the batch has labels (``target="auto"``/``"label"``), the
+    prediction at this pass (``"prediction"``, or no labels), or the fixed class id or
+    callable ``target`` gives."""
+
+    fields = ("energy_sum", "hits", "maps", "no_evidence")
+
+    def __init__(self, task: CAMTask):
+        super().__init__(task)
+        target = task.options.target
+        if isinstance(target, torch.Tensor):
+            raise ValueError(
+                "target= gives one class id per fixed sample; metrics_on='validation' explains "
+                "every validation image, so use target='auto', 'label', 'prediction', one class "
+                "id for all, or a callable"
+            )
+        self._engine: CAMEngine | None = None
+        self._engine_for: int | None = None
+
+    def check(self, samples: Any) -> None:
+        if samples.boxes is None and samples.masks is None:
+            raise ValueError(
+                "metrics_on='validation' measures energy_in_box and pointing_game on every "
+                "validation batch, but the batches carry no boxes or masks of the deciding "
+                "object: return (images, labels, boxes), (images, labels, masks) or a dict "
+                "with 'boxes'/'masks' from the validation dataloader (or batch_parser=), or "
+                "use metrics_on='samples'"
+            )
+        target = self.task.options.target
+        if isinstance(target, str) and target == "label" and samples.labels is None:
+            raise ValueError(
+                "target='label' but the validation batches carry no labels; return (images, "
+                "labels, boxes) from the dataloader or use target='auto'/'prediction'"
+            )
+
+    def _targets(self, samples: Any) -> object:
+        target = self.task.options.target
+        if not isinstance(target, str):
+            return target  # a class id or a callable
+        if target == "prediction":
+            return None
+        return samples.labels  # "auto" / "label"; None (the prediction) without labels
+
+    def _cam(self, network: nn.Module) -> CAMEngine:
+        if self._engine is None or self._engine_for != id(network):
+            options = self.task.options
+            self._engine = CAMEngine(
+                network,
+                layer=self.task.layer_name or options.layer,
+                methods=options.methods,
+                reshape=options.reshape,
+            )
+            self._engine_for = id(network)
+        return self._engine
+
+    def measure(self, network: nn.Module, batch: Any, sums: MetricSums) -> int:
+        samples = self.task.parse_batch(batch)
+        self.check(samples)
+        result = self._cam(network).explain(samples.images, targets=self._targets(samples))
+        self.task.layer_name = full_layer_name(network, result.layer)
+        size = tuple(samples.images.shape[-2:])
+        regions = samples.masks if samples.masks is not None else box_masks(samples.boxes, size)
+        for method in self.methods:
+            maps = result.maps[method][:, 0].float().cpu()
+            layer_maps = result.layer_maps.get(method)
+            evidence = has_evidence(layer_maps[:, 0] if layer_maps is not None else maps)
+            sums.add(method, _region_sums(maps, regions, evidence.cpu()))
+        return len(samples)
+
+    def means(self, sums: MetricSums) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for method in self.methods:
+            means = _region_means(sums.totals(method), "energy_in_box")
+            out |= {f"{method}/{name}": value for name, value in means.items()}
+        return out
+
+
+class SegmentationMeasure(PopulationMeasure):
+    """Segmentation ``(images, masks)`` batches: one map per (image, ground-truth class)."""
+
+    fields = ClassificationMeasure.fields
+    groups = MAX_CLASSES + 1
+
+    def check(self, samples: Any) -> None:
+        pass  # parse_batch refuses batches without (B, H, W) class-id masks
+
+    def measure(self, network: nn.Module, batch: Any, sums: MetricSums) -> int:
+        task = self.task
+        samples = task.parse_batch(batch)
+        result = task.explain(network, samples)
+        for method in self.methods:
+            for index, regions in enumerate(result):
+                for region in regions:
+                    mask = (samples.masks[index] == region.class_id)[None]
+                    maps = region.maps[method].detach().float().cpu()[None]
+                    evidence = torch.tensor([bool(region.evidence[method])])
+                    values = _region_sums(maps, mask, evidence)
+                    sums.add(method, values)
+                    if 0 <= region.class_id < MAX_CLASSES:
+                        sums.add(method, values, group=region.class_id + 1)
+        return len(samples)
+
+    def means(self, sums: MetricSums) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for method in self.methods:
+            means = _region_means(sums.totals(method), "energy_in_mask")
+            out |= {f"{method}/{name}": value for name, value in means.items()}
+            for group in sums.groups_with(method, "maps"):
+                per_class = _region_means(sums.totals(method, group), "energy_in_mask")
+                out |= {f"{method}/class_{group - 1:02d}/{k}": v for k, v in per_class.items()}
+        return out
+
+
+class DetectionMeasure(PopulationMeasure):
+    """Detection ``(images, targets)`` batches: per ground-truth object, the detection that
+    finds it (``tasks.detection.match_objects``); images without objects add nothing."""
+
+    fields = ("energy_sum", "hits", "objects", "found", "empty")
+
+    def check(self, samples: Any) -> None:
+        pass  # parse_batch already refuses batches that are not (images, targets)
+
+    def measure(self, network: nn.Module, batch: Any, sums: MetricSums) -> int:
+        task = self.task
+        parser = task.options.batch_parser
+        images, targets = _split_batch(parser(batch) if parser is not None else batch)
+        if not any(len(torch.as_tensor(t["boxes"]).reshape(-1, 4)) for t in targets):
+            return len(images)  # no object to measure in this batch
+        samples = task.parse_batch(batch)
+        result = task.explain(network, samples)
+        for method in self.methods:
+            values = dict.fromkeys(self.fields, 0.0)
+            for index, detections in enumerate(result.objects):
+                for box, det in zip(samples.boxes[index], detections):
+                    values["objects"] += 1
+                    if det is None:
+                        continue  # missed: 0 energy, no hit
+                    values["found"] += 1
+                    has = bool(det.evidence[method])
+                    if not has:
+                        values["empty"] += 1
+                        continue
+                    cam = det.maps[method].detach().float().cpu()[None]
+                    region = box_masks(box[None], tuple(cam.shape[-2:]))
+                    values["energy_sum"] += float(energy_share(cam, region)[0])
+                    values["hits"] += float(pointing_hits(cam, region)[0])
+            sums.add(method, values)
+        return len(samples)
+
+    def means(self, sums: MetricSums) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for method in self.methods:
+            s = sums.totals(method)
+            n, found = s["objects"], s["found"]
+            out[f"{method}/energy_in_box"] = s["energy_sum"] / n if n else 0.0
+            out[f"{method}/pointing_game"] = s["hits"] / n if n else 0.0
+            out[f"{method}/found_rate"] = found / max(1.0, n)
+            out[f"{method}/no_evidence_rate"] = s["empty"] / found if found else 1.0
+        return out
+
+
+_MEASURES: dict[type[CAMTask], type[PopulationMeasure]] = {
+    ClassificationTask: ClassificationMeasure,
+    SegmentationTask: SegmentationMeasure,
+    DetectionTask: DetectionMeasure,
+}
+
+
+def measure_for(task: CAMTask) -> PopulationMeasure:
+    """The measure of ``task``'s kind (a subclass of a built-in task gets its measure); a
+    clear error for a task that has none."""
+    for kind, measure in _MEASURES.items():
+        if isinstance(task, kind):
+            return measure(task)
+    raise ValueError(
+        f"metrics_on='validation' measures the classification, detection and segmentation "
+        f"tasks; task {task.name!r} has no whole-epoch measure: use metrics_on='samples'"
+    )

@@ -1,0 +1,104 @@
+"""Whole-set measures of the classification task (``metrics_on="validation"``): over batches, the sums give exactly what
+the task's own report gives on the same images as fixed samples, maps without evidence and
+missed objects counted as 0 alike; under inference mode too."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_gradcam.core.population import MetricSums
+from lightning_gradcam.lightning.population import ValidationMetrics
+from lightning_gradcam.tasks.base import TaskOptions
+from lightning_gradcam.tasks.classification import ClassificationTask
+from lightning_gradcam.tasks.population import measure_for
+
+
+def _classifier() -> nn.Module:
+    """Class 2's weights are all negative: its Grad-CAM has no positive evidence."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 3),
+    ).eval()
+    with torch.no_grad():
+        net[6].weight[2] = -net[6].weight[2].abs() - 0.1
+    return net
+
+
+def _sums(task, network, batches) -> dict[str, float]:
+    """The means of ``task``'s whole-set measure over ``batches``."""
+    measure = measure_for(task)
+    sums = MetricSums(task.options.methods, measure.fields, measure.groups)
+    for batch in batches:
+        measure.measure(network, batch, sums)
+    sums.reduce()  # one process: the sums themselves
+    return measure.means(sums)
+
+
+def _assert_same(got: dict[str, float], want: dict[str, float]) -> None:
+    assert set(got) == set(want)
+    for key, value in want.items():
+        assert math.isclose(got[key], value, rel_tol=1e-6, abs_tol=1e-9), (key, got[key], value)
+
+
+def _classification_data():
+    g = torch.Generator().manual_seed(1)
+    images = torch.rand(10, 3, 16, 16, generator=g)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
+    boxes = torch.tensor([[2.0, 2.0, 10.0, 12.0]]).repeat(10, 1)
+    return images, labels, boxes
+
+
+def test_classification_batches_give_the_sample_reports_scalars():
+    net = _classifier()
+    images, labels, boxes = _classification_data()
+    methods = ("gradcam", "gradcam++")
+    task = ClassificationTask(TaskOptions(methods=methods, layer="2"))
+    batches = [(images[a:b], labels[a:b], boxes[a:b]) for a, b in ((0, 4), (4, 8), (8, 10))]
+    got = _sums(task, net, batches)
+    fixed = ClassificationTask(TaskOptions(methods=methods, layer="2"))
+    samples = fixed.parse_batch((images, labels, boxes))
+    want = fixed.report(fixed.explain(net, samples), samples, 0, 0).scalars
+    _assert_same(got, want)
+    # Class 2 has no evidence: 3 maps of 10 count 0 energy and no hit.
+    assert got["gradcam/no_evidence_rate"] == pytest.approx(0.3)
+
+
+def test_a_batch_made_under_inference_mode_is_measured_the_same():
+    net = _classifier()
+    images, labels, boxes = _classification_data()
+    task = ClassificationTask(TaskOptions(methods=("gradcam",), layer="2"))
+    want = _sums(task, net, [(images, labels, boxes)])
+    with torch.inference_mode():
+        batch = (images.clone(), labels.clone(), boxes.clone())
+        got = _sums(task, net, [batch])
+    _assert_same(got, want)
+
+
+def test_merge_puts_the_whole_set_means_in_place_and_drops_the_samples_without_them():
+    scalars = {"gradcam/energy_in_box": 0.1, "gradcam/drift_vs_prev": 0.2}
+    means = {"gradcam/energy_in_box": 0.5, "gradcam/pointing_game": 1.0}
+    assert ValidationMetrics.merge(scalars, means) == {
+        "gradcam/energy_in_box": 0.5,
+        "gradcam/pointing_game": 1.0,
+        "gradcam/drift_vs_prev": 0.2,
+    }
+    assert ValidationMetrics.merge(scalars, None) == {"gradcam/drift_vs_prev": 0.2}
+
+
+def test_a_task_without_a_whole_set_measure_is_refused_by_name():
+    class Odd(ClassificationTask.__mro__[1]):  # CAMTask, not a built-in task
+        name = "odd"
+        recognises = parse_batch = explain = report = filmstrip = None
+
+    with pytest.raises(ValueError, match="task 'odd' has no whole-epoch measure"):
+        measure_for(Odd(TaskOptions(methods=("gradcam",))))
