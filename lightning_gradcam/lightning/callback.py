@@ -21,17 +21,16 @@ from ..tasks import CAMTask, TaskOptions
 from .announce import announce
 from .arguments import CallbackArguments, check_alarm
 from .batch import FixedSamples, first_loader
+from .checkpoint_state import callback_state, restore_callback_state
 from .compat import CALLBACK_BASES, refuse_sharded
 from .explained import explained_network
 from .logged_pass import LoggedPass
 from .metrics import AlarmWatch, publish_metrics
 from .passes import trial_pass
-from .population import ValidationMetrics
+from .population import WholeSet
 from .sinks import Sink, sinks_for
 
 __all__ = ["GradCAMCallback"]
-
-_STATE_VERSION = 1
 
 
 class GradCAMCallback(*CALLBACK_BASES):
@@ -189,16 +188,12 @@ class GradCAMCallback(*CALLBACK_BASES):
         self._warned: set[str] = set()
         self.history: list[dict[str, Any]] = []
         self._passes = LoggedPass(self.on_error, self._alarm, self.history)
-        self._metrics_on, self._metrics_batches = args.metrics_on, args.metrics_batches
-        self._population: ValidationMetrics | None = None  # made with the task (its methods)
-        self._population_means: dict[str, float] | None = None
+        self.whole_set = WholeSet(args.metrics_on, args.metrics_batches, self.on_error)
 
-    def __getattr__(self, name: str) -> Any:
-        # The checked task options read as attributes: cb.target, cb.faithfulness, cb.mean...
-        args = self.__dict__.get("args")
-        if args is not None and name in TaskOptions.__dataclass_fields__:
-            return getattr(args.options, name)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+    @property
+    def options(self) -> TaskOptions:
+        """The checked arguments every task reads (``options.target``, ``options.mean``...)."""
+        return self.args.options
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -304,10 +299,10 @@ class GradCAMCallback(*CALLBACK_BASES):
         network = self._network(pl_module)
         if trainer.is_global_zero:
             self._fixed.take(network, batch)
-        if self._metrics_on == "validation":  # every rank measures its own batches
+        if self.whole_set.enabled:  # every rank measures its own batches
             measured = (self._eval_count + 1) % self.every_n_epochs == 0
             task = self._fixed.task_for(network, batch)
-            self._population_for(task).on_batch(trainer, task, network, batch, batch_idx, measured)
+            self.whole_set.on_batch(trainer, task, network, batch, batch_idx, measured)
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         # No sanity check ran: take the validation samples now, for the trial pass before
@@ -320,8 +315,8 @@ class GradCAMCallback(*CALLBACK_BASES):
                 self._fixed.take_from(self._network(pl_module), loader)
         if self._samples is not None:
             self._trial_pass(pl_module)
-            if self._metrics_on == "validation" and not self._fixed.user_given:
-                self._population_for(self._task).check(self._task, self._samples)
+            if self.whole_set.enabled and not self._fixed.user_given:
+                self.whole_set.check(self._task, self._samples)
 
     def on_train_batch_start(
         self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
@@ -367,8 +362,7 @@ class GradCAMCallback(*CALLBACK_BASES):
         if self._eval_count % self.every_n_epochs:
             return
         scalars: dict[str, float] = {}
-        if self._population is not None:  # one all_reduce, on every rank
-            self._population_means = self._population.finish() or {}
+        self.whole_set.finish()  # metrics_on="validation": one all_reduce, on every rank
         if trainer.is_global_zero:
             if self._samples is None:
                 self._warn_once(
@@ -378,9 +372,10 @@ class GradCAMCallback(*CALLBACK_BASES):
                 )
             else:
                 scalars = self._explain_and_log(trainer, pl_module)
-            if self._population_means and not scalars:  # the fixed samples' pass failed
-                scalars = self._log_scalars(self._population_means, int(trainer.global_step))
-        self._population_means = None
+            if self.whole_set.means and not scalars:  # the fixed samples' pass failed
+                step, means = int(trainer.global_step), self.whole_set.means
+                scalars = LoggedPass.log_scalars(self._sink, self._prefix(), means, step)
+        self.whole_set.means = None
         publish_metrics(trainer, scalars)  # every rank: the same values, for monitors
 
     # ------------------------------------------------------------------ the CAM pass
@@ -409,29 +404,13 @@ class GradCAMCallback(*CALLBACK_BASES):
             self._prefix(),
             step,
             int(trainer.current_epoch),
-            # metrics_on="validation": the whole set's means in place of the samples'
-            whole_set=(self._population_means or {}) if self._metrics_on == "validation" else None,
+            whole_set=self.whole_set.in_place_of_samples(),
         )
         self._cam_count += self._passes.passes_logged - logged_before
         return scalars
 
     def _prefix(self) -> str:
         return f"{self.tag_prefix}/{self._layer()}"
-
-    def _population_for(self, task: CAMTask) -> ValidationMetrics:
-        """The whole-set sums (``metrics_on="validation"``), over the task's methods."""
-        if self._population is None:
-            self._population = ValidationMetrics(
-                task.options.methods, self._metrics_batches, self.on_error
-            )
-        return self._population
-
-    def _log_scalars(self, scalars: dict[str, float], step: int) -> dict[str, float]:
-        tagged = {f"{self._prefix()}/{tag}": value for tag, value in scalars.items()}
-        for tag, value in tagged.items():
-            self._sink.scalar(tag, value, step)
-        self._sink.flush()
-        return tagged
 
     def filmstrip(self, method: str | None = None) -> np.ndarray:
         """Rows = samples (or objects), columns = the input, then one overlay per pass
@@ -446,30 +425,10 @@ class GradCAMCallback(*CALLBACK_BASES):
     # ------------------------------------------------------------------ checkpoint state
 
     def state_dict(self) -> dict[str, Any]:
-        samples, task = self._samples, self._task
-        return {
-            "version": _STATE_VERSION,
-            "task": None if task is None else task.name,
-            "layer": self._layer(),
-            "eval_count": self._eval_count,
-            "cam_count": self._cam_count,
-            "images_digest": None if samples is None else samples.digest(),
-            "samples": None if samples is None else samples.to_state(),
-            **({} if task is None else task.state_dict()),
-        }
+        """``checkpoint_state.callback_state``: counts, task, layer, samples, drift."""
+        return callback_state(self._fixed, self._layer(), self._eval_count, self._cam_count)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if state_dict.get("version") != _STATE_VERSION:
-            self._warn_once(
-                "state_version",
-                f"GradCAMCallback: ignoring checkpoint state of version "
-                f"{state_dict.get('version')!r} (expected {_STATE_VERSION}); drift restarts",
-            )
-            return
-        self._eval_count = int(state_dict["eval_count"])
-        self._cam_count = int(state_dict["cam_count"])
-        if state_dict["samples"] is None:
-            return
-        if self._fixed.restore(state_dict, self._warn_once):
-            self._task.layer_name = state_dict["layer"] or self._task.layer_name
-            self._task.load_state_dict(state_dict)
+        counts = restore_callback_state(self._fixed, state_dict, self._warn_once)
+        if counts is not None:
+            self._eval_count, self._cam_count = counts

@@ -67,6 +67,17 @@ class LoggedPass:
             self._mark_skipped(sink, prefix, step)
         return logged if outcome.ok else {}
 
+    @staticmethod
+    def log_scalars(
+        sink: Sink, prefix: str, scalars: dict[str, float], step: int
+    ) -> dict[str, float]:
+        """Write ``scalars`` (tags relative to ``prefix``) and flush; the full tags written."""
+        tagged = {f"{prefix}/{tag}": value for tag, value in scalars.items()}
+        for tag, value in tagged.items():
+            sink.scalar(tag, value, step)
+        sink.flush()
+        return tagged
+
     def _mark_skipped(self, sink: Sink, prefix: str, step: int) -> None:
         try:  # the sink itself may be what failed
             sink.scalar(f"{prefix}/skipped_passes", float(self._guard.failed_passes), step)
@@ -92,12 +103,9 @@ class LoggedPass:
             report.scalars.update({f"{method}/{k}": v for k, v in values.items()})
         if whole_set is not None:
             report.scalars = ValidationMetrics.merge(report.scalars, whole_set)
-        scalars = {f"{prefix}/{tag}": value for tag, value in report.scalars.items()}
         for tag, image, caption in report.images:
             sink.image(f"{prefix}/{tag}", image, step, caption=caption)
-        for tag, value in scalars.items():
-            sink.scalar(tag, value, step)
-        sink.flush()
+        scalars = self.log_scalars(sink, prefix, report.scalars, step)
         self.passes_logged += 1
         self.history.append({"epoch": epoch, "step": step, "scalars": report.summary})
         self._alarm.check(report, epoch, prefix)

@@ -157,3 +157,49 @@ class ValidationMetrics:
         (``means=None``, as at the final pass after training: without them)."""
         kept = {k: v for k, v in scalars.items() if k.rsplit("/", 1)[-1] not in _OWNED}
         return kept | (means or {})
+
+
+class WholeSet:
+    """``GradCAMCallback(metrics_on=...)``'s whole-set measurement across the validation
+    epochs: off for ``"samples"``; for ``"validation"`` the sums (made with the task's
+    methods, at the first batch), their reduction at each evaluation point and the means
+    that replace the fixed samples' scalars.
+
+    Attributes: ``enabled``; ``images``: how many images (all ranks) the last means are
+    over; ``means``: those means until the pass has logged them.
+    """
+
+    def __init__(self, metrics_on: str, max_batches: int | None, on_error: str):
+        self.enabled = metrics_on == "validation"
+        self._max_batches, self._on_error = max_batches, on_error
+        self._sums: ValidationMetrics | None = None
+        self.means: dict[str, float] | None = None
+
+    @property
+    def images(self) -> int:
+        return 0 if self._sums is None else self._sums.images
+
+    def _for(self, task: CAMTask) -> ValidationMetrics:
+        if self._sums is None:
+            self._sums = ValidationMetrics(task.options.methods, self._max_batches, self._on_error)
+        return self._sums
+
+    def on_batch(
+        self, trainer: Any, task: CAMTask, network: Any, batch: Any, index: int, measured: bool
+    ) -> None:
+        """Every rank: add one validation batch (when this epoch is measured)."""
+        self._for(task).on_batch(trainer, task, network, batch, index, measured)
+
+    def check(self, task: CAMTask, samples: Any) -> None:
+        """Before training: refuse batches that carry nothing to measure against."""
+        self._for(task).check(task, samples)
+
+    def finish(self) -> None:
+        """Every rank, at an evaluation point: the one ``all_reduce``, then the means."""
+        if self._sums is not None:
+            self.means = self._sums.finish() or {}
+
+    def in_place_of_samples(self) -> dict[str, float] | None:
+        """What the pass logs in place of the samples' scalars (``{}``: none, e.g. at the
+        pass after training); ``None`` when off."""
+        return (self.means or {}) if self.enabled else None

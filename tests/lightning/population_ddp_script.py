@@ -43,7 +43,7 @@ def main(out: str, devices: int) -> None:
     trainer.fit(module, val_dataloaders=val_loader(24, 8))
     report = {
         "rank": trainer.global_rank,
-        "images": cb._population.images,
+        "images": cb.whole_set.images,
         "metrics": {
             k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("gradcam/")
         },

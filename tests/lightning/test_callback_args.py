@@ -72,7 +72,7 @@ def test_good_arguments_are_kept():
         tag_prefix="/cams/",
     )
     assert cb.methods == ("layercam",)
-    assert cb.target.tolist() == [0, 2]
+    assert cb.options.target.tolist() == [0, 2]
     # the first num_samples of the images given
     assert len(cb.state_dict()["samples"]["images"]) == 2
     assert cb.tag_prefix == "cams"

@@ -65,4 +65,4 @@ def test_unknown_metrics_are_refused_at_construction():
         GradCAMCallback(faithfulness=("deletion", "auc"))
     with pytest.raises(TypeError, match="faithfulness metrics must be a sequence"):
         GradCAMCallback(faithfulness=3)
-    assert GradCAMCallback(faithfulness="deletion").faithfulness == ("deletion",)
+    assert GradCAMCallback(faithfulness="deletion").options.faithfulness == ("deletion",)

@@ -70,7 +70,7 @@ def test_whole_set_means_equal_a_computation_by_hand_and_training_is_untouched(t
     got = _logged(trainer)
     for tag, value in want.items():
         assert math.isclose(got[tag], value, rel_tol=1e-5, abs_tol=1e-7), (tag, got[tag], value)
-    assert cb._population.images == VAL_IMAGES  # all three batches, not the 8 samples
+    assert cb.whole_set.images == VAL_IMAGES  # all three batches, not the 8 samples
 
     # The same tags at every pass, in the event files; pictures stay on the fixed samples.
     images, scalars = read_events(tmp_path / "watched" / "tb")
@@ -107,7 +107,7 @@ def test_metrics_batches_and_limit_val_batches(tmp_path, options, fit_options, c
     want, got = _by_hand(module, count), _logged(trainer)
     for tag, value in want.items():
         assert math.isclose(got[tag], value, rel_tol=1e-5, abs_tol=1e-7), tag
-    assert cb._population.images == count
+    assert cb.whole_set.images == count
 
 
 def test_every_n_epochs_measures_only_the_epochs_explained(tmp_path):
