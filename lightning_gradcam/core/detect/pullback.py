@@ -92,12 +92,15 @@ def pull_back_to_layer(
         targets: ``(D,)`` the scalars, to refuse a layer they do not depend on.
 
     A layer whose output is itself a reader input takes the gradient as it is; a layer
-    upstream goes through one batched backward (chunked under the gradient budget).
+    upstream goes through one batched backward per level, of the detections whose gradient
+    at that level is not zero (chunked under the gradient budget), so that a detection goes
+    back through the part of the graph it reads only.
     """
     require_dependence(name, targets, activation, hint)
     count = len(image_of)
     grad = activation.new_zeros((count, *activation.shape[1:]))
-    inner = None
+    image_of = image_of.to(activation.device)
+    chunk = max(1, GRADIENT_BUDGET // max(1, activation.numel()))
     for reader_input, level_grads in zip(reader_inputs, reader_grads):
         if level_grads is None:
             continue
@@ -106,13 +109,12 @@ def pull_back_to_layer(
             continue
         if not depends_on(reader_input, activation):
             continue  # this level does not see the layer: zero gradient
-        term = (reader_input[image_of] * level_grads).flatten(1).sum(dim=1)
-        inner = term if inner is None else inner + term
-    if inner is not None:
-        chunk = max(1, GRADIENT_BUDGET // max(1, activation.numel()))
-        rows = torch.arange(count, device=activation.device)
-        for start in range(0, count, chunk):
-            stop = min(count, start + chunk)
-            batched = batched_gradients(inner[start:stop], activation, retain_graph=True)
-            grad[start:stop] += batched[rows[: stop - start], image_of[start:stop]].to(grad)
+        # Only the detections that read this level go back through its part of the graph.
+        rows = torch.nonzero(level_grads.flatten(1).any(dim=1)).flatten().to(grad.device)
+        for start in range(0, len(rows), chunk):
+            part = rows[start : start + chunk]
+            images = image_of[part]
+            inner = (reader_input[images] * level_grads[part].to(reader_input)).flatten(1).sum(1)
+            batched = batched_gradients(inner, activation, retain_graph=True)
+            grad[part] += batched[torch.arange(len(part), device=grad.device), images].to(grad)
     return grad
