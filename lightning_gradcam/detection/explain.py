@@ -314,7 +314,8 @@ class DetectionCAM:
     def _explain_layer(self, name, calls, flat, num_images, record, pooled, sizes) -> None:
         kind = self._kind(name, calls, num_images, record)
         origins = [origin for origin, _ in flat]
-        targets = torch.stack([self._target(o) for o in origins])
+        # A list, not a stacked tensor: each level's backward then reads its own graph only.
+        targets = [self._target(o) for o in origins]
         owners = [o.roi_row if kind == "roi" else o.image_index for o in origins]
         if kind == "head":
             levels = [o.level for o in origins]

@@ -49,7 +49,8 @@ def pooler_pullback(
         image_of: ``(D,)`` the image of each detection.
         levels: ``(D,)`` the level the pooler reads each box from, if the side knows it:
             then only that level is copied per detection (the others are passed as
-            broadcast views, never read); None copies every level.
+            broadcast NaN views, which must not be read: a RuntimeError if they are);
+            None copies every level.
 
     Returns:
         Per level, ``(D, C, h_l, w_l)``: detection ``d``'s gradient at
@@ -75,18 +76,21 @@ def pooler_pullback(
             copies = [
                 f[images].requires_grad_()  # indexing copies
                 if j in read
-                else f[:1].expand(len(part), *f.shape[1:])  # not read: no copy
+                # Not read: a NaN view (no copy), so that a box the pooler reads from another
+                # level than ``levels`` says shows as NaN instead of a lost gradient.
+                else f.new_full((1,) * f.dim(), float("nan")).expand(len(part), *f.shape[1:])
                 for j, f in enumerate(feats)
             ]
             pooled = pool(copies, [box[None] for box in boxes[part]], images)
+            if level is not None and not bool(torch.isfinite(pooled).all()):
+                raise RuntimeError(
+                    f"the pooler read other levels than level {level} for the boxes levels= "
+                    "put there; pass the pooler's own level assignment, or levels=None"
+                )
             leaves = [copies[j] for j in read]
             grads = torch.autograd.grad(
                 pooled, leaves, grad_outputs=row_grads[part].to(pooled), allow_unused=True
             )
-            if level is not None and grads[0] is None:
-                raise RuntimeError(
-                    f"the pooler did not read level {level} for the boxes levels= put there"
-                )
             for j, grad in zip(read, grads):
                 if grad is not None:
                     if out[j] is None:

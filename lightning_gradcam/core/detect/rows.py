@@ -77,7 +77,8 @@ def own_gradients(
     """Each target's gradient at its own row of each tensor: ``(D, *tensor.shape[1:])``.
 
     Args:
-        targets: ``D`` grad-connected scalars (a ``(D,)`` tensor or a sequence).
+        targets: ``D`` grad-connected scalars: a sequence (each group's backward then goes
+            through its own targets' graphs only), or a ``(D,)`` tensor.
         owners: ``D`` row indices: target ``d`` depends on row ``owners[d]`` of every tensor
             only (its proposal row, or its image).
         tensors: one tensor (the result is one tensor) or several sharing their rows (the
@@ -91,8 +92,10 @@ def own_gradients(
     """
     single = isinstance(tensors, torch.Tensor)
     tensors = [tensors] if single else list(tensors)
-    flat = targets.reshape(-1) if isinstance(targets, torch.Tensor) else torch.stack(list(targets))
-    flat = flat.reshape(-1)
+    # A sequence of scalars keeps each group's graph apart: a group's sum built from a stacked
+    # tensor would send the backward through every target's graph (zeros for the others).
+    scalars = None if isinstance(targets, torch.Tensor) else [t.reshape(()) for t in targets]
+    flat = targets.reshape(-1) if scalars is None else None
     owners = [int(o) for o in owners]
     out = [t.new_zeros((len(owners), *t.shape[1:])) for t in tensors]
     if not owners:
@@ -100,21 +103,23 @@ def own_gradients(
     labels = [0] * len(owners) if groups is None else [int(g) for g in groups]
     for group in sorted(set(labels)):
         members = [d for d, g in enumerate(labels) if g == group]
-        _rounds_into(out, flat, owners, tensors, members, name, hint, missing)
+        if scalars is not None:
+            picked = torch.stack([scalars[d] for d in members])
+        else:
+            picked = flat[torch.tensor(members, dtype=torch.long, device=flat.device)]
+        _rounds_into(out, picked, owners, tensors, members, name, hint, missing)
     return out[0] if single else out
 
 
-def _rounds_into(out, flat, owners, tensors, members, name, hint, missing) -> None:
-    """:func:`own_gradients` for the targets ``members``, written into ``out``."""
+def _rounds_into(out, picked, owners, tensors, members, name, hint, missing) -> None:
+    """:func:`own_gradients` for the targets ``members`` (their scalars ``picked``), written
+    into ``out``."""
     device = tensors[0].device
-    picked = torch.tensor(members, dtype=torch.long, device=flat.device)
     occurrence = _round_of([owners[d] for d in members])
     rounds_of = torch.tensor(occurrence, dtype=torch.long, device=device)
     rows_of = torch.tensor([owners[d] for d in members], dtype=torch.long, device=device)
     index = torch.tensor(members, dtype=torch.long, device=device)
-    rounds = flat.new_zeros(max(occurrence) + 1).index_add(
-        0, rounds_of.to(flat.device), flat[picked]
-    )
+    rounds = picked.new_zeros(max(occurrence) + 1).index_add(0, rounds_of.to(picked.device), picked)
     chunk = max(1, GRADIENT_BUDGET // max(1, sum(t.numel() for t in tensors)))
     for start in range(0, len(rounds), chunk):
         part = rounds[start : start + chunk]
@@ -129,7 +134,7 @@ def _rounds_into(out, flat, owners, tensors, members, name, hint, missing) -> No
 
 
 def level_gradients(
-    targets: torch.Tensor,
+    targets: torch.Tensor | Sequence[torch.Tensor],
     levels: Sequence[int] | torch.Tensor,
     owners: Sequence[int] | torch.Tensor,
     calls: Sequence[torch.Tensor],
@@ -141,14 +146,15 @@ def level_gradients(
     ``owners[d]`` (its image). Returns per detection ``(activations, gradients)``, each
     ``(C, h_l, w_l)``: one :func:`own_gradients` per level, so a backward goes through that
     level's part of the head only."""
-    targets = targets.reshape(-1)
+    if isinstance(targets, torch.Tensor):
+        targets = list(targets.reshape(-1).unbind())
     levels = [int(v) for v in levels]
     owners = [int(o) for o in owners]
     acts: list = [None] * len(levels)
     grads: list = [None] * len(levels)
     for level in sorted(set(levels)):
         idx = [d for d, v in enumerate(levels) if v == level]
-        picked = targets[torch.tensor(idx, device=targets.device)]
+        picked = [targets[d] for d in idx]
         level_grads = own_gradients(
             picked, [owners[d] for d in idx], calls[level], name=name, hint=hint
         )
