@@ -1,10 +1,10 @@
-"""Time DetectionCAM against one plain inference forward (not a test).
+"""Time Detectron2CAM against one plain inference forward (not a test).
 
 For one image: explain 1 and 16 detections at a per-ROI layer and at an image-level layer,
 next to a plain ``model(inputs)`` under ``no_grad``, and next to the obvious alternative at the
 image-level layer (one backward per detection). Targets: 16 detections at a per-ROI layer at
 most 1.2x one inference forward; at an image-level layer at most 3x. The scalar differentiated
-is DetectionCAM's default, each detection's class logit.
+is Detectron2CAM's default, each detection's class logit.
 
 ``zoo-c4``: the stock model-zoo ``COCO-Detection/faster_rcnn_R_50_C4_1x.yaml`` (ResNet-50, its
 1000 proposals), random weights, at a 320-px test size (image 320x426), 1 and 10 detections.
@@ -24,7 +24,7 @@ import warnings
 import torch
 from detectron2.modeling import build_model
 
-from detectron2_hooks import DetectionCAM
+from detectron2_hooks import Detectron2CAM
 from detectron2_hooks.tiny import tiny_config
 from lightning_gradcam.core.capture import ActivationCapture
 from lightning_gradcam.core.layers import resolve_layer
@@ -72,10 +72,10 @@ def _median_time(fn, repeats: int) -> float:
 
 
 def _loop_baseline(model, inputs, layer: str, count: int) -> None:
-    """One forward, then one backward per detection: the structure DetectionCAM avoids."""
+    """One forward, then one backward per detection: the structure Detectron2CAM avoids."""
     with torch.enable_grad(), ActivationCapture({layer: resolve_layer(model, layer)}) as cap:
         instances = model.inference(inputs, do_postprocess=False)
-        scores = instances[0].cam_logit[:count]  # the class logit, as DetectionCAM
+        scores = instances[0].cam_logit[:count]  # the class logit, as Detectron2CAM
         for index in range(len(scores)):
             torch.autograd.grad(scores[index], cap.activations[layer][0], retain_graph=True)
 
@@ -94,14 +94,14 @@ def run(kind: str, size: int, proposals: int, repeats: int) -> list[tuple[str, f
 
     rows = [("inference forward (no_grad)", _median_time(forward, repeats))]
     for layer in LAYERS[kind]:
-        cam = DetectionCAM(model, layer, methods=("gradcam", "gradcam++", "hirescam"))
+        cam = Detectron2CAM(model, layer, methods=("gradcam", "gradcam++", "hirescam"))
         for count in (1, MANY[kind]):
             found = cam.explain(inputs, max_detections=count)
             assert len(found[0]) == count, f"only {len(found[0])} detections"
             seconds = _median_time(
                 lambda c=cam, n=count: c.explain(inputs, max_detections=n), repeats
             )
-            rows.append((f"DetectionCAM {layer}, {count} detection(s)", seconds))
+            rows.append((f"Detectron2CAM {layer}, {count} detection(s)", seconds))
     image_layer = LAYERS[kind][1]
     seconds = _median_time(
         lambda: _loop_baseline(model, inputs, image_layer, MANY[kind]), max(1, repeats // 2)

@@ -1,8 +1,10 @@
-"""detectron2 side of lightning-gradcam: adapters, DetectionCAM, config keys.
+"""detectron2 side of lightning-gradcam: adapters, Detectron2CAM, config keys.
 
 Importing the package registers ``CAMRes5ROIHeads``, ``CAMStandardROIHeads``,
 ``CAMCascadeROIHeads`` (``ROI_HEADS_REGISTRY``), ``CAMRetinaNet`` and ``CAMFCOS``
-(``META_ARCH_REGISTRY``); all five are exported here.
+(``META_ARCH_REGISTRY``); all five are exported here. ``DetectionCAM`` is a deprecated
+alias of ``Detectron2CAM`` (the torchvision explainer is ``lightning_gradcam.DetectionCAM``):
+it warns once per process.
 """
 
 import warnings
@@ -20,12 +22,12 @@ from .adapters import (
     CAMStandardROIHeads,
 )
 from .config import add_gradcam_config, to_cam_config
-from .explain import Detection, DetectionCAM
+from .explain import Detection, Detectron2CAM
 from .hook import GradCAMHook
 from .predictor import CAMPredictor
 
 __all__ = [
-    "DetectionCAM",
+    "Detectron2CAM",
     "CAMPredictor",
     "Detection",
     "CAMRes5ROIHeads",
@@ -37,3 +39,21 @@ __all__ = [
     "to_cam_config",
     "GradCAMHook",
 ]
+
+_warned = False
+
+
+def __getattr__(name: str):
+    # PEP 562: the old name still works, with one warning per process.
+    global _warned
+    if name == "DetectionCAM":
+        if not _warned:
+            _warned = True
+            warnings.warn(
+                "detectron2_hooks.DetectionCAM is deprecated: use detectron2_hooks.Detectron2CAM "
+                "(lightning_gradcam.DetectionCAM is the torchvision / YOLO explainer)",
+                FutureWarning,
+                stacklevel=2,
+            )
+        return Detectron2CAM
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,7 +1,8 @@
 """Map assembly: CAM methods applied to each detection's evidence, maps placed in the image.
 
-:func:`assemble_detections` weighs, per detection and per layer, the activation and gradient
-from the pull-back (``pullback.py``) with every CAM method (``core.methods``), then places the
+:func:`assemble_detections` builds the :class:`Detection` records from detectron2's
+instances and hands each layer's activations and gradients (``pullback.py``) to the kernel's
+``attach_maps``, which weighs them with every CAM method (``core.methods``) and places the
 map in the image: at a per-ROI layer the map covers the pooled proposal box
 (:func:`paste_in_boxes`, the geometry ROIAlign pooled it with); at a head or image-level layer
 it is upsampled over the padded batch and cropped to the image. Maps are normalised to [0, 1],
@@ -20,12 +21,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import nn
 
-from lightning_gradcam.core.detections import Detection, paste_in_boxes, place_maps
-from lightning_gradcam.core.layouts import Reshape, to_feature_maps
-from lightning_gradcam.core.methods import compute_cam
+from lightning_gradcam.core.detect import attach_maps
+from lightning_gradcam.core.detections import Detection, paste_in_boxes
+from lightning_gradcam.core.layouts import Reshape
 
 from .pullback import LayerEvidence
 from .selection import SelectedDetections
@@ -79,29 +79,19 @@ def assemble_detections(
         detections.append(det)
         results[det.image_index].append(det)
     forward = selection.forward
-    padded = forward.padded_size
     for name in layers:
         layer = evidence[name]
-        activations, gradients = layer.activations, layer.gradients
-        if layer.kind == "image":
-            activations, gradients = to_feature_maps(
-                model, name, activations, gradients, padded, reshape
-            )
-        for d, det in enumerate(detections):
-            # One detection at a time: level sizes differ for head layers, and small
-            # tensors keep the method arithmetic in cache.
-            a = activations[d][None].detach()
-            g = gradients[d][None].detach()
-            raw = torch.cat([compute_cam(method, a, g) for method in methods])  # (M, h, w)
-            full, found = place_maps(
-                raw,
-                layer.kind,
-                out_size=(forward.output_sizes or forward.image_sizes)[det.image_index],
-                proposal_box=det.proposal_box,
-                padded_size=padded,
-                image_size=forward.image_sizes[det.image_index],
-            )
-            det.maps_by_layer[name] = dict(zip(methods, full.float()))
-            det.layer_maps_by_layer[name] = dict(zip(methods, raw.float()))
-            det.evidence_by_layer[name] = dict(zip(methods, (bool(f) for f in found)))
+        attach_maps(
+            detections,
+            name,
+            layer.kind,
+            layer.activations,
+            layer.gradients,
+            methods,
+            out_sizes=forward.output_sizes or forward.image_sizes,
+            image_sizes=forward.image_sizes,
+            padded_size=forward.padded_size,
+            model=model,
+            reshape=reshape,
+        )
     return results

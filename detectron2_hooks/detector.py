@@ -1,4 +1,4 @@
-"""What DetectionCAM needs to know about a CAM-adapted detector, in one place.
+"""What Detectron2CAM needs to know about a CAM-adapted detector, in one place.
 
 A detector built with the adapters (``adapters.py``) declares how its detections remember
 where they came from, by its ``cam_provenance`` attribute:
@@ -59,7 +59,7 @@ class ForwardOutput:
 
 @dataclass(frozen=True)
 class DetectorParts:
-    """A CAM-adapted detector, seen as DetectionCAM sees it.
+    """A CAM-adapted detector, seen as Detectron2CAM sees it.
 
     Attributes:
         model: the unwrapped detector.
@@ -108,7 +108,7 @@ def describe_detector(model: nn.Module) -> DetectorParts:
         heads = getattr(model, "roi_heads", None)
         what = type(heads).__name__ if heads is not None else type(model).__name__
         raise TypeError(
-            f"DetectionCAM needs a detector built with the CAM adapters, got {what}. Build "
+            f"Detectron2CAM needs a detector built with the CAM adapters, got {what}. Build "
             "it from detectron2_hooks.to_cam_config(cfg) (ROI_HEADS.NAME CAMRes5ROIHeads / "
             "CAMStandardROIHeads, or META_ARCHITECTURE CAMRetinaNet); stock checkpoints "
             "load unchanged."

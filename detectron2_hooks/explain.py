@@ -1,4 +1,4 @@
-"""DetectionCAM: one class-activation map per detection, per layer and per method.
+"""Detectron2CAM: one class-activation map per detection, per layer and per method.
 
 The detections are those detectron2 reports (``model(inputs)``, ``DefaultPredictor``):
 post-processed as ``GeneralizedRCNN``/``RetinaNet`` do (boxes rescaled to the input dict's
@@ -39,12 +39,14 @@ same features alike, so it lights every region that resembles the detection, not
 detection itself. The element-wise map ``hirescam`` (gradient times activation, as in ODAM,
 Zhao et al., ICLR 2023) keeps where the gradient is and is the instance-specific choice there.
 
-How the work is split (one job per module; ``DetectionCAM`` only runs them in order):
+How the work is split (one job per module; ``Detectron2CAM`` only runs them in order; the
+gradients and maps themselves are the detection kernel's, ``lightning_gradcam.core.detect``):
 
 - ``detector.py``: which family the detector is (from the adapters' ``cam_provenance``), its
   feature reader (pooler or dense head), default layer, and the inference forward;
-- ``selection.py``: which detections are explained, their provenance, and the scalar
-  differentiated, gathered in one ``SelectedDetections`` record;
+- ``selection.py``: which detections are explained (the top ``max_detections``, or
+  ``choose=``), their provenance, and the scalar differentiated, in one
+  ``SelectedDetections`` record;
 - ``pullback.py``: where each layer sits (``LayerSite``) and each detection's activation and
   gradient there (``LayerEvidence``);
 - ``assembly.py``: CAM methods applied, maps pasted / upsampled and normalised, ``Detection``
@@ -59,19 +61,25 @@ import torch
 from torch import nn
 
 from lightning_gradcam.core.capture import ActivationCapture
-from lightning_gradcam.core.detect import InputRecorder
+from lightning_gradcam.core.detect import InputRecorder, check_choose, check_options
+from lightning_gradcam.core.detect.options import Choose
 from lightning_gradcam.core.layers import resolve_layer, unwrap_model
-from lightning_gradcam.core.layouts import Reshape, check_reshape
-from lightning_gradcam.core.methods import check_methods
+from lightning_gradcam.core.layouts import Reshape
 from lightning_gradcam.core.state import cam_mode, preserve_model_state
 
 from .assembly import Detection, assemble_detections, paste_in_boxes
 from .detector import describe_detector
 from .postprocess import postprocess_like_detectron2
 from .pullback import gather_evidence, locate_layers
-from .selection import check_score, select_detections
+from .selection import select_detections
 
-__all__ = ["DetectionCAM", "Detection", "paste_in_boxes", "DETECTOR_LAYER_HINT"]
+__all__ = [
+    "Detectron2CAM",
+    "DetectionCAM",
+    "Detection",
+    "paste_in_boxes",
+    "DETECTOR_LAYER_HINT",
+]
 
 #: How a detector's user chooses a layer, for the "no such layer" message.
 DETECTOR_LAYER_HINT = (
@@ -80,13 +88,19 @@ DETECTOR_LAYER_HINT = (
 )
 
 
-class DetectionCAM:
+class Detectron2CAM:
     """Per-detection CAM maps for detectron2 detectors built with the CAM adapters.
 
-    ``cam = DetectionCAM(model, layer="roi_heads.res5", methods=("gradcam", "gradcam++"))``;
+    ``cam = Detectron2CAM(model, layer="roi_heads.res5", methods=("gradcam", "gradcam++"))``;
     ``out = cam.explain(inputs, max_detections=10)`` gives one list of :class:`Detection` per
     image, highest score first, with ``det.maps[method]`` an ``(H, W)`` map in [0, 1] in the
     output's pixels (the input dict's ``height``/``width``, else its ``"image"`` tensor's).
+
+    Example::
+
+        cam = Detectron2CAM(model, layer="roi_heads.res5", methods=("gradcam", "hirescam"))
+        for det in cam.explain([{"image": image_chw}], max_detections=5)[0]:
+            print(det.class_id, det.score, det.maps["gradcam"].shape)
 
     Args:
         model: a ``GeneralizedRCNN`` or ``PanopticFPN`` with ``CAMRes5ROIHeads`` /
@@ -124,22 +138,21 @@ class DetectionCAM:
         reshape: Reshape | None = None,
     ):
         self.model = unwrap_model(model)
-        self.reshape = check_reshape(reshape)
+        options = check_options(methods, score, reshape)
+        self.methods, self.score, self.reshape = options.methods, options.score, options.reshape
         self.detector = describe_detector(self.model)
         if layer is None:
             layer = self.detector.default_layer
         self.layers: tuple[str, ...] = (layer,) if isinstance(layer, str) else tuple(layer)
         if not self.layers:
             raise ValueError("layer is an empty sequence; name at least one layer")
-        self.score = check_score(score)
         self.modules = {
             name: resolve_layer(self.model, name, hint=DETECTOR_LAYER_HINT) for name in self.layers
         }
-        self.methods = check_methods(
-            tuple(methods) if not isinstance(methods, str) else methods, detectors=True
-        )
 
-    def explain(self, inputs: list[dict], max_detections: int | None = 10) -> list[list[Detection]]:
+    def explain(
+        self, inputs: list[dict], max_detections: int | None = 10, *, choose: Choose | None = None
+    ) -> list[list[Detection]]:
         """Explain the top ``max_detections`` detections (all if None) of every image.
 
         Args:
@@ -147,6 +160,10 @@ class DetectionCAM:
                 in the model's input format (as a ``DatasetMapper`` makes them), and
                 optionally ``"height"``/``"width"``: the size to report detections and maps
                 in, as detectron2 does.
+            choose: instead of the top ``max_detections``, the detections to explain: given
+                one dict of ``boxes``/``labels``/``scores`` per image (detectron2's
+                post-processed output, in the reported pixels), it returns the rows to
+                explain per image; each list of detections is then in that order.
 
         Returns:
             One list per image of :class:`Detection`, highest score first; an image with no
@@ -156,6 +173,7 @@ class DetectionCAM:
             ValueError: a layer that did not run in this forward, whose output is not a
                 ``(N, C, h, w)`` map, or on which the detection scores do not depend.
         """
+        check_choose(choose)
         if max_detections is not None and max_detections < 0:
             raise ValueError(f"max_detections must be >= 0 or None, got {max_detections}")
         if not isinstance(inputs, (list, tuple)) or not inputs:
@@ -178,7 +196,7 @@ class DetectionCAM:
             inputs = [{**item, "image": item["image"].clone()} for item in inputs]
             forward = postprocess_like_detectron2(self.detector.forward(inputs), inputs)
             selection = select_detections(
-                forward, self.detector.provenance, max_detections, self.score
+                forward, self.detector.provenance, max_detections, self.score, choose
             )
             if selection is None:
                 return [[] for _ in inputs]
@@ -187,3 +205,8 @@ class DetectionCAM:
             return assemble_detections(
                 selection, evidence, self.layers, self.methods, self.model, self.reshape
             )
+
+
+#: The name inside the package (the hook, the predictor, the command line); the public
+#: ``detectron2_hooks.DetectionCAM`` is a deprecated alias that warns once.
+DetectionCAM = Detectron2CAM

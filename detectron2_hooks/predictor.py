@@ -5,7 +5,7 @@
 ``{"image", "height", "width"}`` and returns the detections in the image's own pixels.
 ``CAMPredictor(cfg)(image)`` does the same steps and returns those detections (same boxes,
 classes and scores) as :class:`~detectron2_hooks.assembly.Detection` records, each with its
-maps in the image's own pixels, from :class:`~detectron2_hooks.explain.DetectionCAM`.
+maps in the image's own pixels, from :class:`~detectron2_hooks.explain.Detectron2CAM`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from detectron2.data import transforms as T
 from torch import nn
 
 from .assembly import Detection
-from .explain import DetectionCAM
+from .explain import Detectron2CAM
 from .weights import RANDOM_WEIGHTS, load_detector_weights, resolve_weights
 
 __all__ = ["CAMPredictor", "check_image"]
@@ -31,7 +31,7 @@ def check_image(image: np.ndarray) -> np.ndarray:
     if isinstance(image, torch.Tensor):
         raise ValueError(
             "CAMPredictor takes an (H, W, 3) uint8 numpy image (cv2.imread gives BGR); for a "
-            "(C, H, W) tensor use DetectionCAM.explain([{'image': tensor}])"
+            "(C, H, W) tensor use Detectron2CAM.explain([{'image': tensor}])"
         )
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
         shape = getattr(image, "shape", None)
@@ -61,7 +61,7 @@ class CAMPredictor:
             without running code from the file (``detectron2_hooks.weights``), unless
             ``model`` is given. ``INPUT.FORMAT``, ``INPUT.MIN_SIZE_TEST`` and
             ``INPUT.MAX_SIZE_TEST`` are read as ``DefaultPredictor`` reads them.
-        layer, methods, score: as :class:`DetectionCAM`.
+        layer, methods, score: as :class:`Detectron2CAM`.
         max_detections: detections explained per image, highest score first (None: all).
         model: an already built (and loaded) CAM detector to use instead of building one.
 
@@ -99,7 +99,7 @@ class CAMPredictor:
             T.ResizeShortestEdge([size, size], self.cfg.INPUT.MAX_SIZE_TEST) if size else None
         )
         self.max_detections = max_detections
-        self.cam = DetectionCAM(self.model, layer=layer, methods=methods, score=score)
+        self.cam = Detectron2CAM(self.model, layer=layer, methods=methods, score=score)
 
     @staticmethod
     def _build(cfg: CfgNode) -> nn.Module:

@@ -1,4 +1,7 @@
-"""The gradient pull-back: every selected detection's gradient at every explained layer.
+"""Where each explained layer sits in a detectron2 detector, and the gradients there, from
+the detection kernel (``lightning_gradcam.core.detect``). This module keeps only what is
+detectron2's: which module is the head or the pooler, which pooler call a cascade's
+detections come from, the boxes each call pooled, and ``ROIPooler`` as the kernel's pooler.
 
 Three kinds of layer, told apart by where the layer sits and what it outputs
 (:func:`locate_layers`):
@@ -6,16 +9,16 @@ Three kinds of layer, told apart by where the layer sits and what it outputs
 ``roi``
     inside the ROI heads of a two-stage detector, run on the pooled rows (one row per
     proposal). Rows are independent, so one backward of the sum of the targets gives each
-    detection's gradient in its own row (:func:`row_gradients`).
+    detection's gradient in its own row (the kernel's ``own_gradients``).
 ``head``
     inside a one-stage dense head, run once per feature level: a detection is explained at
-    the call of its own level, with gradients batched over the detections of that level
-    (:func:`head_gradients`).
+    the call of its own level (``level_gradients``).
 ``image``
     anywhere else on the path to the scores (a backbone stage, an FPN output), run once per
-    batch. The gradients at the feature reader's inputs (the pooler's or the dense head's) are
-    computed per detection first (:func:`pooler_pullback`, or batched through the head), then
-    carried further upstream by one batched backward per level (:func:`pull_back_to_layer`).
+    batch. Two-stage: the gradients at the pooled rows, pulled back through the pooler alone
+    (``pooler_pullback``) and further upstream (``pull_back_to_layer``). One-stage: one
+    backward per level's detections, through that level's part of the head only
+    (``own_gradients(groups=levels)``).
 
 :func:`gather_evidence` runs the right steps for a detector and returns, per layer, the
 activations and gradients the CAM methods weigh (``assembly.py``).
@@ -32,9 +35,15 @@ from detectron2.structures import Boxes
 from torch import nn
 
 from lightning_gradcam.core.capture import ActivationCapture
-from lightning_gradcam.core.detect import InputRecorder, depends_on, is_clone_of
-from lightning_gradcam.core.detect import require_dependence as _require_dependence
-from lightning_gradcam.core.gradients import GRADIENT_BUDGET, batched_gradients
+from lightning_gradcam.core.detect import (
+    InputRecorder,
+    depends_on,
+    level_gradients,
+    own_gradients,
+    pooler_pullback,
+    pull_back_to_layer,
+    require_dependence,
+)
 
 from .detector import DetectorParts
 from .selection import AnchorOrigin, ProposalOrigin, SelectedDetections
@@ -74,11 +83,6 @@ class LayerEvidence:
     kind: str
     activations: Sequence[torch.Tensor]
     gradients: Sequence[torch.Tensor]
-
-
-def require_dependence(name: str, targets: torch.Tensor, activation: torch.Tensor) -> None:
-    """Refuse a layer the targets do not depend on (the kernel's check)."""
-    _require_dependence(name, targets, activation)
 
 
 # ---------------------------------------------------------------------- where layers sit
@@ -165,136 +169,29 @@ def _cascade_site(
     )
 
 
-# ---------------------------------------------------------------------- gradients
+# ---------------------------------------------------------------------- detectron2's parts
 
 
-def row_gradients(
-    targets: torch.Tensor, rows: torch.Tensor, tensors: list[torch.Tensor]
-) -> list[torch.Tensor]:
-    """Each detection's gradient in its own row of each per-ROI tensor: ``(D, C, h, w)``.
+def _pooler(reader: nn.Module):
+    """detectron2's ``ROIPooler`` as the kernel's pooler callable."""
 
-    Rows are independent (every op of the box head is per row in eval mode), so one
-    backward of ``sum_d target_d`` gives ``d target_d / d tensor[row_d]`` in ``row_d``. Two
-    detections of one proposal (two classes) share a row, so they go in separate rounds.
-    """
-    rounds = torch.zeros_like(rows)
-    seen: dict[int, int] = {}
-    for index, row in enumerate(rows.tolist()):
-        rounds[index] = seen.get(row, 0)
-        seen[row] = rounds[index].item() + 1
-    out = [t.new_zeros((len(rows), *t.shape[1:])) for t in tensors]
-    for round_index in range(int(rounds.max()) + 1):
-        members = (rounds == round_index).nonzero()[:, 0]
-        grads = torch.autograd.grad(
-            targets[members].sum(), tensors, retain_graph=True, allow_unused=True
-        )
-        for slot, grad in enumerate(grads):
-            if grad is not None:
-                out[slot][members] = grad[rows[members]]
-    return out
+    def pool(features, boxes, _images):
+        return reader(list(features), [Boxes(b) for b in boxes])
+
+    return pool
 
 
-LevelGradients = dict[int, tuple[torch.Tensor, torch.Tensor]]
-"""``{level: (detection indices, gradients (D_l, C, h_l, w_l))}`` at the reader's inputs."""
-
-
-def pooler_pullback(
-    pooler: nn.Module,
-    pooled_row_grads: torch.Tensor,
-    pooler_inputs: Sequence[torch.Tensor],
-    proposal_boxes: torch.Tensor,
-    image_of: torch.Tensor,
-) -> LevelGradients:
-    """Pull the gradients at the pooled rows back through the pooler alone.
-
-    For detection ``d`` pooled from level ``l``, its gradient at that level's feature of
-    its image is the backward of ROIAlign for its one box. The level's ROIAlign is re-run
-    on ``D_l`` copies of the feature (copy ``j`` carrying detection ``j``'s image) with one
-    ROI each, and one backward gives all ``D_l`` gradients; exact for any pooler type.
-    """
-    if len(pooler.level_poolers) == 1:
-        levels = torch.zeros(len(proposal_boxes), dtype=torch.long)
-    else:
-        levels = assign_boxes_to_levels(
-            [Boxes(proposal_boxes)],
-            pooler.min_level,
-            pooler.max_level,
-            pooler.canonical_box_size,
-            pooler.canonical_level,
-        )
-    out = {}
-    for level in levels.unique().tolist():
-        idx = (levels == level).nonzero()[:, 0].to(image_of.device)
-        feature = pooler_inputs[level].detach()
-        chunk = max(1, GRADIENT_BUDGET // max(feature[0].numel(), 1))
-        pieces = []
-        for start in range(0, len(idx), chunk):
-            part = idx[start : start + chunk]
-            copies = feature[image_of[part]].requires_grad_()  # indexing copies
-            batch_index = torch.arange(len(part), device=feature.device, dtype=feature.dtype)
-            rois = torch.cat([batch_index[:, None], proposal_boxes[part].to(feature.dtype)], 1)
-            pooled = pooler.level_poolers[level](copies, rois)
-            (grad,) = torch.autograd.grad(pooled, copies, grad_outputs=pooled_row_grads[part])
-            pieces.append(grad)
-        out[level] = (idx, torch.cat(pieces))
-    return out
-
-
-def head_gradients(
-    calls: list[torch.Tensor], targets: torch.Tensor, levels: torch.Tensor, image_of: torch.Tensor
-) -> LayerEvidence:
-    """One-stage head layer: detection ``d`` at the call of its level, its image's row,
-    with one batched backward per level."""
-    acts: list[torch.Tensor | None] = [None] * len(targets)
-    grads: list[torch.Tensor | None] = [None] * len(targets)
-    for level in levels.unique().tolist():
-        idx = (levels == level).nonzero()[:, 0]
-        batched = batched_gradients(targets[idx], calls[level], retain_graph=True)
-        for j, d in enumerate(idx.tolist()):
-            acts[d] = calls[level][image_of[d]]
-            grads[d] = batched[j, image_of[d]]
-    return LayerEvidence("head", acts, grads)
-
-
-def pull_back_to_layer(
-    name: str,
-    activation: torch.Tensor,
-    reader_inputs: Sequence[torch.Tensor],
-    reader_grads: LevelGradients | Sequence[LevelGradients],
-    selection: SelectedDetections,
-) -> LayerEvidence:
-    """Gradients at an image-level layer from the per-detection gradients at the reader's
-    inputs.
-
-    A layer whose output is itself a reader input needs nothing more. A layer upstream goes
-    through one batched (vmapped) backward per level, of ``s_j = <input[img_j], g_j>``, whose
-    gradient at the layer is detection ``j``'s. Several ``LevelGradients`` (one per call of
-    a cascade's pooler, all on the same ``reader_inputs``) add up: the chain rule over every
-    path from the layer to the score.
-    """
-    require_dependence(name, selection.targets, activation)
-    parts = [reader_grads] if isinstance(reader_grads, dict) else list(reader_grads)
-    image_of = selection.image_of
-    per_detection = [activation[i] for i in image_of.tolist()]
-    if len(parts) == 1 and len(parts[0]) == 1:
-        level, (idx, level_grads) = next(iter(parts[0].items()))
-        if is_clone_of(reader_inputs[level], activation):
-            order = torch.empty_like(idx)
-            order[idx] = torch.arange(len(idx), device=idx.device)
-            return LayerEvidence("image", per_detection, level_grads[order])
-    grad = activation.new_zeros((len(image_of), *activation.shape[1:]))
-    for part in parts:
-        for level, (idx, level_grads) in part.items():
-            reader_input = reader_inputs[level]
-            if is_clone_of(reader_input, activation):
-                grad[idx] += level_grads.to(grad.dtype)
-                continue
-            if not depends_on(reader_input, activation):
-                continue  # this level does not see the layer: zero gradient
-            inner = (reader_input[image_of[idx]] * level_grads).flatten(1).sum(dim=1)
-            batched = batched_gradients(inner, activation, retain_graph=True)  # (D_l, B, C, h, w)
-            grad[idx] += batched[torch.arange(len(idx)), image_of[idx]]
-    return LayerEvidence("image", per_detection, grad)
+def _pooler_levels(reader: nn.Module, boxes: torch.Tensor) -> torch.Tensor:
+    """The level ``ROIPooler`` reads each box from (its own assignment)."""
+    if len(reader.level_poolers) == 1:
+        return torch.zeros(len(boxes), dtype=torch.long, device=boxes.device)
+    return assign_boxes_to_levels(
+        [Boxes(boxes)],
+        reader.min_level,
+        reader.max_level,
+        reader.canonical_box_size,
+        reader.canonical_level,
+    )
 
 
 # ---------------------------------------------------------------------- per detector
@@ -329,7 +226,7 @@ def _two_stage_evidence(
         # The pooled rows of every pooler call the scores depend on (a cascade: one per
         # stage, each stage at its own boxes; else the one call).
         tensors.extend(output for _, output in reader.calls)
-    grads = row_gradients(selection.targets, rows, tensors)
+    grads = own_gradients(selection.targets, rows, tensors, missing="zero")
     evidence = {
         site.name: LayerEvidence("roi", tensors[i][rows], grads[i])
         for i, site in enumerate(roi_sites)
@@ -337,16 +234,22 @@ def _two_stage_evidence(
     if image_sites:
         reader_inputs = list(reader.inputs[0])
         pooled_grads = grads[len(roi_sites) :]
-        reader_grads = [
-            pooler_pullback(
-                detector.feature_reader,
+        reader_grads: list = [None] * len(reader_inputs)
+        for (call_inputs, _), call_grads in zip(reader.calls, pooled_grads):
+            # A cascade's calls pool the same features: their gradients add up (chain rule).
+            boxes = _pooled_boxes(call_inputs, origin, selection, len(reader.calls) == 1)
+            at_levels = pooler_pullback(
+                _pooler(detector.feature_reader),
                 call_grads,
                 reader_inputs,
-                _pooled_boxes(call_inputs, origin, selection, len(reader.calls) == 1),
+                boxes,
                 selection.image_of,
+                levels=_pooler_levels(detector.feature_reader, boxes),
             )
-            for (call_inputs, _), call_grads in zip(reader.calls, pooled_grads)
-        ]
+            reader_grads = [
+                g if total is None else total if g is None else total + g
+                for total, g in zip(reader_grads, at_levels)
+            ]
         evidence.update(
             _image_level_evidence(image_sites, capture, reader_inputs, reader_grads, selection)
         )
@@ -357,17 +260,22 @@ def _image_level_evidence(
     image_sites: list[LayerSite],
     capture: ActivationCapture,
     reader_inputs: list[torch.Tensor],
-    reader_grads: LevelGradients | Sequence[LevelGradients],
+    reader_grads: Sequence[torch.Tensor | None],
     selection: SelectedDetections,
 ) -> dict[str, LayerEvidence]:
     """Each image-level layer's evidence, pulled back from the per-detection gradients at
     the feature reader's inputs (``pull_back_to_layer``)."""
-    return {
-        site.name: pull_back_to_layer(
-            site.name, capture.activations[site.name][0], reader_inputs, reader_grads, selection
+    evidence = {}
+    for site in image_sites:
+        activation = capture.activations[site.name][0]
+        require_dependence(site.name, selection.targets, activation)
+        grads = pull_back_to_layer(
+            site.name, activation, reader_inputs, reader_grads, selection.image_of, None
         )
-        for site in image_sites
-    }
+        evidence[site.name] = LayerEvidence(
+            "image", [activation[i] for i in selection.image_of.tolist()], grads
+        )
+    return evidence
 
 
 def _pooled_boxes(
@@ -405,16 +313,14 @@ def _one_stage_evidence(
         calls = capture.activations[site.name]
         if not any(depends_on(targets, call) for call in calls):
             require_dependence(site.name, targets, calls[0])
-        evidence[site.name] = head_gradients(calls, targets, levels, image_of)
-    image_sites = [site for site in sites.values() if site.kind == "image"]
-    if image_sites:
-        reader_inputs = list(reader.inputs[0])  # the head's per-level features
-        reader_grads: LevelGradients = {}
-        for level in levels.unique().tolist():
-            idx = (levels == level).nonzero()[:, 0]
-            grads = batched_gradients(targets[idx], reader_inputs[level], retain_graph=True)
-            reader_grads[level] = (idx, grads[torch.arange(len(idx)), image_of[idx]])
-        evidence.update(
-            _image_level_evidence(image_sites, capture, reader_inputs, reader_grads, selection)
-        )
+        acts, grads = level_gradients(targets, levels, image_of, calls, name=site.name)
+        evidence[site.name] = LayerEvidence("head", acts, grads)
+    for site in sites.values():
+        if site.kind == "image":
+            # A level's detections go back through their level's part of the head only.
+            activation = capture.activations[site.name][0]
+            grads = own_gradients(targets, image_of, activation, site.name, groups=levels)
+            evidence[site.name] = LayerEvidence(
+                "image", [activation[i] for i in image_of.tolist()], grads
+            )
     return evidence

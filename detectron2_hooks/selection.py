@@ -15,6 +15,9 @@ from typing import Any
 import torch
 from detectron2.structures import Instances
 
+from lightning_gradcam.core.detect import chosen_rows
+from lightning_gradcam.core.detect.options import Choose
+
 from .detector import ANCHOR, PROPOSAL, ForwardOutput
 from .scores import SCORES, check_score
 
@@ -24,6 +27,7 @@ __all__ = [
     "AnchorOrigin",
     "ProposalOrigin",
     "SelectedDetections",
+    "chosen_picks",
     "pick_top_detections",
     "select_detections",
     "target_scores",
@@ -163,13 +167,37 @@ def target_scores(
     return targets
 
 
+def chosen_picks(
+    instances: list[Instances], choose: Choose | None, max_detections: int | None
+) -> list[tuple[int, int]]:
+    """``(image index, row)`` of the detections to explain: the top ``max_detections`` by
+    score, or those ``choose`` returns (rows per image, in its order) given one dict of
+    ``boxes``/``labels``/``scores`` per image, in the pixels the detections are reported in."""
+    if choose is None:
+        return pick_top_detections(instances, max_detections)
+    outputs = [
+        {
+            "boxes": inst.pred_boxes.tensor.detach(),
+            "labels": inst.pred_classes,
+            "scores": inst.scores.detach(),
+        }
+        for inst in instances
+    ]
+    rows = chosen_rows(choose, outputs, [len(inst) for inst in instances], None)
+    return [(image, row) for image, image_rows in enumerate(rows) for row in image_rows]
+
+
 def select_detections(
-    forward: ForwardOutput, provenance: str, max_detections: int | None, score: str = "logit"
+    forward: ForwardOutput,
+    provenance: str,
+    max_detections: int | None,
+    score: str = "logit",
+    choose: Choose | None = None,
 ) -> SelectedDetections | None:
-    """The detections to explain, or None when no image has any; ``score``: see
-    :func:`target_scores`."""
+    """The detections to explain (:func:`chosen_picks`), or None when no image has any;
+    ``score``: see :func:`target_scores`."""
     instances = forward.instances
-    picks = pick_top_detections(instances, max_detections)
+    picks = chosen_picks(instances, choose, max_detections)
     if not picks:
         return None
     device = instances[0].scores.device

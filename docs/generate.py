@@ -206,9 +206,9 @@ def hook_args() -> str:
 
 
 def detection_cam_args() -> str:
-    from detectron2_hooks import DetectionCAM
+    from detectron2_hooks import Detectron2CAM
 
-    return signature_table(DetectionCAM)
+    return signature_table(Detectron2CAM)
 
 
 def gradcam_config() -> str:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from detectron2.modeling import build_model
 
-from detectron2_hooks import DetectionCAM
+from detectron2_hooks import Detectron2CAM
 from detectron2_hooks.tiny import tiny_config
 from lightning_gradcam.core.render import caption, draw_boxes, grid, overlay, resize_max
 
@@ -65,7 +65,7 @@ def main() -> None:
 
     model = _zeroed("c4")
     layers = ["roi_heads.res5", "backbone.res4"]
-    dets = DetectionCAM(model, layers, methods=("gradcam", "hirescam")).explain(
+    dets = Detectron2CAM(model, layers, methods=("gradcam", "hirescam")).explain(
         [{"image": image}], max_detections=3
     )[0]
     tiles = []
@@ -78,7 +78,7 @@ def main() -> None:
     _save(OUT / "detectron2_c4_per_detection.png", grid(tiles, ncols=3))
 
     model = _zeroed("retinanet")
-    dets = DetectionCAM(model, "head.cls_subnet.7", methods=("gradcam", "hirescam")).explain(
+    dets = Detectron2CAM(model, "head.cls_subnet.7", methods=("gradcam", "hirescam")).explain(
         [{"image": image}], max_detections=3
     )[0]
     tiles = []

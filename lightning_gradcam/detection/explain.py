@@ -26,23 +26,34 @@ on 16 different proposals cost one backward through the ROI head.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 from torchvision.models.detection.transform import resize_boxes
 
 from ..core.capture import ActivationCapture
-from ..core.detect import InputRecorder
-from ..core.detections import Detection, place_maps
+from ..core.detect import (
+    InputRecorder,
+    attach_maps,
+    check_choose,
+    check_options,
+    chosen_rows,
+    level_gradients,
+    own_gradients,
+    pooler_pullback,
+    pull_back_to_layer,
+)
+from ..core.detect.options import Choose
+from ..core.detections import Detection
 from ..core.detector_sides import detector_side
-from ..core.gradients import GRADIENT_BUDGET
 from ..core.layers import full_layer_name, resolve_layer, unwrap_model
-from ..core.methods import check_methods, compute_cam
+from ..core.layouts import Reshape
 from ..core.state import cam_mode, preserve_model_state
 from .heads import Family, Origin, detector_family, recording_postprocess, recover_origins
 
-__all__ = ["DetectionCAM", "DETECTION_LAYER_HINT"]
+# ``own_gradients`` is the kernel's; imported from here by the YOLO side.
+__all__ = ["DetectionCAM", "DETECTION_LAYER_HINT", "own_gradients"]
 
 DETECTION_LAYER_HINT = (
     "e.g. 'roi_heads.box_roi_pool' (Faster/Mask/Keypoint R-CNN), "
@@ -86,61 +97,6 @@ def _first_parameter_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def own_gradients(
-    targets: Sequence[torch.Tensor], owners: Sequence[int], activation: torch.Tensor, name: str
-) -> torch.Tensor:
-    """Each target's gradient at its own row of ``activation``: ``(D, *activation.shape[1:])``.
-
-    Target ``d`` depends on row ``owners[d]`` of ``activation`` only. The ``k``-th target of
-    every row goes into round ``k``; one backward of each round's sum gives every member its
-    own gradient (rows are independent), and the rounds share one batched backward
-    (``is_grads_batched``), in chunks that keep the gradient under a memory budget.
-    """
-    count = len(targets)
-    seen: dict[int, int] = {}
-    occurrence = []
-    for owner in owners:
-        occurrence.append(seen.get(owner, 0))
-        seen[owner] = occurrence[-1] + 1
-    rounds_of = torch.tensor(occurrence, dtype=torch.long, device=activation.device)
-    rows_of = torch.tensor(list(owners), dtype=torch.long, device=activation.device)
-    stacked = torch.stack(list(targets)).reshape(-1)
-    rounds = stacked.new_zeros(max(occurrence) + 1).index_add(0, rounds_of, stacked)
-    chunk = max(1, GRADIENT_BUDGET // max(1, activation.numel()))
-    out = activation.new_zeros((count, *activation.shape[1:]))
-    for start in range(0, len(rounds), chunk):
-        part = rounds[start : start + chunk]
-        grads = _round_gradients(part, activation)
-        if grads is None:
-            raise ValueError(
-                f"the detection scores do not depend on layer {name!r} (e.g. an RPN, "
-                "box-regression or mask layer); choose a layer on the classification path, "
-                + DETECTION_LAYER_HINT
-            )
-        members = torch.nonzero((rounds_of >= start) & (rounds_of < start + len(part))).flatten()
-        out[members] = grads[rounds_of[members] - start, rows_of[members]].to(out)
-    return out
-
-
-def _round_gradients(scores: torch.Tensor, activation: torch.Tensor) -> torch.Tensor | None:
-    if len(scores) == 1:
-        (grad,) = torch.autograd.grad(scores[0], activation, retain_graph=True, allow_unused=True)
-        return None if grad is None else grad[None]
-    try:
-        (grads,) = torch.autograd.grad(
-            scores,
-            activation,
-            grad_outputs=torch.eye(len(scores), dtype=scores.dtype, device=scores.device),
-            is_grads_batched=True,
-            retain_graph=True,
-            allow_unused=True,
-        )
-        return grads
-    except RuntimeError:  # an op on the path has no batching rule: one backward per round
-        parts = [_round_gradients(score[None], activation) for score in scores]
-        return None if parts[0] is None else torch.cat(parts)
-
-
 class DetectionCAM:
     """Per-detection Grad-CAM / Grad-CAM++ for torchvision's detectors.
 
@@ -149,8 +105,14 @@ class DetectionCAM:
     ``SSD`` (incl. SSDlite); ``cam.explain(images, max_detections=10)`` gives one list of
     :class:`~lightning_gradcam.core.detections.Detection` per image: the model's own first
     ``max_detections`` detections, boxes in the input image's pixels, each with
-    ``target_score`` (the class logit differentiated) and ``maps[method]`` ``(H, W)`` in
+    ``target_score`` (exactly the scalar differentiated) and ``maps[method]`` ``(H, W)`` in
     [0, 1] at the image's own size.
+
+    Example::
+
+        cam = DetectionCAM(model, layer="backbone.body.layer3", methods=("hirescam",))
+        for det in cam.explain(images, max_detections=5)[0]:
+            print(det.class_id, det.score, det.maps["hirescam"].shape)
 
     Args:
         model: the detector (any mode; it is put back exactly as it was).
@@ -159,6 +121,10 @@ class DetectionCAM:
             ``head.classification_head.conv`` (RetinaNet, FCOS), the backbone's first
             feature block (SSD).
         methods: CAM methods from the registry (not the guided ones).
+        score: ``"logit"`` (default: the detection's class logit, before the softmax or
+            sigmoid) or ``"probability"`` (the score the model reports).
+        reshape: a callable turning an image-level layer's output into ``(N, C, h, w)``,
+            for layouts the engine cannot tell by itself.
     """
 
     def __new__(cls, model: nn.Module, *args, **kwargs):
@@ -173,13 +139,14 @@ class DetectionCAM:
         model: nn.Module,
         layer: str | Sequence[str] | None = None,
         methods: str | Sequence[str] = ("gradcam", "gradcam++"),
+        score: str = "logit",
+        reshape: Reshape | None = None,
     ):
         self.model = model
         self.network = unwrap_model(model)
         self.family: Family = detector_family(self.network)
-        self.methods = check_methods(
-            tuple(methods) if not isinstance(methods, str) else methods, detectors=True
-        )
+        options = check_options(methods, score, reshape)
+        self.methods, self.score, self.reshape = options.methods, options.score, options.reshape
         names = (
             [self.family.default_layer]
             if layer is None
@@ -190,17 +157,12 @@ class DetectionCAM:
         if not names:
             raise ValueError("layer is an empty sequence; pass a layer name or None")
         self.layers = [full_layer_name(self.network, n, hint=DETECTION_LAYER_HINT) for n in names]
-        self._pooled = None
         self.modules = {
             n: resolve_layer(self.network, n, hint=DETECTION_LAYER_HINT) for n in self.layers
         }
 
     def explain(
-        self,
-        images,
-        max_detections: int | None = 10,
-        *,
-        choose: Callable[[list[dict[str, torch.Tensor]]], Sequence[Sequence[int]]] | None = None,
+        self, images, max_detections: int | None = 10, *, choose: Choose | None = None
     ) -> list[list[Detection]]:
         """One list of detections per image (see the class docstring).
 
@@ -210,6 +172,7 @@ class DetectionCAM:
         detections is then in that order.
         """
         images = _check_images(images)
+        check_choose(choose)
         if max_detections is not None and max_detections < 0:
             raise ValueError(f"max_detections must be >= 0 or None, got {max_detections}")
         network = self.network
@@ -234,13 +197,8 @@ class DetectionCAM:
                         outputs = network(inputs)
                 else:
                     outputs = network(inputs)
-            if choose is None:
-                limit = max_detections
-                ranks = [list(range(len(o["scores"])))[:limit] for o in outputs]
-            else:
-                ranks = [[int(r) for r in rows] for rows in choose(outputs)]
-                if len(ranks) != len(images):
-                    raise ValueError(f"choose returned {len(ranks)} lists for {len(images)} images")
+            counts = [len(o["scores"]) for o in outputs]
+            ranks = chosen_rows(choose, outputs, counts, max_detections)
             origins = recover_origins(network, self.family, record, ranks)
             image_sizes = [tuple(int(s) for s in size) for size in record.args[-1]]
             original_sizes = [tuple(int(s) for s in image.shape[-2:]) for image in images]
@@ -249,25 +207,25 @@ class DetectionCAM:
                 for per in origins
             ]
             flat = [(o, d) for per_o, per_d in zip(origins, results) for o, d in zip(per_o, per_d)]
-            if flat:
-                if pooler is not None:
-                    pooled_name = next(n for n, m in modules.items() if m is pooler)
-                    self._pooled = (capture.activations[pooled_name], pool_inputs.inputs)
-                try:
-                    for name in self.layers:
-                        self._explain_layer(
-                            name,
-                            capture.activations[name],
-                            flat,
-                            len(images),
-                            record,
-                            padded.input_size(),
-                            image_sizes,
-                            original_sizes,
-                        )
-                finally:
-                    self._pooled = None
+            if not flat:
+                return results
+            pooled = None
+            if pooler is not None:
+                pooled_name = next(n for n, m in modules.items() if m is pooler)
+                pooled = (capture.activations[pooled_name], pool_inputs.inputs)
+            sizes = {
+                "out_sizes": original_sizes,
+                "image_sizes": image_sizes,
+                "padded_size": padded.input_size(),
+            }
+            for name in self.layers:
+                self._explain_layer(
+                    name, capture.activations[name], flat, len(images), record, pooled, sizes
+                )
         return results
+
+    def _target(self, origin: Origin) -> torch.Tensor:
+        return origin.logit if self.score == "logit" else origin.score
 
     def _record(self, origin: Origin, output: dict, image_sizes, original_sizes) -> Detection:
         proposal_box = None
@@ -282,7 +240,7 @@ class DetectionCAM:
             box=output["boxes"][origin.rank].detach().float().cpu().clone(),
             class_id=int(output["labels"][origin.rank]),
             score=float(output["scores"][origin.rank].detach()),
-            target_score=float(origin.logit.detach()),
+            target_score=float(self._target(origin).detach()),
             level=origin.level,
             anchor_index=origin.anchor_index,
             proposal_index=origin.proposal_index,
@@ -298,10 +256,10 @@ class DetectionCAM:
                 "the path to the class scores, " + DETECTION_LAYER_HINT
             )
         for act in calls:
-            if act.dim() != 4:
+            if act.dim() != 4 and not (self.reshape is not None and len(calls) == 1):
                 raise ValueError(
                     f"layer {name!r} outputs {tuple(act.shape)}, not a (N, C, h, w) feature map; "
-                    "choose a convolutional layer, " + DETECTION_LAYER_HINT
+                    "choose a convolutional layer, or pass reshape=, " + DETECTION_LAYER_HINT
                 )
         rows = sum(len(p) for p in record.args[2]) if self.family.two_stage else None
         if (
@@ -328,103 +286,62 @@ class DetectionCAM:
             "image-level layer (once), " + DETECTION_LAYER_HINT
         )
 
-    def _pooler_pullback(
-        self, name: str, activation: torch.Tensor, origins: list[Origin]
-    ) -> torch.Tensor:
-        """Two-stage detections' gradients at an image-level layer: ``(D, C, h, w)``.
-
-        Each detection's gradient at its own pooled row (one backward through the ROI head
-        for all), then through ROIAlign for that row alone: the pooler is run again on the
-        recorded features with only the detections' proposal boxes (ROIAlign pools every box
-        on its own, so each row is the one the detection was pooled from), and one batched
-        backward carries the D rows' gradients up to the layer. Backpropagating each score
-        through all the proposals' rows instead costs one full backward per detection.
-        """
-        (pooled,), (features, proposals, image_shapes) = self._pooled[0], self._pooled[1]
+    def _pooled_pullback(self, name, activation, origins: list[Origin], pooled) -> torch.Tensor:
+        """Two-stage detections' gradients at an image-level layer: each detection's gradient
+        at its own pooled row (one backward through the ROI head for all), pulled back
+        through ROIAlign for that row alone (the kernel's ``pooler_pullback``, with
+        torchvision's ``MultiScaleRoIAlign`` as the pooler), then to the layer."""
+        (rows_out,), (features, proposals, image_shapes) = pooled
+        targets = torch.stack([self._target(o) for o in origins])
         rows = own_gradients(
-            [o.logit for o in origins], [o.roi_row for o in origins], pooled, name
-        )  # (D, C, 7, 7)
-        boxes: list[list[torch.Tensor]] = [[] for _ in proposals]
-        slots = []
-        for origin in origins:
-            slots.append((origin.image_index, len(boxes[origin.image_index])))
-            boxes[origin.image_index].append(proposals[origin.image_index][origin.proposal_index])
-        starts = [0]
-        for image_boxes in boxes:
-            starts.append(starts[-1] + len(image_boxes))
-        box_lists = [torch.stack(b) if b else proposals[i][:0] for i, b in enumerate(boxes)]
-        repooled = self.network.roi_heads.box_roi_pool(features, box_lists, image_shapes)
-        count = len(origins)
-        positions = torch.tensor([starts[image] + k for image, k in slots], device=rows.device)
-        out = activation.new_zeros((count, *activation.shape[1:]))
-        chunk = max(1, GRADIENT_BUDGET // max(1, activation.numel(), repooled.numel()))
-        for start in range(0, count, chunk):
-            stop = min(count, start + chunk)
-            grad_outputs = rows.new_zeros((stop - start, *repooled.shape))
-            picks = torch.arange(stop - start, device=rows.device)
-            grad_outputs[picks, positions[start:stop]] = rows[start:stop].to(rows)
-            try:
-                (grads,) = torch.autograd.grad(
-                    repooled,
-                    activation,
-                    grad_outputs=grad_outputs,
-                    is_grads_batched=True,
-                    retain_graph=True,
-                    allow_unused=True,
-                )
-            except RuntimeError:  # no batching rule on the path: one backward per detection
-                parts = [
-                    torch.autograd.grad(
-                        repooled, activation, grad_outputs=g, retain_graph=True, allow_unused=True
-                    )[0]
-                    for g in grad_outputs
-                ]
-                grads = None if parts[0] is None else torch.stack(parts)
-            if grads is None:
-                raise ValueError(
-                    f"the detection scores do not depend on layer {name!r}; choose a layer "
-                    "on the classification path, " + DETECTION_LAYER_HINT
-                )
-            images = torch.tensor([o.image_index for o in origins[start:stop]], device=grads.device)
-            out[start:stop] = grads[picks.to(grads.device), images].to(out)
-        return out
+            targets, [o.roi_row for o in origins], rows_out, name, hint=DETECTION_LAYER_HINT
+        )
+        roi_pool = self.network.roi_heads.box_roi_pool
+        names = [k for k in features if k in roi_pool.featmap_names]
+        levels = [features[k] for k in names]
 
-    def _explain_layer(
-        self, name, calls, flat, num_images, record, padded_size, image_sizes, original_sizes
-    ) -> None:
+        def pool(copies, boxes, _images):
+            # Every image's shape: the pooler's scales come from the largest.
+            return roi_pool(dict(zip(names, copies)), boxes, image_shapes)
+
+        boxes = torch.stack([proposals[o.image_index][o.proposal_index] for o in origins])
+        image_of = torch.tensor([o.image_index for o in origins], device=rows.device)
+        at_levels = pooler_pullback(pool, rows, levels, boxes.detach(), image_of)
+        return pull_back_to_layer(
+            name, activation, levels, at_levels, image_of, None, DETECTION_LAYER_HINT
+        )
+
+    def _explain_layer(self, name, calls, flat, num_images, record, pooled, sizes) -> None:
         kind = self._kind(name, calls, num_images, record)
+        origins = [origin for origin, _ in flat]
+        # A list, not a stacked tensor: each level's backward then reads its own graph only.
+        targets = [self._target(o) for o in origins]
+        owners = [o.roi_row if kind == "roi" else o.image_index for o in origins]
         if kind == "head":
-            groups = {}
-            for index, (origin, _det) in enumerate(flat):
-                groups.setdefault(origin.level, []).append(index)
-            work = [(calls[level], members) for level, members in groups.items()]
+            levels = [o.level for o in origins]
+            acts, grads = level_gradients(
+                targets, levels, owners, calls, name=name, hint=DETECTION_LAYER_HINT
+            )
         else:
-            work = [(calls[0], list(range(len(flat))))]
-        for activation, members in work:
-            owners = [
-                flat[i][0].roi_row if kind == "roi" else flat[i][0].image_index for i in members
-            ]
+            activation = calls[0]
+            acts = [activation[owner] for owner in owners]
             if kind == "image" and self.family.two_stage:
-                grads = self._pooler_pullback(name, activation, [flat[i][0] for i in members])
+                grads = self._pooled_pullback(name, activation, origins, pooled)
             else:
-                targets = [flat[i][0].logit for i in members]
-                grads = own_gradients(targets, owners, activation, name)
-            for j, i in enumerate(members):
-                origin, det = flat[i]
-                a = activation[owners[j]][None].detach()
-                g = grads[j][None]
-                raw = torch.cat([compute_cam(m, a, g) for m in self.methods])
-                full, found = place_maps(
-                    raw,
-                    kind,
-                    out_size=original_sizes[origin.image_index],
-                    proposal_box=None
-                    if det.proposal_box is None
-                    else det.proposal_box.to(raw.device),
-                    padded_size=padded_size,
-                    image_size=image_sizes[origin.image_index],
+                # One-stage: a level's detections go back through their level's head only.
+                groups = None if self.family.two_stage else [o.level or 0 for o in origins]
+                grads = own_gradients(
+                    targets, owners, activation, name, hint=DETECTION_LAYER_HINT, groups=groups
                 )
-                det.maps_by_layer[name] = dict(zip(self.methods, full.float().cpu()))
-                det.layer_maps_by_layer[name] = dict(zip(self.methods, raw.float().cpu()))
-                det.evidence_by_layer[name] = dict(zip(self.methods, (bool(f) for f in found)))
-                det.layer_kinds[name] = kind
+        attach_maps(
+            [det for _, det in flat],
+            name,
+            kind,
+            acts,
+            grads,
+            self.methods,
+            model=self.network,
+            reshape=self.reshape,
+            device="cpu",
+            **sizes,
+        )

@@ -32,6 +32,8 @@ from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 from torchvision.models.detection.ssd import SSD
 from torchvision.ops import boxes as box_ops
 
+from ..core.detect import InputRecorder
+
 __all__ = [
     "Family",
     "Origin",
@@ -92,6 +94,10 @@ class PostprocessRecord:
     args: tuple = ()
     result: Any = None
     calls: int = 0
+    #: One-stage: the class-logit conv's output per level ``(N, A * K, H, W)``, recorded
+    #: before the head concatenates the levels (a logit read from the concatenation would
+    #: send every backward through every level's head).
+    level_logits: list = field(default_factory=list)
 
 
 def _owner(model: nn.Module, family: Family) -> nn.Module:
@@ -118,8 +124,13 @@ def recording_postprocess(model: nn.Module, family: Family) -> Iterator[Postproc
         return result
 
     owner.postprocess_detections = recorded
+    logits_conv = None
+    if not family.two_stage and family.name != "ssd":
+        logits_conv = getattr(model.head.classification_head, "cls_logits", None)
     try:
-        yield record
+        with InputRecorder(logits_conv, calls=64, grad_output=False) as levels:
+            yield record
+        record.level_logits = [output for _, output in levels.calls]
     finally:
         if had_own:
             owner.postprocess_detections = previous
@@ -171,19 +182,23 @@ def _outputs(family: Family, result) -> list[tuple[torch.Tensor, torch.Tensor, t
     return [(d["boxes"], d["scores"], d["labels"]) for d in result]
 
 
-def _candidates(model: nn.Module, family: Family, args: tuple) -> list[list[_Level]]:
+def _candidates(
+    model: nn.Module, family: Family, args: tuple, level_logits: list = ()
+) -> list[list[_Level]]:
     """Per image, per level: every (anchor or proposal, class) the method scored, with the
     same ops on the same tensors as torchvision's method (so the scores are bit-equal)."""
     with torch.no_grad():
         candidates = _candidates_no_grad(_owner(model, family), family, args)
     # The logits stay on the graph: indexed here, under grad mode, never under no_grad.
-    for levels, tables in zip(candidates, _logit_tables(family, args)):
+    for levels, tables in zip(candidates, _logit_tables(family, args, list(level_logits))):
         for level, table in zip(levels, tables):
             level.logits = table
     return candidates
 
 
-def _logit_tables(family: Family, args: tuple) -> list[list[torch.Tensor]]:
+def _logit_tables(
+    family: Family, args: tuple, record_levels: list = ()
+) -> list[list[torch.Tensor]]:
     """Per image, per level: the ``(A, K)`` class logits, column = class id."""
     if family.name == "faster_rcnn":
         class_logits, _, proposals, _ = args
@@ -191,7 +206,26 @@ def _logit_tables(family: Family, args: tuple) -> list[list[torch.Tensor]]:
     if family.name == "ssd":
         return [[t] for t in args[0]["cls_logits"]]
     logits = args[0]["cls_logits"]
-    return [[c[index] for c in logits] for index in range(len(args[2]))]
+    per_level = _per_level_logits(record_levels, logits)
+    return [[c[index] for c in per_level] for index in range(len(args[2]))]
+
+
+def _per_level_logits(level_logits: list, split: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Per level ``(N, H * W * A, K)`` logits read from the recorded per-level conv outputs,
+    in the rows torchvision's heads flatten them to (``view(N, A, K, H, W).permute(0, 3, 4,
+    1, 2)``); the split concatenation when the recording does not match it (a custom head)."""
+    if len(level_logits) != len(split):
+        return split
+    out = []
+    for conv, flat in zip(level_logits, split):
+        batch, channels, height, width = conv.shape
+        classes = flat.shape[-1]
+        if channels % classes or channels // classes * height * width != flat.shape[1]:
+            return split
+        anchors = channels // classes
+        table = conv.view(batch, anchors, classes, height, width).permute(0, 3, 4, 1, 2)
+        out.append(table.reshape(batch, -1, classes))
+    return out
 
 
 def _candidates_no_grad(owner: nn.Module, family: Family, args: tuple) -> list[list[_Level]]:
@@ -279,7 +313,7 @@ def recover_origins(
             f"the detector's postprocess_detections ran {record.calls} times in one forward; "
             "DetectionCAM needs it to run once (the model's own eval forward)"
         )
-    candidates = _candidates(model, family, record.args)
+    candidates = _candidates(model, family, record.args, record.level_logits)
     outputs = _outputs(family, record.result)
     origins: list[list[Origin]] = []
     offsets = [0]

@@ -1,5 +1,6 @@
 """The detection kernel (core/detect) against plain autograd, one gradient at a time."""
 
+import pytest
 import torch
 from torch import nn
 from torchvision.ops import roi_align
@@ -95,3 +96,39 @@ def test_input_recorder_keeps_inputs_and_removes_its_hook():
     assert recorder.input_size() == (5, 7)
     assert recorder.output.requires_grad
     assert not module._forward_hooks
+
+
+def test_own_gradients_in_groups_match_one_backward_each():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 6, 6, requires_grad=True)
+    levels = [nn.Conv2d(3, 4, 3, padding=1)(x), nn.Conv2d(3, 4, 3, stride=2, padding=1)(x)]
+    picks = [(0, 0, 1), (1, 0, 2), (0, 0, 3), (1, 1, 0), (0, 1, 2)]  # (level, image, channel)
+    targets = torch.stack([levels[lv][img, c].sum() for lv, img, c in picks])
+    grads = own_gradients(targets, [p[1] for p in picks], x, "x", groups=[p[0] for p in picks])
+    for d, (_, img, _) in enumerate(picks):
+        torch.testing.assert_close(grads[d], _one(targets[d], x)[img])
+
+
+def test_pooler_pullback_with_the_sides_levels_copies_one_level_and_agrees():
+    torch.manual_seed(0)
+    features = [torch.randn(2, 4, 16, 16), torch.randn(2, 4, 8, 8)]
+
+    def pool(feats, boxes, _images):
+        # small boxes from level 0, large ones from level 1 (scale 1/2)
+        out = []
+        for i, b in enumerate(boxes):
+            level = 0 if float(b[0, 2] - b[0, 0]) < 8 else 1
+            roi = torch.cat([torch.full((1, 1), float(i)), b], 1)
+            out.append(roi_align(feats[level], roi, (2, 2), 1.0 / (1 + level), aligned=True))
+        return torch.cat(out)
+
+    boxes = torch.tensor([[1.0, 1.0, 6.0, 6.0], [2.0, 2.0, 14.0, 14.0], [0.0, 3.0, 5.0, 7.0]])
+    image_of = torch.tensor([1, 0, 1])
+    row_grads = torch.randn(3, 4, 2, 2)
+    every = pooler_pullback(pool, row_grads, features, boxes, image_of)
+    by_level = pooler_pullback(pool, row_grads, features, boxes, image_of, torch.tensor([0, 1, 0]))
+    for a, b in zip(every, by_level):
+        torch.testing.assert_close(a, b)
+    assert every[1][0].abs().sum() == 0 and every[1][1].abs().sum() > 0
+    with pytest.raises(RuntimeError, match="read other levels"):
+        pooler_pullback(pool, row_grads, features, boxes, image_of, torch.tensor([1, 1, 0]))

@@ -11,7 +11,7 @@ import torch
 from d2_helpers import build, make_inputs
 from hook_helpers import fake_trainer
 
-from detectron2_hooks import DetectionCAM, GradCAMHook
+from detectron2_hooks import Detectron2CAM, GradCAMHook
 from lightning_gradcam.pictures import pass_pictures
 
 
@@ -28,7 +28,7 @@ def saturated():
 
 
 def _explain(model, score):
-    cam = DetectionCAM(model, methods=("gradcam", "gradcam++"), score=score)
+    cam = Detectron2CAM(model, methods=("gradcam", "gradcam++"), score=score)
     return [d for dets in cam.explain(make_inputs(2), max_detections=4) for d in dets]
 
 

@@ -1,4 +1,4 @@
-"""DetectionCAM: exact targets, maps equal to a per-detection reference, locality, no trace."""
+"""Detectron2CAM: exact targets, maps equal to a per-detection reference, locality, no trace."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from d2_helpers import build, make_inputs, recording
 from torch import nn
 
-from detectron2_hooks import DetectionCAM
+from detectron2_hooks import Detectron2CAM
 from detectron2_hooks.explain import paste_in_boxes
 from lightning_gradcam.core.drift import energy_in_boxes
 from lightning_gradcam.core.layers import LayerNotFoundError
@@ -54,7 +54,7 @@ def explained(request, models):
     inputs = make_inputs(batch)
     # The probability: the per-detection reference below differentiates the reported score
     # (the logit is checked against the model's own head in test_d2_postprocess.py).
-    cam = DetectionCAM(model, LAYERS[kind], methods=METHODS, score="probability")
+    cam = Detectron2CAM(model, LAYERS[kind], methods=METHODS, score="probability")
     out = cam.explain(inputs, max_detections=3)
     return kind, model, inputs, out
 
@@ -80,7 +80,7 @@ def test_results_shape_range_and_order(explained):
 
 def test_target_score_is_the_reported_score_and_maps_match_a_per_detection_loop(explained):
     """Recompute every detection's gradient with its own backward (the slow, obvious way):
-    the targets, the locality of each gradient and the maps must agree with DetectionCAM."""
+    the targets, the locality of each gradient and the maps must agree with Detectron2CAM."""
     kind, model, inputs, out = explained
     names = LAYERS[kind]
     with torch.enable_grad(), recording(model, names) as calls:
@@ -135,7 +135,7 @@ def test_target_score_is_the_reported_score_and_maps_match_a_per_detection_loop(
 
 
 def _explain_zeroed(zeroed_models, kind, layers, methods=("gradcam", "hirescam")):
-    return DetectionCAM(zeroed_models[kind], layers, methods=methods).explain(
+    return Detectron2CAM(zeroed_models[kind], layers, methods=methods).explain(
         make_inputs(2), max_detections=6
     )
 
@@ -224,12 +224,12 @@ def test_no_trace_on_success_and_on_error(kind):
     before = _snapshot(model)
     layer = "roi_heads.res5" if kind == "c4" else "head.cls_subnet.7"
     image_layer = "backbone.res4" if kind == "c4" else "backbone.fpn_output3"
-    out = DetectionCAM(model, [layer, image_layer]).explain(make_inputs(2), max_detections=2)
+    out = Detectron2CAM(model, [layer, image_layer]).explain(make_inputs(2), max_detections=2)
     assert sum(map(len, out)) > 0
     _assert_same(before, _snapshot(model))
     assert model.training
     with pytest.raises(ValueError, match="did not run"):
-        DetectionCAM(model, [layer, "extra_unused"]).explain(make_inputs(1))
+        Detectron2CAM(model, [layer, "extra_unused"]).explain(make_inputs(1))
     _assert_same(before, _snapshot(model))
 
 
@@ -237,7 +237,7 @@ def test_inference_mode_inputs_and_caller_context(models):
     inputs = make_inputs(1)
     with torch.inference_mode():
         frozen = [{"image": item["image"].clone()} for item in inputs]
-        out = DetectionCAM(models["c4"], "backbone.res4", methods=("hirescam",)).explain(frozen, 2)
+        out = Detectron2CAM(models["c4"], "backbone.res4", methods=("hirescam",)).explain(frozen, 2)
     assert len(out[0]) == 2 and out[0][0].maps["hirescam"].max() > 0
 
 
@@ -246,51 +246,51 @@ def test_inference_mode_inputs_and_caller_context(models):
 
 def test_empty_detections_give_empty_lists():
     model = build("c4", seed=0, score_thresh=1.0)
-    out = DetectionCAM(model).explain(make_inputs(2))
+    out = Detectron2CAM(model).explain(make_inputs(2))
     assert out == [[], []]
-    assert DetectionCAM(build("retinanet", seed=0, score_thresh=1.0)).explain(make_inputs(1)) == [
+    assert Detectron2CAM(build("retinanet", seed=0, score_thresh=1.0)).explain(make_inputs(1)) == [
         []
     ]
-    assert DetectionCAM(build("fpn")).explain(make_inputs(1), max_detections=0) == [[]]
+    assert Detectron2CAM(build("fpn")).explain(make_inputs(1), max_detections=0) == [[]]
 
 
 def test_wrong_layer_name_lists_close_matches(models):
     with pytest.raises(LayerNotFoundError, match="roi_heads.res5"):
-        DetectionCAM(models["c4"], "roi_heads.res_5")
+        Detectron2CAM(models["c4"], "roi_heads.res_5")
 
 
 def test_layer_the_scores_do_not_depend_on(models):
     with pytest.raises(ValueError, match="do not depend"):
-        DetectionCAM(models["retinanet"], "head.bbox_subnet.0").explain(make_inputs(1), 2)
+        Detectron2CAM(models["retinanet"], "head.bbox_subnet.0").explain(make_inputs(1), 2)
     with pytest.raises(ValueError, match="do not depend"):
-        DetectionCAM(models["c4"], "proposal_generator.rpn_head.conv").explain(make_inputs(1), 2)
+        Detectron2CAM(models["c4"], "proposal_generator.rpn_head.conv").explain(make_inputs(1), 2)
 
 
 def test_non_map_layer_and_guided_methods_are_refused(models):
     with pytest.raises(ValueError, match="not a \\(N, C, h, w\\) map"):
-        DetectionCAM(models["fpn"], "roi_heads.box_head.fc1").explain(make_inputs(1), 2)
+        Detectron2CAM(models["fpn"], "roi_heads.box_head.fc1").explain(make_inputs(1), 2)
     with pytest.raises(ValueError, match="guided"):
-        DetectionCAM(models["c4"], methods=("guided_gradcam",))
+        Detectron2CAM(models["c4"], methods=("guided_gradcam",))
     with pytest.raises(ValueError, match="unknown"):
-        DetectionCAM(models["c4"], methods=("nope",))
+        Detectron2CAM(models["c4"], methods=("nope",))
 
 
 def test_stock_model_is_refused(stock_models):
     for kind in ("c4", "fpn", "retinanet"):
         with pytest.raises(TypeError, match="to_cam_config"):
-            DetectionCAM(stock_models[kind])
+            Detectron2CAM(stock_models[kind])
 
 
 def test_default_layers(models):
-    assert DetectionCAM(models["c4"]).layers == ("roi_heads.res5",)
-    assert DetectionCAM(models["fpn"]).layers == ("roi_heads.box_pooler",)
-    assert DetectionCAM(models["retinanet"]).layers == ("head.cls_subnet.7",)
+    assert Detectron2CAM(models["c4"]).layers == ("roi_heads.res5",)
+    assert Detectron2CAM(models["fpn"]).layers == ("roi_heads.box_pooler",)
+    assert Detectron2CAM(models["retinanet"]).layers == ("head.cls_subnet.7",)
 
 
 def test_proposal_shared_by_two_classes_gets_two_separate_gradients(models):
     """Two detections of one proposal share a ROI row: each must still get its own gradient."""
     model = build("c4", seed=0, score_thresh=0.0)
-    out = DetectionCAM(model, ["roi_heads.res5", "backbone.res4"], methods=("hirescam",)).explain(
+    out = Detectron2CAM(model, ["roi_heads.res5", "backbone.res4"], methods=("hirescam",)).explain(
         make_inputs(1), max_detections=20
     )
     dets = out[0]

@@ -1,4 +1,4 @@
-"""DetectionCAM at image-level layers of detectron2's ViT (ViTDet) backbone, whose blocks
+"""Detectron2CAM at image-level layers of detectron2's ViT (ViTDet) backbone, whose blocks
 output channels-last ``(B, h, w, C)``: maps on the h x w grid, the same as the permuted map."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from detectron2 import model_zoo
 from detectron2.config import instantiate
 from detectron2.layers import ShapeSpec
 
-from detectron2_hooks import DetectionCAM
+from detectron2_hooks import Detectron2CAM
 from detectron2_hooks.adapters import CAMStandardROIHeads
 
 warnings.filterwarnings("ignore", category=UserWarning)
@@ -44,7 +44,7 @@ def test_vitdet_block_maps_are_on_the_token_grid(vitdet):
     torch.manual_seed(1)
     inputs = [{"image": torch.rand(3, 128, 160) * 255}]
     layer = "backbone.net.blocks.1"
-    out = DetectionCAM(vitdet, layer=layer, methods=("gradcam", "hirescam")).explain(
+    out = Detectron2CAM(vitdet, layer=layer, methods=("gradcam", "hirescam")).explain(
         inputs, max_detections=2
     )
     assert out[0], "the tiny detector found nothing to explain"
@@ -52,7 +52,7 @@ def test_vitdet_block_maps_are_on_the_token_grid(vitdet):
     def permuted(a):  # the layout told by hand
         return a.permute(0, 3, 1, 2)
 
-    by_hand = DetectionCAM(
+    by_hand = Detectron2CAM(
         vitdet, layer=layer, methods=("gradcam", "hirescam"), reshape=permuted
     ).explain(inputs, max_detections=2)
     for det, ref in zip(out[0], by_hand[0]):

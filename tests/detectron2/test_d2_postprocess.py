@@ -1,4 +1,4 @@
-"""DetectionCAM and CAMPredictor report the detections detectron2 reports: boxes, classes and
+"""Detectron2CAM and CAMPredictor report the detections detectron2 reports: boxes, classes and
 scores equal to ``model(inputs)`` / ``DefaultPredictor`` (rescaled to height/width, empty boxes
 dropped), maps in the same pixels; the scalar differentiated is the class logit or the
 reported probability, as asked."""
@@ -12,7 +12,7 @@ from d2_helpers import make_inputs
 from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 
-from detectron2_hooks import CAMPredictor, DetectionCAM, to_cam_config
+from detectron2_hooks import CAMPredictor, Detectron2CAM, to_cam_config
 from detectron2_hooks.tiny import tiny_config
 
 KINDS = ("c4", "fpn", "retinanet", "mask")
@@ -69,7 +69,7 @@ def test_explain_reports_what_the_model_reports(pair, with_size):
             item.update(height=h, width=w)
     with torch.no_grad():
         expected = cam_model([dict(item) for item in inputs])
-    out = DetectionCAM(cam_model, methods=("gradcam",)).explain(inputs, max_detections=None)
+    out = Detectron2CAM(cam_model, methods=("gradcam",)).explain(inputs, max_detections=None)
     for dets, item, exp in zip(out, inputs, expected):
         _assert_same(dets, exp["instances"])
         size = (
@@ -110,7 +110,7 @@ def test_campredictor_refuses_what_is_not_an_hwc_uint8_image(pair):
     with pytest.raises(ValueError, match="uint8"):
         cam_predictor(np.zeros((64, 64, 3), np.float32))
     with pytest.raises(ValueError, match="CAMPredictor"):
-        DetectionCAM(cam_model).explain([{"image": _image()}])
+        Detectron2CAM(cam_model).explain([{"image": _image()}])
 
 
 def _recomputed_logits(model, inputs):
@@ -145,8 +145,8 @@ def test_target_score_is_the_logit_or_the_reported_probability(pair):
     _kind, _predictor, cam_model = pair
     inputs = make_inputs(2)
     logit = _recomputed_logits(cam_model, inputs)
-    by_logit = DetectionCAM(cam_model, methods=("gradcam",)).explain(inputs, max_detections=4)
-    by_prob = DetectionCAM(cam_model, methods=("gradcam",), score="probability").explain(
+    by_logit = Detectron2CAM(cam_model, methods=("gradcam",)).explain(inputs, max_detections=4)
+    by_prob = Detectron2CAM(cam_model, methods=("gradcam",), score="probability").explain(
         inputs, max_detections=4
     )
     for dets_l, dets_p in zip(by_logit, by_prob):
@@ -161,7 +161,7 @@ def test_target_score_is_the_logit_or_the_reported_probability(pair):
 def test_unknown_score_is_refused(pair):
     _kind, _predictor, cam_model = pair
     with pytest.raises(ValueError, match="'logit'.*'probability'"):
-        DetectionCAM(cam_model, score="softmax")
+        Detectron2CAM(cam_model, score="softmax")
 
 
 def test_campredictor_builds_from_cfg_and_loads_weights_as_default_predictor(tmp_path):

@@ -19,7 +19,7 @@ from detectron2.modeling.roi_heads import StandardROIHeads
 from detectron2.structures import Boxes, Instances
 from omegaconf import OmegaConf
 
-from detectron2_hooks import DetectionCAM, to_cam_config
+from detectron2_hooks import Detectron2CAM, to_cam_config
 from detectron2_hooks.adapters import (
     CAMFCOS,
     CAMCascadeROIHeads,
@@ -242,10 +242,10 @@ def test_provenance_recomputes_from_the_head(zoo):
 
 @pytest.mark.parametrize("kind", ["vitdet", "mask_rcnn_lsj"])
 def test_lazy_only_detectors_explained_at_the_per_roi_layer(kind):
-    # ViTDet and the new LSJ baselines are CAMStandardROIHeads models: DetectionCAM explains
+    # ViTDet and the new LSJ baselines are CAMStandardROIHeads models: Detectron2CAM explains
     # them per ROI today (their image-level ViT layers wait for the channels-last layouts).
     model = _build("lazy", kind, cam=True, seed=0)
-    cam = DetectionCAM(model, "roi_heads.box_pooler", methods=("gradcam",), score="probability")
+    cam = Detectron2CAM(model, "roi_heads.box_pooler", methods=("gradcam",), score="probability")
     (dets,) = cam.explain(_inputs()[:1], max_detections=2)
     assert len(dets) == 2
     for det in dets:

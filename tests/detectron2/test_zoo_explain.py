@@ -1,8 +1,8 @@
-"""DetectionCAM on every model-zoo detector the adapters add (Cascade R-CNN, FCOS, PanopticFPN,
+"""Detectron2CAM on every model-zoo detector the adapters add (Cascade R-CNN, FCOS, PanopticFPN,
 ViTDet), built tiny from the SHIPPED configs (YAML and LazyConfig), on a 2-image batch with
 every detection explained.
 
-Each detection is recomputed the slow, obvious way: one backward of the scalar DetectionCAM
+Each detection is recomputed the slow, obvious way: one backward of the scalar Detectron2CAM
 says it differentiated (``target_score``) to every call of every explained layer, with plain
 forward hooks. The maps must agree, the gradient must sit only in the detection's own ROI row
 (per-ROI layers: for a cascade, in the last stage's pooler call), at its own level (head
@@ -21,7 +21,7 @@ from detectron2.modeling.meta_arch.panoptic_fpn import PanopticFPN
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes
 
-from detectron2_hooks import CAMFCOS, CAMCascadeROIHeads, DetectionCAM
+from detectron2_hooks import CAMFCOS, CAMCascadeROIHeads, Detectron2CAM
 from detectron2_hooks.tiny import tiny_lazy_config, tiny_zoo_config
 from lightning_gradcam.core.methods import compute_cam
 
@@ -78,7 +78,7 @@ class Explained:
         self.style, self.kind = style, kind
         self.model = build(style, kind)
         self.inputs = two_images()
-        cam = DetectionCAM(self.model, layers, methods=METHODS)
+        cam = Detectron2CAM(self.model, layers, methods=METHODS)
         self.layers = cam.layers
         self.out = cam.explain(self.inputs, max_detections=None)
 
@@ -191,7 +191,7 @@ def test_default_layers(explained):
     # FCOS: its last classification conv (``.7`` is a GroupNorm in FCOS's head); the ROI
     # heads: the per-ROI pooler.
     expected = "head.cls_subnet.11" if explained.kind == "fcos" else "roi_heads.box_pooler"
-    assert DetectionCAM(explained.model).layers == (expected,)
+    assert Detectron2CAM(explained.model).layers == (expected,)
 
 
 def test_cascade_refuses_an_earlier_stage_layer():
@@ -205,8 +205,8 @@ def test_cascade_refuses_an_earlier_stage_layer():
     model = instantiate(cfg.model).eval()
     inputs = two_images()
     with pytest.raises(ValueError, match="earlier cascade stage.*box_head.2"):
-        DetectionCAM(model, "roi_heads.box_head.0.conv1").explain(inputs)
-    dets, _ = DetectionCAM(model, "roi_heads.box_head.2.conv1", ("gradcam",)).explain(
+        Detectron2CAM(model, "roi_heads.box_head.0.conv1").explain(inputs)
+    dets, _ = Detectron2CAM(model, "roi_heads.box_head.2.conv1", ("gradcam",)).explain(
         inputs, max_detections=1
     )
     assert dets[0].layer_kinds["roi_heads.box_head.2.conv1"] == "roi"

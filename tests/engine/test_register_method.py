@@ -187,10 +187,10 @@ def test_lightning_gradcam_command_writes_the_new_method(registered, tmp_path, c
 def test_detection_cam_maps_of_the_new_method(registered):
     from d2_helpers import build, make_inputs
 
-    from detectron2_hooks import DetectionCAM
+    from detectron2_hooks import Detectron2CAM
 
     model = build("c4")
-    cam = DetectionCAM(model, methods=("hirescam", NAME))
+    cam = Detectron2CAM(model, methods=("hirescam", NAME))
     detections = cam.explain(make_inputs(1), max_detections=3)[0]
     assert detections
     for det in detections:

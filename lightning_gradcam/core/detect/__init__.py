@@ -16,7 +16,8 @@ and its own post-processing (NMS). Everything else is here, framework-free (torc
   reader's inputs to any image-level layer upstream);
 - :mod:`.attach` -- :func:`attach_maps`, the CAM methods applied to each detection's
   (activation, gradient) and the maps placed in its image;
-- :mod:`.options` -- ``score=`` and ``choose=``, the options every side takes.
+- :mod:`.options` -- ``methods=``, ``score=``, ``reshape=`` and ``choose=``, the options
+  every side takes (:func:`check_options`, :func:`chosen_rows`).
 
 A one-stage detector whose head outputs per-anchor class logits at several levels is
 explained by: an :class:`InputRecorder` on the head (its per-level inputs), the targets
@@ -26,7 +27,14 @@ inputs, :func:`pull_back_to_layer` to an image-level layer, :func:`attach_maps`.
 
 from .attach import attach_maps
 from .graph import depends_on, is_clone_of, require_dependence
-from .options import SCORES, check_choose, check_score, chosen_rows
+from .options import (
+    SCORES,
+    DetectionOptions,
+    check_choose,
+    check_options,
+    check_score,
+    chosen_rows,
+)
 from .pullback import pooler_pullback, pull_back_to_layer
 from .recorders import InputRecorder
 from .rows import level_gradients, own_gradients
@@ -34,8 +42,10 @@ from .rows import level_gradients, own_gradients
 __all__ = [
     "InputRecorder",
     "SCORES",
+    "DetectionOptions",
     "attach_maps",
     "check_choose",
+    "check_options",
     "check_score",
     "chosen_rows",
     "depends_on",

@@ -1,11 +1,23 @@
-"""The options every detection side takes: ``score=`` (which scalar) and ``choose=`` (which
-detections)."""
+"""The options every detection side takes, checked in one place before any forward:
+``methods=`` (which maps), ``score=`` (which scalar), ``reshape=`` (an image-level layer's
+layout) and ``choose=`` (which detections)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
-__all__ = ["SCORES", "check_score", "check_choose", "chosen_rows"]
+from ..layouts import Reshape, check_reshape
+from ..methods import check_methods
+
+__all__ = [
+    "SCORES",
+    "DetectionOptions",
+    "check_choose",
+    "check_options",
+    "check_score",
+    "chosen_rows",
+]
 
 #: What ``score=`` may name: the scalar differentiated for each detection.
 SCORES = ("logit", "probability")
@@ -57,3 +69,27 @@ def chosen_rows(
                 f"choose returned rows {bad} for image {image}, which has {count} detections"
             )
     return rows
+
+
+@dataclass(frozen=True)
+class DetectionOptions:
+    """The checked options of a detection explainer (every side keeps one)."""
+
+    methods: tuple[str, ...]
+    score: str
+    reshape: Reshape | None
+
+
+def check_options(
+    methods: str | Sequence[str], score: str = "logit", reshape: Reshape | None = None
+) -> DetectionOptions:
+    """``methods=``, ``score=`` and ``reshape=`` of a detection side, each checked with an
+    error that says what to pass: methods from the registry but the guided ones (they need
+    a backward to the input), ``score`` one of :data:`SCORES`, ``reshape`` None or a
+    callable ``activation -> (N, C, h, w)``."""
+    names = tuple(methods) if not isinstance(methods, str) else methods
+    return DetectionOptions(
+        methods=check_methods(names, detectors=True),
+        score=check_score(score),
+        reshape=check_reshape(reshape),
+    )

@@ -37,7 +37,8 @@ def pooler_pullback(
     features: Sequence[torch.Tensor],
     boxes: torch.Tensor,
     image_of: torch.Tensor,
-) -> list[torch.Tensor]:
+    levels: torch.Tensor | None = None,
+) -> list[torch.Tensor | None]:
     """Gradients at the pooler's inputs from gradients at the pooled rows.
 
     Args:
@@ -46,28 +47,55 @@ def pooler_pullback(
         features: the pooler's per-level inputs ``(N, C, h_l, w_l)``, as recorded.
         boxes: ``(D, 4)`` the box each detection was pooled at (its proposal).
         image_of: ``(D,)`` the image of each detection.
+        levels: ``(D,)`` the level the pooler reads each box from, if the side knows it:
+            then only that level is copied per detection (the others are passed as
+            broadcast NaN views, which must not be read: a RuntimeError if they are);
+            None copies every level.
 
     Returns:
         Per level, ``(D, C, h_l, w_l)``: detection ``d``'s gradient at
-        ``features[l][image_of[d]]`` (zeros at the levels its box was not pooled from).
+        ``features[l][image_of[d]]`` (zeros at the levels its box was not pooled from), or
+        None for a level no detection was pooled from.
     """
     feats = [f.detach() for f in features]
     count = len(boxes)
-    out = [f.new_zeros((count, *f.shape[1:])) for f in feats]
-    per_copy = sum(f[0].numel() for f in feats)
-    chunk = max(1, GRADIENT_BUDGET // max(1, per_copy))
+    out: list[torch.Tensor | None] = [None] * len(feats)
     image_of = image_of.to(feats[0].device)
-    for start in range(0, count, chunk):
-        part = slice(start, min(count, start + chunk))
-        images = image_of[part]
-        copies = [f[images].requires_grad_() for f in feats]  # indexing copies
-        pooled = pool(copies, [box[None] for box in boxes[part].to(feats[0].dtype)], images)
-        grads = torch.autograd.grad(
-            pooled, copies, grad_outputs=row_grads[part].to(pooled), allow_unused=True
-        )
-        for level, grad in enumerate(grads):
-            if grad is not None:
-                out[level][part] = grad
+    boxes = boxes.to(feats[0])
+    groups = [(None, torch.arange(count, device=image_of.device))]
+    if levels is not None:
+        levels = levels.to(image_of.device)
+        groups = [(int(v), torch.nonzero(levels == v).flatten()) for v in levels.unique()]
+    for level, members in groups:
+        read = range(len(feats)) if level is None else [level]
+        per_copy = sum(feats[j][0].numel() for j in read)
+        chunk = max(1, GRADIENT_BUDGET // max(1, per_copy))
+        for start in range(0, len(members), chunk):
+            part = members[start : start + chunk]
+            images = image_of[part]
+            copies = [
+                f[images].requires_grad_()  # indexing copies
+                if j in read
+                # Not read: a NaN view (no copy), so that a box the pooler reads from another
+                # level than ``levels`` says shows as NaN instead of a lost gradient.
+                else f.new_full((1,) * f.dim(), float("nan")).expand(len(part), *f.shape[1:])
+                for j, f in enumerate(feats)
+            ]
+            pooled = pool(copies, [box[None] for box in boxes[part]], images)
+            if level is not None and not bool(torch.isfinite(pooled).all()):
+                raise RuntimeError(
+                    f"the pooler read other levels than level {level} for the boxes levels= "
+                    "put there; pass the pooler's own level assignment, or levels=None"
+                )
+            leaves = [copies[j] for j in read]
+            grads = torch.autograd.grad(
+                pooled, leaves, grad_outputs=row_grads[part].to(pooled), allow_unused=True
+            )
+            for j, grad in zip(read, grads):
+                if grad is not None:
+                    if out[j] is None:
+                        out[j] = feats[j].new_zeros((count, *feats[j].shape[1:]))
+                    out[j][part] = grad
     return out
 
 
@@ -77,7 +105,7 @@ def pull_back_to_layer(
     reader_inputs: Sequence[torch.Tensor],
     reader_grads: Sequence[torch.Tensor | None],
     image_of: torch.Tensor,
-    targets: torch.Tensor,
+    targets: torch.Tensor | None,
     hint: str = "",
 ) -> torch.Tensor:
     """Each detection's gradient at an image-level layer: ``(D, *activation.shape[1:])``.
@@ -89,15 +117,23 @@ def pull_back_to_layer(
         reader_grads: per level, ``(D, C, h_l, w_l)`` each detection's gradient at its image's
             row of that input, or None for a level no detection reads.
         image_of: ``(D,)`` the image of each detection.
-        targets: ``(D,)`` the scalars, to refuse a layer they do not depend on.
+        targets: ``(D,)`` the scalars, to refuse a layer they do not depend on; None where
+            the reader's rows were recorded apart from the layer's graph (a captured
+            pooler output): the reader's inputs are checked instead.
 
     A layer whose output is itself a reader input takes the gradient as it is; a layer
-    upstream goes through one batched backward (chunked under the gradient budget).
+    upstream goes through one batched backward per level, of the detections whose gradient
+    at that level is not zero (chunked under the gradient budget), so that a detection goes
+    back through the part of the graph it reads only.
     """
-    require_dependence(name, targets, activation, hint)
+    if targets is not None:
+        require_dependence(name, targets, activation, hint)
+    elif not any(is_clone_of(r, activation) or depends_on(r, activation) for r in reader_inputs):
+        require_dependence(name, reader_inputs[0], activation, hint)
     count = len(image_of)
     grad = activation.new_zeros((count, *activation.shape[1:]))
-    inner = None
+    image_of = image_of.to(activation.device)
+    chunk = max(1, GRADIENT_BUDGET // max(1, activation.numel()))
     for reader_input, level_grads in zip(reader_inputs, reader_grads):
         if level_grads is None:
             continue
@@ -106,13 +142,12 @@ def pull_back_to_layer(
             continue
         if not depends_on(reader_input, activation):
             continue  # this level does not see the layer: zero gradient
-        term = (reader_input[image_of] * level_grads).flatten(1).sum(dim=1)
-        inner = term if inner is None else inner + term
-    if inner is not None:
-        chunk = max(1, GRADIENT_BUDGET // max(1, activation.numel()))
-        rows = torch.arange(count, device=activation.device)
-        for start in range(0, count, chunk):
-            stop = min(count, start + chunk)
-            batched = batched_gradients(inner[start:stop], activation, retain_graph=True)
-            grad[start:stop] += batched[rows[: stop - start], image_of[start:stop]].to(grad)
+        # Only the detections that read this level go back through its part of the graph.
+        rows = torch.nonzero(level_grads.flatten(1).any(dim=1)).flatten().to(grad.device)
+        for start in range(0, len(rows), chunk):
+            part = rows[start : start + chunk]
+            images = image_of[part]
+            inner = (reader_input[images] * level_grads[part].to(reader_input)).flatten(1).sum(1)
+            batched = batched_gradients(inner, activation, retain_graph=True)
+            grad[part] += batched[torch.arange(len(part), device=grad.device), images].to(grad)
     return grad

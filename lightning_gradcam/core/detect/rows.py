@@ -68,51 +68,73 @@ def own_gradients(
     targets: torch.Tensor | Sequence[torch.Tensor],
     owners: Sequence[int] | torch.Tensor,
     tensors: torch.Tensor | Sequence[torch.Tensor],
-    *,
     name: str = "",
+    *,
     hint: str = "",
     missing: str = "raise",
+    groups: Sequence[int] | None = None,
 ) -> torch.Tensor | list[torch.Tensor]:
     """Each target's gradient at its own row of each tensor: ``(D, *tensor.shape[1:])``.
 
     Args:
-        targets: ``D`` grad-connected scalars (a ``(D,)`` tensor or a sequence).
+        targets: ``D`` grad-connected scalars: a sequence (each group's backward then goes
+            through its own targets' graphs only), or a ``(D,)`` tensor.
         owners: ``D`` row indices: target ``d`` depends on row ``owners[d]`` of every tensor
             only (its proposal row, or its image).
         tensors: one tensor (the result is one tensor) or several sharing their rows (the
             result is a list).
         name, hint: for the error when the targets do not reach a tensor.
         missing: ``"raise"`` a ValueError naming the layer, or ``"zero"`` (zero gradients).
+        groups: ``D`` group ids (a one-stage detection's level): targets of different groups
+            never share a backward. A batched backward runs every member through the union
+            of the members' graphs, so a level's detections go back through that level's
+            part of the head alone.
     """
     single = isinstance(tensors, torch.Tensor)
     tensors = [tensors] if single else list(tensors)
-    flat = targets.reshape(-1) if isinstance(targets, torch.Tensor) else torch.stack(list(targets))
-    flat = flat.reshape(-1)
+    # A sequence of scalars keeps each group's graph apart: a group's sum built from a stacked
+    # tensor would send the backward through every target's graph (zeros for the others).
+    scalars = None if isinstance(targets, torch.Tensor) else [t.reshape(()) for t in targets]
+    flat = targets.reshape(-1) if scalars is None else None
     owners = [int(o) for o in owners]
-    device = tensors[0].device
     out = [t.new_zeros((len(owners), *t.shape[1:])) for t in tensors]
     if not owners:
         return out[0] if single else out
-    occurrence = _round_of(owners)
+    labels = [0] * len(owners) if groups is None else [int(g) for g in groups]
+    for group in sorted(set(labels)):
+        members = [d for d, g in enumerate(labels) if g == group]
+        if scalars is not None:
+            picked = torch.stack([scalars[d] for d in members])
+        else:
+            picked = flat[torch.tensor(members, dtype=torch.long, device=flat.device)]
+        _rounds_into(out, picked, owners, tensors, members, name, hint, missing)
+    return out[0] if single else out
+
+
+def _rounds_into(out, picked, owners, tensors, members, name, hint, missing) -> None:
+    """:func:`own_gradients` for the targets ``members`` (their scalars ``picked``), written
+    into ``out``."""
+    device = tensors[0].device
+    occurrence = _round_of([owners[d] for d in members])
     rounds_of = torch.tensor(occurrence, dtype=torch.long, device=device)
-    rows_of = torch.tensor(owners, dtype=torch.long, device=device)
-    rounds = flat.new_zeros(max(occurrence) + 1).index_add(0, rounds_of.to(flat.device), flat)
+    rows_of = torch.tensor([owners[d] for d in members], dtype=torch.long, device=device)
+    index = torch.tensor(members, dtype=torch.long, device=device)
+    rounds = picked.new_zeros(max(occurrence) + 1).index_add(0, rounds_of.to(picked.device), picked)
     chunk = max(1, GRADIENT_BUDGET // max(1, sum(t.numel() for t in tensors)))
     for start in range(0, len(rounds), chunk):
         part = rounds[start : start + chunk]
         grads = round_gradients(part, tensors)
-        members = torch.nonzero((rounds_of >= start) & (rounds_of < start + len(part))).flatten()
+        these = torch.nonzero((rounds_of >= start) & (rounds_of < start + len(part))).flatten()
         for slot, grad in enumerate(grads):
             if grad is None:
                 if missing == "raise":
                     raise _no_dependence(name, hint)
                 continue
-            out[slot][members] = grad[rounds_of[members] - start, rows_of[members]].to(out[slot])
-    return out[0] if single else out
+            out[slot][index[these]] = grad[rounds_of[these] - start, rows_of[these]].to(out[slot])
 
 
 def level_gradients(
-    targets: torch.Tensor,
+    targets: torch.Tensor | Sequence[torch.Tensor],
     levels: Sequence[int] | torch.Tensor,
     owners: Sequence[int] | torch.Tensor,
     calls: Sequence[torch.Tensor],
@@ -124,14 +146,15 @@ def level_gradients(
     ``owners[d]`` (its image). Returns per detection ``(activations, gradients)``, each
     ``(C, h_l, w_l)``: one :func:`own_gradients` per level, so a backward goes through that
     level's part of the head only."""
-    targets = targets.reshape(-1)
+    if isinstance(targets, torch.Tensor):
+        targets = list(targets.reshape(-1).unbind())
     levels = [int(v) for v in levels]
     owners = [int(o) for o in owners]
     acts: list = [None] * len(levels)
     grads: list = [None] * len(levels)
     for level in sorted(set(levels)):
         idx = [d for d, v in enumerate(levels) if v == level]
-        picked = targets[torch.tensor(idx, device=targets.device)]
+        picked = [targets[d] for d in idx]
         level_grads = own_gradients(
             picked, [owners[d] for d in idx], calls[level], name=name, hint=hint
         )
