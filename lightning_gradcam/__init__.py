@@ -15,6 +15,7 @@ __all__ = [
     "DetectionCAM",
     "GradCAMCallback",
     "GradCAMTrainerCallback",
+    "GradCAMYOLOCallback",
     "LayerNotFoundError",
     "Region",
     "SegmentationCAM",
@@ -48,4 +49,8 @@ def __getattr__(name: str):
         from .hf.callback import GradCAMTrainerCallback
 
         return GradCAMTrainerCallback
+    if name == "GradCAMYOLOCallback":  # imports Ultralytics (AGPL) only when asked for
+        from .yolo.callback import GradCAMYOLOCallback
+
+        return GradCAMYOLOCallback
     raise AttributeError(f"module 'lightning_gradcam' has no attribute {name!r}")

@@ -192,6 +192,9 @@ class YOLODetectionCAM:
         network, head = self.network, self.head
         device = next(network.parameters()).device
         cached = {k: getattr(head, k, None) for k in ("anchors", "strides", "shape")}
+        # Anchors cached by a validation under inference mode are inference tensors, which
+        # autograd refuses: make the head build its own for this call.
+        head.shape = None
         try:
             with preserve_model_state(network), cam_mode():
                 batch = self._batch(images, device)
