@@ -415,11 +415,11 @@ class GradCAMCallback(*CALLBACK_BASES):
     def filmstrip(self, method: str | None = None) -> np.ndarray:
         """Rows = samples (or objects), columns = the input, then one overlay per pass
         (oldest first), as ``uint8 (H, W, 3)`` RGB. ``method`` defaults to the first one."""
+        if not self.history or self._task is None:
+            raise RuntimeError("no CAM epoch has run yet: train with the callback first")
         method = method or self.methods[0]
         if method not in self.methods:
             raise ValueError(f"method {method!r} was not computed; choose from {self.methods}")
-        if not self.history or self._task is None:
-            raise RuntimeError("no CAM epoch has run yet: train with the callback first")
         return self._task.filmstrip(method)
 
     # ------------------------------------------------------------------ checkpoint state
