@@ -3,34 +3,15 @@ give exactly the scalars the task's report gives on the same images, missed obje
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
+from cam_population import assert_same_scalars, whole_set_means
 
-from lightning_gradcam.core.population import MetricSums
 from lightning_gradcam.tasks.base import TaskOptions
 from lightning_gradcam.tasks.detection import DetectionTask
-from lightning_gradcam.tasks.population import measure_for
 
 from .tiny import images as detection_images
 from .tiny import tiny_detector
-
-
-def _sums(task, network, batches) -> dict[str, float]:
-    """The means of ``task``'s whole-set measure over ``batches``."""
-    measure = measure_for(task)
-    sums = MetricSums(task.options.methods, measure.fields, measure.groups)
-    for batch in batches:
-        measure.measure(network, batch, sums)
-    sums.reduce()  # one process: the sums themselves
-    return measure.means(sums)
-
-
-def _assert_same(got: dict[str, float], want: dict[str, float]) -> None:
-    assert set(got) == set(want)
-    for key, value in want.items():
-        assert math.isclose(got[key], value, rel_tol=1e-6, abs_tol=1e-9), (key, got[key], value)
 
 
 def test_detection_batches_give_the_sample_reports_scalars():
@@ -47,9 +28,9 @@ def test_detection_batches_give_the_sample_reports_scalars():
         targets.append({"boxes": boxes, "labels": labels})
     methods = ("gradcam", "gradcam++")
     task = DetectionTask(TaskOptions(methods=methods))
-    got = _sums(task, model, [(batch[:1], targets[:1]), (batch[1:], targets[1:])])
+    got = whole_set_means(task, model, [(batch[:1], targets[:1]), (batch[1:], targets[1:])])
     fixed = DetectionTask(TaskOptions(methods=methods, max_image_size=None))
     samples = fixed.parse_batch((batch, targets))
     want = fixed.report(fixed.explain(model, samples), samples, 0, 0).scalars
-    _assert_same(got, want)
+    assert_same_scalars(got, want)
     assert got["gradcam/found_rate"] == pytest.approx(2 / 3)

@@ -4,13 +4,11 @@ missed objects counted as 0 alike; under inference mode too."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
+from cam_population import assert_same_scalars, whole_set_means
 from torch import nn
 
-from lightning_gradcam.core.population import MetricSums
 from lightning_gradcam.lightning.population import ValidationMetrics
 from lightning_gradcam.tasks.base import TaskOptions
 from lightning_gradcam.tasks.classification import ClassificationTask
@@ -34,22 +32,6 @@ def _classifier() -> nn.Module:
     return net
 
 
-def _sums(task, network, batches) -> dict[str, float]:
-    """The means of ``task``'s whole-set measure over ``batches``."""
-    measure = measure_for(task)
-    sums = MetricSums(task.options.methods, measure.fields, measure.groups)
-    for batch in batches:
-        measure.measure(network, batch, sums)
-    sums.reduce()  # one process: the sums themselves
-    return measure.means(sums)
-
-
-def _assert_same(got: dict[str, float], want: dict[str, float]) -> None:
-    assert set(got) == set(want)
-    for key, value in want.items():
-        assert math.isclose(got[key], value, rel_tol=1e-6, abs_tol=1e-9), (key, got[key], value)
-
-
 def _classification_data():
     g = torch.Generator().manual_seed(1)
     images = torch.rand(10, 3, 16, 16, generator=g)
@@ -64,11 +46,11 @@ def test_classification_batches_give_the_sample_reports_scalars():
     methods = ("gradcam", "gradcam++")
     task = ClassificationTask(TaskOptions(methods=methods, layer="2"))
     batches = [(images[a:b], labels[a:b], boxes[a:b]) for a, b in ((0, 4), (4, 8), (8, 10))]
-    got = _sums(task, net, batches)
+    got = whole_set_means(task, net, batches)
     fixed = ClassificationTask(TaskOptions(methods=methods, layer="2"))
     samples = fixed.parse_batch((images, labels, boxes))
     want = fixed.report(fixed.explain(net, samples), samples, 0, 0).scalars
-    _assert_same(got, want)
+    assert_same_scalars(got, want)
     # Class 2 has no evidence: 3 maps of 10 count 0 energy and no hit.
     assert got["gradcam/no_evidence_rate"] == pytest.approx(0.3)
 
@@ -77,11 +59,11 @@ def test_a_batch_made_under_inference_mode_is_measured_the_same():
     net = _classifier()
     images, labels, boxes = _classification_data()
     task = ClassificationTask(TaskOptions(methods=("gradcam",), layer="2"))
-    want = _sums(task, net, [(images, labels, boxes)])
+    want = whole_set_means(task, net, [(images, labels, boxes)])
     with torch.inference_mode():
         batch = (images.clone(), labels.clone(), boxes.clone())
-        got = _sums(task, net, [batch])
-    _assert_same(got, want)
+        got = whole_set_means(task, net, [batch])
+    assert_same_scalars(got, want)
 
 
 def test_merge_puts_the_whole_set_means_in_place_and_drops_the_samples_without_them():
