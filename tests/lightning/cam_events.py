@@ -63,3 +63,37 @@ def read_events(log_dir):
 
 def steps(series):
     return [step for step, _ in series]
+
+
+def run_rank_script(script, out_dir, *args, timeout: float = 200) -> dict[int, dict]:
+    """Run ``script out_dir *args`` in a fresh process (a DDP launcher: its workers write
+    ``rank_N.json`` into ``out_dir``); ``{rank: report}``. A hang is killed with all its
+    children and fails the test, with the output's tail."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pytest
+
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
+    env.pop("LOCAL_RANK", None)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(out_dir), *map(str, args)],
+        cwd=str(root),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # so a hang can be killed with all its children
+    )
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        pytest.fail(f"run hung (killed after {timeout:.0f} s):\n" + output.decode()[-3000:])
+    assert proc.returncode == 0, output.decode()[-3000:]
+    reports = (json.loads(p.read_text()) for p in sorted(Path(out_dir).glob("rank_*.json")))
+    return {r["rank"]: r for r in reports}

@@ -2,45 +2,18 @@
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from cam_events import read_events, steps
+from cam_events import read_events, run_rank_script, steps
 from cam_tiny import LAYER
 
 SCRIPT = Path(__file__).with_name("cam_ddp_script.py")
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.timeout(240)
 def test_ddp_two_cpu_processes_write_one_set_of_images(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    env.pop("LOCAL_RANK", None)
-    proc = subprocess.Popen(
-        [sys.executable, str(SCRIPT), str(tmp_path)],
-        cwd=str(ROOT),
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # so a hang can be killed with all its children
-    )
-    try:
-        output, _ = proc.communicate(timeout=200)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail("DDP run hung (killed after 200 s):\n" + output.decode()[-3000:])
-    assert proc.returncode == 0, output.decode()[-3000:]
-
-    reports = {
-        r["rank"]: r
-        for r in (json.loads(p.read_text()) for p in sorted(tmp_path.glob("rank_*.json")))
-    }
+    reports = run_rank_script(SCRIPT, tmp_path)
     assert sorted(reports) == [0, 1]
     assert reports[0]["cam_count"] == 2 and reports[0]["has_samples"]
     assert reports[1]["cam_count"] == 0 and not reports[1]["has_samples"]

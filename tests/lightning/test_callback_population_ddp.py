@@ -4,41 +4,18 @@ logs over the whole set with the same weights."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cam_events import run_rank_script
 
 SCRIPT = Path(__file__).with_name("population_ddp_script.py")
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(out: Path, devices: int) -> dict[int, dict]:
     out.mkdir()
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    env.pop("LOCAL_RANK", None)
-    proc = subprocess.Popen(
-        [sys.executable, str(SCRIPT), str(out), str(devices)],
-        cwd=str(ROOT),
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # so a hang can be killed with all its children
-    )
-    try:
-        output, _ = proc.communicate(timeout=200)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail("run hung (killed after 200 s):\n" + output.decode()[-3000:])
-    assert proc.returncode == 0, output.decode()[-3000:]
-    reports = (json.loads(p.read_text()) for p in sorted(out.glob("rank_*.json")))
-    return {r["rank"]: r for r in reports}
+    return run_rank_script(SCRIPT, out, devices)
 
 
 @pytest.mark.timeout(480)
