@@ -26,12 +26,12 @@ from .core.render import (
     resize_max,
     to_uint8_image,
 )
+from .core.tiles import NO_EVIDENCE, evidence_text
 from .core.tracking import match_detections
 
 __all__ = [
     "GREEN",
     "WHITE",
-    "NO_EVIDENCE",
     "has_positive_evidence",
     "evidence_caption",
     "DetectionFilmStrips",
@@ -59,9 +59,6 @@ __all__ = [
 
 GREEN = (0, 255, 0)
 WHITE = (255, 255, 255)
-#: What a map with no positive evidence (zero everywhere after the ReLU) is captioned with:
-#: said, not drawn as a blank overlay that reads as "attention nowhere in the box".
-NO_EVIDENCE = "no positive evidence"
 #: Most tiles in one row of a sheet of samples.
 SHEET_COLUMNS = 8
 
@@ -203,15 +200,6 @@ def class_text(class_id: int, class_names: Sequence[str] | None = None) -> str:
     return f"class {class_id}"
 
 
-#: What a picture whose map is zero everywhere after the ReLU says instead of a blank overlay.
-NO_EVIDENCE = "no positive evidence"
-
-
-def evidence_text(text: str, evidence: bool) -> str:
-    """``text``, or ``"<text>: no positive evidence"`` when the map has none."""
-    return text if evidence else f"{text}: {NO_EVIDENCE}"
-
-
 @dataclass
 class SamplePictures:
     """The pictures of a fixed set of samples (the callback's): captioned overlay tiles with
@@ -309,7 +297,7 @@ def has_positive_evidence(det: DetectionLike, layer: str, method: str) -> bool:
 
 def evidence_caption(text: str, found: bool) -> str:
     """``text``, or ``text: no positive evidence`` for a map without any."""
-    return text if found else f"{text}: {NO_EVIDENCE}"
+    return evidence_text(text, found)
 
 
 def detection_label(det: DetectionLike, class_names: Sequence[str] | None = None) -> str:
