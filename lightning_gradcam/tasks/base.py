@@ -34,11 +34,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..core.faithfulness import check_metrics
 from ..core.render import caption, resize_max
 from ..core.resilience import concat_batches
 from ..core.state import cam_mode, preserve_model_state
 from ..core.tiles import NO_EVIDENCE, Marks, StripPasses, map_tile
 from ..pictures import film_strip, sheet
+from .options import check_target
 
 __all__ = [
     "CAMTask",
@@ -167,6 +169,10 @@ class CAMTask(ABC):
     samples_class: ClassVar[type]  # the TaskSamples class parse_batch returns
     # What ``GradCAMCallback(methods=None)`` computes for this task (docs/callback.md#methods).
     default_methods: ClassVar[tuple[str, ...]] = ("gradcam", "gradcam++")
+    #: Whether the task reads the callback's ``images=`` (``samples_from_arrays``).
+    takes_given_images: ClassVar[bool] = False
+    #: Whether the task measures the callback's ``faithfulness`` metrics.
+    measures_faithfulness: ClassVar[bool] = False
 
     def __init__(self, options: TaskOptions):
         self.options = options
@@ -175,6 +181,36 @@ class CAMTask(ABC):
         # {method: {column: [thumbnail per item]}}, for the columns StripPasses keeps
         self._strip_cells: dict[str, dict[int, list[np.ndarray]]] = {}
         self._strip_firsts: list[np.ndarray] = []
+
+    # ---------------------------------------------------------------- options
+
+    @classmethod
+    def check_target(cls, target: object) -> object:
+        """The callback's ``target``, checked (``tasks.options.check_target``: a policy, a
+        class id, one id per image, a callable); a task whose maps are not chosen by class
+        accepts only ``"auto"``."""
+        return check_target(target)
+
+    @classmethod
+    def check_faithfulness(cls, metrics: object) -> tuple[str, ...]:
+        """The callback's ``faithfulness`` metrics, checked; a task that does not measure
+        them (``measures_faithfulness``) refuses any, so none is dropped in silence."""
+        names = check_metrics(metrics)
+        if names and not cls.measures_faithfulness and cls is not CAMTask:
+            raise ValueError(
+                f"faithfulness={names!r}: the {cls.name} task does not measure faithfulness "
+                "metrics (they perturb the image and re-score one class); leave "
+                "faithfulness=() for this model"
+            )
+        return names
+
+    @classmethod
+    def samples_from_arrays(
+        cls, images: Any, labels: Any = None, boxes: Any = None, masks: Any = None
+    ) -> TaskSamples | None:
+        """The samples of the callback's ``images=`` (with ``labels``/``boxes``/``masks``),
+        or None when this task does not take given images (``takes_given_images``)."""
+        return None
 
     # ---------------------------------------------------------------- recognition
 
@@ -273,18 +309,25 @@ class CAMTask(ABC):
         picture = item.picture if item.marks is None else item.marks(item.picture)
         return caption(resize_max(picture, self.options.filmstrip_size), item.first_text)
 
-    @abstractmethod
     def report_items(self, result: Any, samples: TaskSamples) -> list[ReportItem]:
         """The pass's items in order, each with its maps for every method: ``report``'s
-        per-item pieces. May fix the task's targets at the first pass."""
+        per-item pieces. May fix the task's targets at the first pass. (A task that
+        overrides ``report`` and ``filmstrip`` whole need not implement it.)"""
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement report_items and measure (the per-item "
+            "pieces of CAMTask.report), or override report and filmstrip"
+        )
 
-    @abstractmethod
     def measure(
         self, method: str, items: list[ReportItem], samples: TaskSamples, report: PassReport
     ) -> dict[str, float]:
         """The scalars of ``method`` over ``items`` (``{name: value}``, the pass's summary),
         updating the drift state; may add more scalars (``report.scalars``, with the method
         in the tag) and ``report.per_image`` entries."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement measure with report_items, or override "
+            "report and filmstrip"
+        )
 
     def once_images(self, samples: TaskSamples) -> list[tuple[str, np.ndarray, str | None]]:
         """Pictures logged at the first pass only, before its tiles (e.g. the inputs)."""

@@ -26,7 +26,7 @@ from ..core.tracking import DriftTracker, has_evidence
 from ..engine import CAMEngine, CAMResult
 from ..pictures import class_text, inputs_sheet
 from .base import CAMTask, PassReport, ReportItem, TaskOptions
-from .classification_samples import Samples, default_batch_parser, to_samples
+from .classification_samples import Samples, default_batch_parser, make_samples, to_samples
 
 __all__ = ["ClassificationTask", "check_samples"]
 
@@ -85,6 +85,8 @@ class ClassificationTask(CAMTask):
 
     name = "classification"
     samples_class = Samples
+    takes_given_images = True
+    measures_faithfulness = True
 
     def __init__(self, options: TaskOptions):
         super().__init__(options)
@@ -97,6 +99,12 @@ class ClassificationTask(CAMTask):
     @classmethod
     def recognises(cls, network: nn.Module, batch: Any) -> bool:
         return True
+
+    @classmethod
+    def samples_from_arrays(
+        cls, images: Any, labels: Any = None, boxes: Any = None, masks: Any = None
+    ) -> Samples:
+        return make_samples(images, labels=labels, boxes=boxes, masks=masks)
 
     def parse_batch(self, batch: Any) -> Samples:
         parser = self.options.batch_parser or default_batch_parser

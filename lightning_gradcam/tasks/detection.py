@@ -40,6 +40,7 @@ from torch import nn
 from torchvision.ops import box_iou
 
 from ..core.detections import Detection
+from ..core.faithfulness import check_metrics
 from ..core.layers import unwrap_model
 from ..core.render import draw_boxes, to_uint8_image
 from ..core.tracking import DriftTracker
@@ -47,6 +48,7 @@ from ..detection.explain import DetectionCAM
 from ..detection.heads import find_detector
 from ..pictures import class_text
 from .base import CAMTask, PassReport, ReportItem, probe_output
+from .options import check_auto_target
 
 #: The detection's own box in a tile (the ground-truth box is green).
 DETECTION_COLOR = (255, 220, 0)
@@ -301,18 +303,25 @@ class DetectionTask(CAMTask):
             )
         return DetectionSamples([i.detach().float().cpu().clone() for i in images], boxes, labels)
 
-    def check_samples(self, samples: DetectionSamples) -> None:
-        if not (isinstance(self.options.target, str) and self.options.target == "auto"):
-            raise ValueError(
-                f"target={self.options.target!r} chooses a class for classifiers; the detection "
-                "task explains, per ground-truth object, the detection that finds it: leave "
-                "target at its default"
-            )
-        if self.options.faithfulness:
+    @classmethod
+    def check_target(cls, target: object) -> str:
+        return check_auto_target(
+            target,
+            cls.name,
+            "a target chooses a class for classifiers; the detection task explains, per "
+            "ground-truth object, the detection that finds it",
+        )
+
+    @classmethod
+    def check_faithfulness(cls, metrics: object) -> tuple[str, ...]:
+        if check_metrics(metrics):
             raise ValueError(
                 "faithfulness metrics are not measured for detections (a detector's proposals "
                 "move when the image is perturbed); leave faithfulness=() for a detector"
             )
+        return ()
+
+    def check_samples(self, samples: DetectionSamples) -> None:
         if not samples.num_objects:
             raise ValueError(
                 "the fixed samples hold no ground-truth box; use validation images with objects"

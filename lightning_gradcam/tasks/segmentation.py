@@ -39,6 +39,7 @@ from ..segmentation.outputs import looks_like_segmentation
 from ..segmentation.pictures import outline_mask
 from .base import CAMTask, PassReport, ReportItem, TaskOptions, probe_output
 from .classification_samples import IMAGE_KEYS, MASK_KEYS
+from .options import check_auto_target
 
 __all__ = ["SegmentationSamples", "SegmentationTask"]
 
@@ -205,12 +206,16 @@ class SegmentationTask(CAMTask):
             )
         return SegmentationSamples(_cpu(images).float(), _cpu(masks).long())
 
+    @classmethod
+    def check_target(cls, target: object) -> str:
+        return check_auto_target(
+            target,
+            cls.name,
+            "a segmentation pass explains every class of each image's ground truth, with "
+            "Seg-Grad-CAM's target",
+        )
+
     def check_samples(self, samples: SegmentationSamples) -> None:
-        if self.options.target != "auto":
-            raise ValueError(
-                f"target={self.options.target!r}: a segmentation pass explains every class of "
-                "each image's ground truth, with Seg-Grad-CAM's target; leave target='auto'"
-            )
         if samples.masks.min() < 0:
             raise ValueError("masks hold negative class ids; an ignore label must be mapped first")
         if not any(samples.classes(self.background)):
