@@ -74,15 +74,15 @@ class StripPasses:
 
     Kept: every ``stride``-th pass and the latest; the stride doubles whenever more than
     ``2 * max_columns`` would be kept, so memory stays bounded however long the run. Shown:
-    at most ``max_columns`` of the kept passes, evenly spaced, the first and the latest
-    always.
+    at most ``max_columns`` of the kept passes, the nearest to evenly spaced pass numbers,
+    the first and the latest always.
 
     Example::
 
         passes = StripPasses(max_columns=3)
         for _ in range(10):
             column, dropped = passes.add()   # forget the cells of the dropped columns
-        passes.shown()                       # [0, 4, 9]
+        passes.shown()                       # [0, 4, 9]: the kept passes are 0, 2, ..., 8, 9
     """
 
     def __init__(self, max_columns: int = FILMSTRIP_COLUMNS):
@@ -109,5 +109,8 @@ class StripPasses:
         """The columns to draw, oldest first."""
         if len(self.kept) <= self.max_columns:
             return list(self.kept)
-        picked = np.linspace(0, len(self.kept) - 1, self.max_columns).round().astype(int)
-        return [self.kept[i] for i in sorted(set(picked.tolist()))]
+        kept = np.asarray(self.kept)
+        # the kept pass nearest to each of max_columns evenly spaced pass numbers
+        targets = np.linspace(kept[0], kept[-1], self.max_columns)
+        nearest = np.abs(kept[None, :] - targets[:, None]).argmin(axis=1)
+        return [int(kept[i]) for i in sorted(set(nearest.tolist()))]

@@ -388,7 +388,7 @@ class GradCAMCallback(*CALLBACK_BASES):
         samples to explain or, while those are not known yet, on ``samples``."""
         samples = self._fixed.samples if samples is None else samples
         network = self._network(pl_module)
-        self._trial.run(pl_module.trainer, self.task, network, samples, self._prefix())
+        self._trial.run(pl_module.trainer, self.task, network, samples, self.tag_prefix)
 
     def _explain_and_log(self, trainer: Any, pl_module: Any) -> dict[str, float]:
         """One logged pass (``logged_pass.LoggedPass``); the scalars it logged."""

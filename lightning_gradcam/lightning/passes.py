@@ -44,20 +44,23 @@ def trial_pass(task: CAMTask, network: nn.Module, samples: Any) -> None:
 class TrialPass:
     """The trial pass, once per callback (:func:`trial_pass`), and the tags it fixes: the
     scalars the task logs at every pass from the first (``CAMTask.monitored_scalars``),
-    under ``<prefix>/``, announced in one line through Lightning's logger (``announce``)."""
+    under ``<tag_prefix>/<layer>/``, announced in one line through Lightning's logger (``announce``)."""
 
     def __init__(self) -> None:
         self.done = False
         self._tags: tuple[str, ...] | None = None
 
     def run(
-        self, trainer: Any, task: CAMTask, network: nn.Module, samples: Any, prefix: str
+        self, trainer: Any, task: CAMTask, network: nn.Module, samples: Any, tag_prefix: str
     ) -> None:
-        """The trial on ``samples`` (a no-op once done), then the tags and the line."""
+        """The trial on ``samples`` (a no-op once done), then the tags under
+        ``<tag_prefix>/<layer>`` (the layer's full name is known once the trial ran) and the
+        line."""
         if self.done:
             return
         trial_pass(task, network, samples)
         self.done = True
+        prefix = f"{tag_prefix}/{task.layer_name}"
         self._tags = tuple(f"{prefix}/{tag}" for tag in task.monitored_scalars(samples))
         announce(trainer, task.name, task.layer_name, prefix, self._tags)
 

@@ -60,8 +60,8 @@ def test_bad_batches_are_refused_clearly():
         task.parse_batch("images")
     samples = task.parse_batch({"images": images, "masks": predicted[:, None]})
     assert samples.masks.shape == (2, 16, 16) and samples.masks.dtype == torch.long
-    with pytest.raises(ValueError, match="leave target='auto'"):
-        _task(target=1).check_samples(samples)
+    with pytest.raises(ValueError, match="leave target='auto' for the segmentation task"):
+        SegmentationTask.check_target(1)
     with pytest.raises(ValueError, match="nothing to explain"):
         task.check_samples(SegmentationSamples(images, torch.zeros(2, 16, 16, dtype=torch.long)))
 
