@@ -1,8 +1,9 @@
 """The one place where pictures are composed from maps: captioned overlay tiles, the inputs
 sheet, grids, film strips, per-detection pictures and strips, the command lines' sheets.
 
-``core.render`` holds the primitives (colour map, overlay, caption, boxes, grid, resize); this
-module decides what goes on a sheet and in which order, for the Lightning callback, the
+``core.render`` holds the primitives (colour map, overlay, caption, boxes, grid, resize) and
+``core.tiles`` the one tile (a map, or the picture and the reason there is none) and the one
+film-strip policy that every task and the detectron2 hook use; this module decides what goes on a sheet and in which order, for the Lightning callback, the
 detectron2 hook and both command lines. Every picture is ``uint8 (H, W, 3)`` RGB; maps are
 ``(H, W)`` in [0, 1].
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 
 import cv2
@@ -26,17 +28,16 @@ from .core.render import (
     resize_max,
     to_uint8_image,
 )
+from .core.tiles import NO_EVIDENCE, StripPasses, evidence_text, map_tile
 from .core.tracking import match_detections
 
 __all__ = [
     "GREEN",
     "WHITE",
-    "NO_EVIDENCE",
     "has_positive_evidence",
     "evidence_caption",
     "DetectionFilmStrips",
     "SHEET_COLUMNS",
-    "SamplePictures",
     "NO_EVIDENCE",
     "evidence_text",
     "class_text",
@@ -59,9 +60,6 @@ __all__ = [
 
 GREEN = (0, 255, 0)
 WHITE = (255, 255, 255)
-#: What a map with no positive evidence (zero everywhere after the ReLU) is captioned with:
-#: said, not drawn as a blank overlay that reads as "attention nowhere in the box".
-NO_EVIDENCE = "no positive evidence"
 #: Most tiles in one row of a sheet of samples.
 SHEET_COLUMNS = 8
 
@@ -174,20 +172,24 @@ def detection_sheet(
     alpha: float = 0.5,
     max_size: int | None = None,
     ncols: int | None = None,
+    evidence: Sequence[Sequence[bool]] | None = None,
 ) -> np.ndarray:
     """One row per detection (``(box (4,), label)``), one column per layer: the detection's
     map ``maps[row][column]`` over the image with its box and label, captioned
-    ``texts[row][column]``; ``ncols`` defaults to one row holding everything."""
+    ``texts[row][column]``; ``ncols`` defaults to one row holding everything. A map whose
+    ``evidence[row][column]`` is false is not drawn (``core.tiles.map_tile``): the cell is
+    the image with the box, its caption ending ``: no positive evidence``."""
     tiles = []
-    for (box, label), row_maps, row_texts in zip(detections, maps, texts):
-        for cam, text in zip(row_maps, row_texts):
+    for row, ((box, label), row_maps, row_texts) in enumerate(zip(detections, maps, texts)):
+        marks = partial(draw_boxes, boxes=torch.as_tensor(box)[None], labels=[label])
+        for column, (cam, text) in enumerate(zip(row_maps, row_texts)):
             tiles.append(
-                overlay_tile(
+                map_tile(
                     image,
                     cam,
                     text,
-                    boxes=torch.as_tensor(box)[None],
-                    labels=[label],
+                    evidence=True if evidence is None else bool(evidence[row][column]),
+                    marks=marks,
                     colormap=colormap,
                     alpha=alpha,
                     max_size=max_size,
@@ -201,91 +203,6 @@ def class_text(class_id: int, class_names: Sequence[str] | None = None) -> str:
     if class_names is not None and 0 <= class_id < len(class_names):
         return class_names[class_id]
     return f"class {class_id}"
-
-
-#: What a picture whose map is zero everywhere after the ReLU says instead of a blank overlay.
-NO_EVIDENCE = "no positive evidence"
-
-
-def evidence_text(text: str, evidence: bool) -> str:
-    """``text``, or ``"<text>: no positive evidence"`` when the map has none."""
-    return text if evidence else f"{text}: {NO_EVIDENCE}"
-
-
-@dataclass
-class SamplePictures:
-    """The pictures of a fixed set of samples (the callback's): captioned overlay tiles with
-    each sample's box, the inputs sheet, thumbnails and the film strip.
-
-    ``images``: ``uint8 (H, W, 3)`` RGB per sample; ``boxes`` ``(N, 4)`` and ``labels``
-    ``(N,)`` when known."""
-
-    images: Sequence[np.ndarray]
-    boxes: torch.Tensor | None = None
-    labels: torch.Tensor | None = None
-    class_names: Sequence[str] | None = None
-    colormap: str | int = "jet"
-    alpha: float = 0.5
-
-    def _box(self, index: int) -> torch.Tensor | None:
-        return None if self.boxes is None else self.boxes[index : index + 1]
-
-    def tiles(
-        self,
-        maps: torch.Tensor,
-        texts: Sequence[str],
-        size: int | None,
-        evidence: Sequence[bool] | None = None,
-    ) -> list[np.ndarray]:
-        """One overlay per sample of ``maps`` ``(N, H, W)``, with its box, shrunk to
-        ``size``, captioned ``texts[i]``. A sample whose ``evidence[i]`` is false (its map is
-        zero everywhere after the ReLU) is not drawn blank: its tile is the input alone,
-        captioned ``texts[i]`` + ``": no positive evidence"`` (``evidence_text``)."""
-        tiles = []
-        for index, image in enumerate(self.images):
-            if evidence is not None and not evidence[index]:
-                box = self._box(index)
-                picture = image if box is None else draw_boxes(image, box)
-                text = evidence_text(texts[index], False)
-                tiles.append(caption(resize_max(picture, size), text))
-                continue
-            tiles.append(
-                overlay_tile(
-                    image,
-                    maps[index],
-                    texts[index],
-                    boxes=self._box(index),
-                    colormap=self.colormap,
-                    alpha=self.alpha,
-                    max_size=size,
-                )
-            )
-        return tiles
-
-    def score_texts(self, class_ids: torch.Tensor, scores: torch.Tensor) -> list[str]:
-        """``<class> <score>`` per sample (``score <s>`` for a callable's target, id < 0)."""
-        texts = []
-        for class_id, score in zip(class_ids.tolist(), scores.tolist()):
-            name = "score" if class_id < 0 else class_text(class_id, self.class_names)
-            texts.append(f"{name} {score + 0.0:.2f}")  # + 0.0: a score of -0.0 reads 0.00
-        return texts
-
-    def inputs(self, size: int | None) -> np.ndarray:
-        """The samples with their boxes, captioned with their labels' names when known."""
-        captions = None
-        if self.labels is not None:
-            captions = [class_text(int(c), self.class_names) for c in self.labels]
-        return inputs_sheet(self.images, self.boxes, captions, size)
-
-    def film_strip(self, passes: Sequence[Sequence[np.ndarray]], size: int | None) -> np.ndarray:
-        """Rows = samples, columns = the input (with its box), then ``passes`` (thumbnails
-        from ``tiles``), oldest first."""
-        firsts = []
-        for index, image in enumerate(self.images):
-            box = self._box(index)
-            picture = image if box is None else draw_boxes(image, box)
-            firsts.append(caption(resize_max(picture, size), "input"))
-        return film_strip(firsts, passes)
 
 
 class DetectionLike(Protocol):
@@ -309,7 +226,7 @@ def has_positive_evidence(det: DetectionLike, layer: str, method: str) -> bool:
 
 def evidence_caption(text: str, found: bool) -> str:
     """``text``, or ``text: no positive evidence`` for a map without any."""
-    return text if found else f"{text}: {NO_EVIDENCE}"
+    return evidence_text(text, found)
 
 
 def detection_label(det: DetectionLike, class_names: Sequence[str] | None = None) -> str:
@@ -347,14 +264,8 @@ def pass_pictures(
     many = len(layers) > 1
     for method in methods:
         texts = [
-            [
-                evidence_caption(
-                    short_layer(layer) if many else f"#{rank} {label}",
-                    has_positive_evidence(det, layer, method),
-                )
-                for layer in layers
-            ]
-            for rank, (det, label) in enumerate(zip(detections, labels))
+            [short_layer(layer) if many else f"#{rank} {label}" for layer in layers]
+            for rank, label in enumerate(labels)
         ]
         pictures[method] = detection_sheet(
             image,
@@ -365,6 +276,10 @@ def pass_pictures(
             alpha=alpha,
             max_size=max_size,
             ncols=len(layers) if many else None,
+            evidence=[
+                [has_positive_evidence(det, layer, method) for layer in layers]
+                for det in detections
+            ],
         )
     return pictures
 
@@ -372,18 +287,19 @@ def pass_pictures(
 def _detection_cell(
     image: np.ndarray,
     det: DetectionLike,
-    cam: torch.Tensor,
+    layer: str,
+    method: str,
     text: str,
     colormap: str | int,
     max_size: int | None = None,
 ) -> np.ndarray:
     # The box in white and no label on it: the caption names the detection.
-    return overlay_tile(
+    return map_tile(
         image,
-        cam,
+        det.maps_by_layer[layer][method],
         text,
-        boxes=det.box[None],
-        box_color=WHITE,
+        evidence=has_positive_evidence(det, layer, method),
+        marks=partial(draw_boxes, boxes=det.box[None], color=WHITE),
         colormap=colormap,
         max_size=max_size,
     )
@@ -410,22 +326,16 @@ def detection_pictures(
     for layer in single:
         for method in methods:
             where = f" @ {layer}" if len(single) > 1 else ""  # one layer: printed, not drawn
-            text = evidence_caption(
-                f"{title} | {method_labels[method]}{where}",
-                has_positive_evidence(det, layer, method),
-            )
-            cam = det.maps_by_layer[layer][method]
-            pictures[(layer, method)] = _detection_cell(image, det, cam, text, colormap)
+            text = f"{title} | {method_labels[method]}{where}"
+            pictures[(layer, method)] = _detection_cell(image, det, layer, method, text, colormap)
     if strip:
         cells = [
             _detection_cell(
                 image,
                 det,
-                det.maps_by_layer[layer][method],
-                evidence_caption(
-                    f"{method_labels[method]} {layer.removeprefix('head.')}",
-                    has_positive_evidence(det, layer, method),
-                ),
+                layer,
+                method,
+                f"{method_labels[method]} {layer.removeprefix('head.')}",
                 colormap,
                 strip_cell,
             )
@@ -455,9 +365,10 @@ class DetectionFilmStrips:
     IoU >= ``match_iou`` with the track's latest box, greedy from the highest score, as the
     drift scalars match them: ``core.tracking.match_detections``); an unmatched one starts a
     track, up to ``max_tracks``. A track missing from a pass has a black cell there (a pass
-    before the first detection: one row, black cells). At most
-    ``max_columns`` passes are shown, evenly spaced, the first and the latest always (at most
-    ``2 * max_columns`` are kept in memory: every ``2^k``-th pass and the latest).
+    before the first detection: one row, black cells). Which passes are kept and shown is the
+    tasks' policy, ``core.tiles.StripPasses``: at most ``max_columns`` shown, evenly spaced,
+    the first and the latest always, at most ``2 * max_columns`` kept in memory. A map
+    without positive evidence is not drawn (``core.tiles.map_tile``).
     """
 
     def __init__(
@@ -473,24 +384,20 @@ class DetectionFilmStrips:
         self.image = image
         self.match_iou = match_iou
         self.max_tracks = max_tracks
-        self.max_columns = max(2, max_columns)
         self.thumb = thumb
         self.colormap = colormap
         self.alpha = alpha
-        self.passes = 0
-        self.stride = 1  # passes kept: multiples of it, and the latest
-        #: pass number -> iteration, for the passes kept (thinned to bound the memory)
-        self.steps: dict[int, int] = {}
+        self.passes = StripPasses(max_columns)
         self.tracks: list[_Track] = []
 
     def add_pass(
         self, step: int, detections: Sequence[DetectionLike], layer: str, method: str
     ) -> None:
         """Record one pass's detections (highest score first) and their maps."""
-        column = self.passes
-        self.passes += 1
-        self.steps[column] = step
-        self._thin()
+        column, dropped = self.passes.add()
+        for track in self.tracks:
+            for old in dropped:
+                track.cells.pop(old, None)
         if not detections:
             return
         boxes = torch.stack([det.box.detach().float().cpu() for det in detections])
@@ -501,12 +408,12 @@ class DetectionFilmStrips:
             ref_classes = torch.tensor([t.class_id for t in self.tracks])
             matched = dict(match_detections(boxes, classes, ref_boxes, ref_classes, self.match_iou))
         for index, det in enumerate(detections):
-            found = has_positive_evidence(det, layer, method)
-            cell = overlay_tile(
+            cell = map_tile(
                 self.image,
                 det.maps_by_layer[layer][method],
-                evidence_caption(f"iter {step} {det.score:.2f}", found),
-                boxes=boxes[index : index + 1],
+                f"iter {step} {det.score:.2f}",
+                evidence=has_positive_evidence(det, layer, method),
+                marks=partial(draw_boxes, boxes=boxes[index : index + 1]),
                 colormap=self.colormap,
                 alpha=self.alpha,
                 max_size=self.thumb,
@@ -522,32 +429,10 @@ class DetectionFilmStrips:
             track.box = boxes[index]
             track.cells[column] = cell
 
-    def _thin(self) -> None:
-        """Keep the passes whose number is a multiple of a stride, and the latest; the stride
-        doubles when more than ``2 * max_columns`` are kept, so a long run's strips take
-        bounded memory and stay evenly spaced."""
-        latest = self.passes - 1
-        while True:
-            kept = [c for c in self.steps if c % self.stride == 0 or c == latest]
-            if len(kept) <= 2 * self.max_columns:
-                break
-            self.stride *= 2
-        for column in [c for c in self.steps if c not in kept]:
-            del self.steps[column]
-            for track in self.tracks:
-                track.cells.pop(column, None)
-
-    def _columns(self) -> list[int]:
-        kept = list(self.steps)
-        if len(kept) <= self.max_columns:
-            return kept
-        picked = np.linspace(0, len(kept) - 1, self.max_columns).round().astype(int)
-        return [kept[i] for i in sorted(set(picked.tolist()))]
-
     def picture(self, class_names: Sequence[str] | None = None) -> np.ndarray:
         """The strip; before any detection was tracked, one row: the input captioned
         ``no detections yet`` and a black cell per pass."""
-        columns = self._columns()
+        columns = self.passes.shown()
         if not self.tracks:
             first = caption(resize_max(self.image, self.thumb), "no detections yet")
             return film_strip([first], [[None] for _ in columns])

@@ -132,3 +132,58 @@ def test_detection_sides_define_none_of_the_kernels_functions():
         if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name in kernel
     ]
     assert not copies, copies
+
+
+# The callback's plumbing may import the task protocol, the registry and the task-neutral
+# option checks; never a concrete task or its samples.
+_PROTOCOL = {
+    "lightning_gradcam.tasks",
+    "lightning_gradcam.tasks.base",
+    "lightning_gradcam.tasks.options",
+    "lightning_gradcam.tasks.population",
+}
+_PROTOCOL_NAMES = {
+    "CAMTask",
+    "PassReport",
+    "ReportItem",
+    "TaskOptions",
+    "TaskSamples",
+    "register_task",
+    "registered_tasks",
+    "task_named",
+    "unregister_task",
+    "probe_output",
+    "TARGET_POLICIES",
+    "check_target",
+    "check_auto_target",
+    "PopulationMeasure",
+    "measure_for",
+    "MEASURED_FIELDS",
+    "MAX_CLASSES",
+}
+
+
+def _task_imports(path: Path) -> list[tuple[str, str]]:
+    """``(module, name)`` for each name ``path`` imports from ``lightning_gradcam.tasks``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level:  # relative to lightning_gradcam/<package>/
+                module = "lightning_gradcam." + module if node.level == 2 else module
+            if module.startswith("lightning_gradcam.tasks"):
+                found += [(module, alias.name) for alias in node.names]
+        elif isinstance(node, ast.Import):
+            found += [
+                (a.name, "") for a in node.names if a.name.startswith("lightning_gradcam.tasks")
+            ]
+    return found
+
+
+def test_the_lightning_plumbing_imports_no_task():
+    plumbing = sorted((ROOT / "lightning_gradcam" / "lightning").glob("*.py"))
+    assert len(plumbing) > 5
+    seen = [(p.name, m, n) for p in plumbing for m, n in _task_imports(p)]
+    assert any(n == "CAMTask" for _, _, n in seen)  # the finder reads the relative imports
+    wrong = [(f, m, n) for f, m, n in seen if m not in _PROTOCOL or n not in _PROTOCOL_NAMES]
+    assert not wrong, wrong

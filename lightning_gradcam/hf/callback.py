@@ -87,7 +87,7 @@ class GradCAMTrainerCallback(TrainerCallback):
     ):
         kwargs = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.args = CallbackArguments.check(
-            **kwargs, every_n_epochs=1, model=None, alarm=None, alarm_after_epoch=0
+            **kwargs, every_n_epochs=1, model=None, alarm_after_epoch=0
         )
         self.layer, self.methods = self.args.layer, self.args.options.methods
         self.tag_prefix, self.on_error = self.args.prefix, self.args.on_error

@@ -1,5 +1,6 @@
-"""The line the callback logs once its task and layer are known (at fit start, after the
-trial pass): the layer explained and the exact tags a monitor can name."""
+"""What the callback says in words: the line it logs once its task and layer are known (at
+fit start, after the trial pass), the layer explained and the exact tags a monitor can name;
+and why it does nothing outside ``trainer.fit()``."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import importlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["announce", "info_logger"]
+__all__ = ["announce", "info_logger", "outside_fit"]
 
 
 def info_logger(trainer: Any) -> Callable[[str], None]:
@@ -35,3 +36,16 @@ def announce(trainer: Any, task_name: str, layer: str, prefix: str, tags: Sequen
     line = f"GradCAMCallback: {task_name} task, layer {layer!r} (tags under {prefix}/); {what}"
     info_logger(trainer)(line)
     return line
+
+
+def outside_fit(trainer: Any) -> str | None:
+    """The warning for a ``trainer.validate()``, ``test()`` or ``predict()`` run, where the
+    callback does nothing; None inside ``trainer.fit()``."""
+    entry = trainer.state.fn
+    if entry == "fit":
+        return None
+    return (
+        f"GradCAMCallback runs inside trainer.fit() only; skipped for "
+        f"trainer.{getattr(entry, 'value', entry)}() (explain a model outside training with "
+        "lightning_gradcam.CAMEngine)."
+    )

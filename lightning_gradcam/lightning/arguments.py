@@ -12,14 +12,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.faithfulness import check_metrics
 from ..core.layouts import check_reshape
 from ..core.methods import check_methods
 from ..core.render import colormap_code
 from ..core.resilience import check_on_error
-from ..tasks import CAMTask, TaskOptions, registered_tasks, task_named
-from ..tasks.classification import ClassificationTask
-from ..tasks.classification_samples import Samples, make_samples
+from ..tasks import CAMTask, TaskOptions, TaskSamples, registered_tasks, task_named
+from ..tasks.options import TARGET_POLICIES, check_target
 from .population import check_metrics_on
 
 __all__ = [
@@ -33,8 +31,6 @@ __all__ = [
     "check_model",
     "check_target",
 ]
-
-TARGET_POLICIES = ("auto", "label", "prediction")
 
 
 def positive_int(value: object, name: str, minimum: int = 1) -> int:
@@ -76,42 +72,6 @@ def check_model(model: object) -> str | Callable[[Any], nn.Module] | None:
     )
 
 
-def check_target(target: object) -> object:
-    """The callback's ``target`` argument, checked: a policy, a class id, one id per image
-    (a long tensor), or a callable."""
-    if isinstance(target, str):
-        if target not in TARGET_POLICIES:
-            raise ValueError(
-                f"target {target!r} is not a policy; use one of {', '.join(TARGET_POLICIES)}, "
-                "a class id, a sequence of class ids (one per image) or a callable"
-            )
-        return target
-    if isinstance(target, bool):
-        raise TypeError("target must be a class id, not a bool")
-    if isinstance(target, int):
-        if target < 0:
-            raise ValueError(f"target class id must be >= 0, got {target}")
-        return target
-    if isinstance(target, torch.Tensor) or (
-        isinstance(target, Sequence) and not isinstance(target, str)
-    ):
-        ids = torch.as_tensor(target)
-        if ids.dim() != 1 or ids.is_floating_point() or ids.dtype == torch.bool:
-            raise ValueError(
-                f"a target sequence must hold one integer class id per image, got shape "
-                f"{tuple(ids.shape)} {ids.dtype}"
-            )
-        if bool((ids < 0).any()):
-            raise ValueError(f"target class ids must be >= 0, got {ids.tolist()}")
-        return ids.long()
-    if callable(target):
-        return target
-    raise TypeError(
-        f"target must be 'auto', 'label', 'prediction', a class id, a sequence of class "
-        f"ids or a callable, got {type(target).__name__}"
-    )
-
-
 def check_task(task: object) -> str | type[CAMTask] | None:
     """``None`` (recognise the task), a registered task's name, or a ``CAMTask`` subclass."""
     if task is None or (isinstance(task, type) and issubclass(task, CAMTask)):
@@ -150,6 +110,23 @@ def check_alarm(alarm: object) -> dict[str, float]:
     return floors
 
 
+def _given_samples(
+    task: type[CAMTask] | None, images: object, given: dict[str, object]
+) -> tuple[TaskSamples, type[CAMTask]]:
+    """The samples of ``images=`` (with ``labels``/``boxes``/``masks``), read by the task
+    named, else by the first registered task that takes given images, and that task."""
+    for candidate in [task] if task is not None else registered_tasks():
+        samples = candidate.samples_from_arrays(images, **given)
+        if samples is not None:
+            return samples, candidate
+    takers = [t.name for t in registered_tasks() if t.takes_given_images]
+    raise ValueError(
+        f"task {task.name!r} does not take images=... (the tasks that do: "
+        f"{', '.join(map(repr, takers)) or 'none'}); let the callback take its samples from the "
+        "validation batches"
+    )
+
+
 @dataclass(frozen=True)
 class CallbackArguments:
     """``GradCAMCallback``'s arguments, checked (``check``), and the task they make."""
@@ -163,22 +140,54 @@ class CallbackArguments:
     on_error: str
     task: str | type[CAMTask] | None
     alarm_after_epoch: int
-    user_images: Samples | None
+    user_images: TaskSamples | None
+    # The task that took user_images: the one explained when no batch is seen.
+    images_task: type[CAMTask] | None = None
     metrics_on: str = "samples"
     metrics_batches: int | None = None
 
     @classmethod
-    def check(cls, **kwargs: Any) -> CallbackArguments:
-        """Every argument checked, before any training time is spent."""
-        layer = kwargs["layer"]
+    def check(
+        cls,
+        *,
+        layer: str | None = None,
+        methods: str | Sequence[str] | None = None,
+        num_samples: int = 8,
+        every_n_epochs: int = 1,
+        target: object = "auto",
+        images: object = None,
+        labels: object = None,
+        boxes: object = None,
+        masks: object = None,
+        batch_parser: Callable[[Any], Any] | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        colormap: str | int = "jet",
+        alpha: float = 0.5,
+        tag_prefix: str = "gradcam",
+        max_image_size: int | None = 256,
+        class_names: Sequence[str] | None = None,
+        filmstrip_size: int | None = 96,
+        reshape: Callable[[Any], Any] | None = None,
+        faithfulness: str | Sequence[str] = (),
+        model: str | Callable[[Any], nn.Module] | None = None,
+        on_error: str = "warn",
+        task: str | type[CAMTask] | None = None,
+        alarm_after_epoch: int = 0,
+        metrics_on: str = "samples",
+        metrics_batches: int | None = None,
+    ) -> CallbackArguments:
+        """Every argument checked, before any training time is spent (the defaults are
+        ``GradCAMCallback``'s)."""
+        layer = layer
         if layer is not None and (not isinstance(layer, str) or not layer.strip()):
             raise ValueError(
                 f"layer must be a dotted module name such as 'layer4' or None, got {layer!r}"
             )
-        parser = kwargs["batch_parser"]
+        parser = batch_parser
         if parser is not None and not callable(parser):
             raise TypeError(f"batch_parser must be callable, got {type(parser).__name__}")
-        mean, std = channel_stats(kwargs["mean"], "mean"), channel_stats(kwargs["std"], "std")
+        mean, std = channel_stats(mean, "mean"), channel_stats(std, "std")
         if std is not None and min(std) <= 0:
             raise ValueError(f"std must be positive, got {std}")
         if mean and std and len(mean) != len(std):
@@ -186,50 +195,54 @@ class CallbackArguments:
                 f"mean has {len(mean)} channels but std has {len(std)}; give one "
                 "value per image channel to both"
             )
-        colormap_code(kwargs["colormap"])  # raises with the list of names
-        alpha = kwargs["alpha"]
+        colormap_code(colormap)  # raises with the list of names
+        alpha = alpha
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
             raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
-        prefix = kwargs["tag_prefix"]
+        prefix = tag_prefix
         if not isinstance(prefix, str) or not prefix.strip("/ "):
             raise ValueError(f"tag_prefix must be a non-empty string, got {prefix!r}")
-        names = kwargs["class_names"]
+        names = class_names
         if names is not None and (
             isinstance(names, str) or not all(isinstance(n, str) for n in names)
         ):
             raise ValueError("class_names must be a sequence of strings, one per class id")
+        task = check_task(task)
+        # A named task checks its own options; else the protocol's checks, and the task
+        # recognised at the first batch refuses what it cannot do (CAMTask.check_samples).
+        named = task_named(task) if isinstance(task, str) else task
+        checks = named or CAMTask
         options = TaskOptions(
-            methods=() if kwargs["methods"] is None else check_methods(kwargs["methods"]),
+            methods=() if methods is None else check_methods(methods),
             layer=layer,
-            reshape=check_reshape(kwargs["reshape"]),
-            target=check_target(kwargs["target"]),
+            reshape=check_reshape(reshape),
+            target=checks.check_target(target),
             mean=mean,
             std=std,
-            colormap=kwargs["colormap"],
+            colormap=colormap,
             alpha=float(alpha),
-            max_image_size=optional_size(kwargs["max_image_size"], "max_image_size"),
+            max_image_size=optional_size(max_image_size, "max_image_size"),
             class_names=tuple(names) if names is not None else None,
-            filmstrip_size=optional_size(kwargs["filmstrip_size"], "filmstrip_size"),
-            faithfulness=check_metrics(kwargs["faithfulness"]),
+            filmstrip_size=optional_size(filmstrip_size, "filmstrip_size"),
+            faithfulness=checks.check_faithfulness(faithfulness),
             batch_parser=parser,
         )
-        num_samples = positive_int(kwargs["num_samples"], "num_samples")
-        images = kwargs["images"]
-        given = {k: kwargs[k] for k in ("labels", "boxes", "masks") if kwargs[k] is not None}
+        num_samples = positive_int(num_samples, "num_samples")
+        images = images
+        given = {
+            k: v
+            for k, v in (("labels", labels), ("boxes", boxes), ("masks", masks))
+            if v is not None
+        }
         if images is None and given:
             raise ValueError(
                 "labels, boxes and masks describe the images passed as images=...; pass "
                 "images too, or return them from batch_parser for validation images"
             )
-        task = check_task(kwargs["task"])
-        if images is not None and task not in (None, "classification", ClassificationTask):
-            raise ValueError(
-                "images=... (with labels, boxes, masks) are classification samples; for "
-                f"task={task!r} let the callback take its samples from the validation batches"
-            )
-        metrics_on, metrics_batches = check_metrics_on(
-            kwargs.get("metrics_on", "samples"), kwargs.get("metrics_batches")
-        )
+        user_images, images_task = None, None
+        if images is not None:
+            user_images, images_task = _given_samples(named, images, given)
+        metrics_on, metrics_batches = check_metrics_on(metrics_on, metrics_batches)
         if metrics_on == "validation" and isinstance(options.target, torch.Tensor):
             raise ValueError(
                 "target= gives one class id per fixed sample; metrics_on='validation' explains "
@@ -242,29 +255,35 @@ class CallbackArguments:
             options=options,
             layer=layer,
             num_samples=num_samples,
-            every_n_epochs=positive_int(kwargs["every_n_epochs"], "every_n_epochs"),
+            every_n_epochs=positive_int(every_n_epochs, "every_n_epochs"),
             prefix=prefix.strip("/ "),
-            model=check_model(kwargs["model"]),
-            on_error=check_on_error(kwargs["on_error"]),
+            model=check_model(model),
+            on_error=check_on_error(on_error),
             task=task,
-            alarm_after_epoch=positive_int(kwargs["alarm_after_epoch"], "alarm_after_epoch", 0),
-            user_images=None if images is None else make_samples(images, **given),
+            alarm_after_epoch=positive_int(alarm_after_epoch, "alarm_after_epoch", 0),
+            user_images=user_images,
+            images_task=images_task,
         )
 
     def make_task(
         self, network: nn.Module | None, batch: object, name: str | None = None
     ) -> CAMTask:
         """The task: the one named by ``task=`` (or ``name``, from a checkpoint), else the
-        first registered task that recognises ``network`` and ``batch`` (classification when
-        neither is known: the callback's own images)."""
+        first registered task that recognises ``network`` and ``batch`` (the task that took
+        the callback's own images when neither is known)."""
         chosen = self.task or name
         if isinstance(chosen, str):
             chosen = task_named(chosen)
         if chosen is None:
             if network is None:
-                chosen = ClassificationTask
+                if self.images_task is None:
+                    raise RuntimeError("no task can be chosen before a batch is seen")
+                chosen = self.images_task
             else:
                 chosen = next(t for t in registered_tasks() if t.recognises(network, batch))
+        # The task recognised now checks what only the protocol's checks saw before.
+        chosen.check_target(self.options.target)
+        chosen.check_faithfulness(self.options.faithfulness)
         options = self.options
         if not options.methods:  # methods=None: the task's own
             options = dataclasses.replace(options, methods=chosen.default_methods)

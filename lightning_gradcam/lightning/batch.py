@@ -93,6 +93,20 @@ class FixedSamples:
                     break
         self.finish()
 
+    def take_validation(self, network: nn.Module, val_dataloaders: Any) -> None:
+        """No sanity check ran: the samples from the first validation loader, now (no-op
+        when known, or without a loader: the first training batch's are used then)."""
+        if self.samples is None:
+            loader = first_loader(val_dataloaders)
+            if loader is not None:
+                self.take_from(network, loader)
+
+    def take_training(self, network: nn.Module, batch: object) -> None:
+        """Without a validation loop: the samples from the first training batch."""
+        if self.samples is None:
+            self.take(network, batch)
+            self.finish()
+
     def finish(self) -> None:
         """The samples gathered so far become the fixed ones (if none are yet)."""
         samples = self._collector.collect()

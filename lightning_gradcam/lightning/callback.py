@@ -18,15 +18,15 @@ from torch import nn
 
 from ..core.layers import full_layer_name, resolve_layer
 from ..tasks import CAMTask, TaskOptions
-from .announce import announce
+from .announce import outside_fit
 from .arguments import CallbackArguments, check_alarm
-from .batch import FixedSamples, first_loader
+from .batch import FixedSamples
 from .checkpoint_state import callback_state, restore_callback_state
 from .compat import CALLBACK_BASES, refuse_sharded
 from .explained import explained_network
 from .logged_pass import LoggedPass
 from .metrics import AlarmWatch, publish_metrics
-from .passes import trial_pass
+from .passes import TrialPass
 from .population import WholeSet
 from .sinks import Sink, sinks_for
 
@@ -171,7 +171,34 @@ class GradCAMCallback(*CALLBACK_BASES):
         metrics_on: str = "samples",
         metrics_batches: int | None = None,
     ):
-        args = CallbackArguments.check(**{k: v for k, v in locals().items() if k != "self"})
+        args = CallbackArguments.check(
+            layer=layer,
+            methods=methods,
+            num_samples=num_samples,
+            every_n_epochs=every_n_epochs,
+            target=target,
+            images=images,
+            labels=labels,
+            boxes=boxes,
+            masks=masks,
+            batch_parser=batch_parser,
+            mean=mean,
+            std=std,
+            colormap=colormap,
+            alpha=alpha,
+            tag_prefix=tag_prefix,
+            max_image_size=max_image_size,
+            class_names=class_names,
+            filmstrip_size=filmstrip_size,
+            reshape=reshape,
+            faithfulness=faithfulness,
+            model=model,
+            on_error=on_error,
+            task=task,
+            alarm_after_epoch=alarm_after_epoch,
+            metrics_on=metrics_on,
+            metrics_batches=metrics_batches,
+        )
         self.args = args
         self.layer, self.tag_prefix = args.layer, args.prefix
         self._methods_given = args.options.methods  # () for methods=None: the task's
@@ -180,11 +207,10 @@ class GradCAMCallback(*CALLBACK_BASES):
         self._alarm = AlarmWatch(check_alarm(alarm), args.alarm_after_epoch)
         self._fixed = FixedSamples(args)
         self._last_step: int | None = None
-        self._trial_done = False
+        self._trial = TrialPass()
         self._eval_count = 0
         self._cam_count = 0
         self._sink: Sink | None = None
-        self._tags: tuple[str, ...] | None = None
         self._warned: set[str] = set()
         self.history: list[dict[str, Any]] = []
         self._passes = LoggedPass(self.on_error, self._alarm, self.history)
@@ -225,24 +251,11 @@ class GradCAMCallback(*CALLBACK_BASES):
         """The full tags of the scalars logged at every pass from the first (``gradcam/
         <layer>/gradcam/energy_in_box``...): what ``ModelCheckpoint``/``EarlyStopping`` can
         monitor. Known from fit start (the layer may be the library's default), when the
-        callback also logs them in one line."""
-        if self._tags is None:
-            raise RuntimeError(
-                "GradCAMCallback.tags is known from fit start, once the task and layer are "
-                "chosen (the line 'GradCAMCallback: ... task, layer ...' is logged then)"
-            )
-        return self._tags
-
-    @property
-    def _task(self) -> CAMTask | None:
-        return self._fixed.task
-
-    @property
-    def _samples(self) -> Any:
-        return self._fixed.samples
+        callback also logs them in one line; a ``RuntimeError`` before."""
+        return self._trial.tags
 
     def _layer(self) -> str | None:
-        return self._task.layer_name if self._task is not None else self.layer
+        return self.task.layer_name if self.task is not None else self.layer
 
     def _network(self, pl_module: Any) -> nn.Module:
         return explained_network(pl_module, self.model)
@@ -255,13 +268,13 @@ class GradCAMCallback(*CALLBACK_BASES):
         layer = self._layer()
         if layer is not None:
             resolve_layer(network, layer)  # LayerNotFoundError, with close matches
-            if self._task is not None:
-                self._task.layer_name = full_layer_name(network, layer)
+            if self.task is not None:
+                self.task.layer_name = full_layer_name(network, layer)
         # a fresh failure count per fit
         self._passes = LoggedPass(self.on_error, self._alarm, self.history)
         self._last_step = None
-        if self._samples is not None:
-            self._fixed.set(self._samples)
+        if self._fixed.samples is not None:
+            self._fixed.set(self._fixed.samples)
             if trainer.is_global_zero:
                 self._trial_pass(pl_module)
         # trainer.log_dir broadcasts under DDP: compute it here, where every rank runs.
@@ -275,13 +288,9 @@ class GradCAMCallback(*CALLBACK_BASES):
         )
 
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
-        if trainer.state.fn != "fit" and trainer.is_global_zero:  # also test(), predict()
-            self._warn_once(
-                "not_fit",
-                f"GradCAMCallback runs inside trainer.fit() only; skipped for "
-                f"trainer.{getattr(trainer.state.fn, 'value', trainer.state.fn)}() (explain a "
-                "model outside training with lightning_gradcam.CAMEngine).",
-            )
+        message = outside_fit(trainer)  # also test(), predict()
+        if message is not None and trainer.is_global_zero:
+            self._warn_once("not_fit", message)
 
     on_test_start = on_predict_start = on_validation_start
 
@@ -307,16 +316,13 @@ class GradCAMCallback(*CALLBACK_BASES):
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         # No sanity check ran: take the validation samples now, for the trial pass before
         # the first optimizer step.
-        if self._trial_done or not trainer.is_global_zero or not trainer.enable_validation:
+        if self._trial.done or not trainer.is_global_zero or not trainer.enable_validation:
             return
-        if self._samples is None:
-            loader = first_loader(trainer.val_dataloaders)
-            if loader is not None:  # else the trial uses the first training batch instead
-                self._fixed.take_from(self._network(pl_module), loader)
-        if self._samples is not None:
+        self._fixed.take_validation(self._network(pl_module), trainer.val_dataloaders)
+        if self._fixed.samples is not None:
             self._trial_pass(pl_module)
             if self.whole_set.enabled and not self._fixed.user_given:
-                self.whole_set.check(self._task, self._samples)
+                self.whole_set.check(self.task, self._fixed.samples)
 
     def on_train_batch_start(
         self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
@@ -324,13 +330,10 @@ class GradCAMCallback(*CALLBACK_BASES):
         if not trainer.is_global_zero:
             return
         if not trainer.enable_validation:
-            # Without a validation loop the samples come from the first training batch.
-            if self._samples is None:
-                self._fixed.take(self._network(pl_module), batch)
-                self._fixed.finish()
-            if self._samples is not None:
+            self._fixed.take_training(self._network(pl_module), batch)
+            if self._fixed.samples is not None:
                 self._trial_pass(pl_module)
-        elif not self._trial_done and self._samples is None:
+        elif not self._trial.done and self._fixed.samples is None:
             # Validation samples not known yet: try the first training batch's.
             task = self._fixed.task_for(self._network(pl_module), batch)
             self._trial_pass(pl_module, task.parse_batch(batch).head(self.num_samples))
@@ -340,7 +343,7 @@ class GradCAMCallback(*CALLBACK_BASES):
             return
         self._fixed.finish()
         if trainer.sanity_checking:
-            if trainer.is_global_zero and self._samples is not None:
+            if trainer.is_global_zero and self._fixed.samples is not None:
                 self._trial_pass(pl_module)
             return
         self._evaluation_point(trainer, pl_module)
@@ -352,9 +355,9 @@ class GradCAMCallback(*CALLBACK_BASES):
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         # The weights the fit ends with are explained too. Not reached after an exception.
-        if trainer.state.fn != "fit" or not trainer.is_global_zero or self._samples is None:
+        if trainer.state.fn != "fit" or not trainer.is_global_zero or self._fixed.samples is None:
             return
-        if self._trial_done and self._last_step != int(trainer.global_step):
+        if self._trial.done and self._last_step != int(trainer.global_step):
             self._explain_and_log(trainer, pl_module)
 
     def _evaluation_point(self, trainer: Any, pl_module: Any) -> None:
@@ -364,7 +367,7 @@ class GradCAMCallback(*CALLBACK_BASES):
         scalars: dict[str, float] = {}
         self.whole_set.finish()  # metrics_on="validation": one all_reduce, on every rank
         if trainer.is_global_zero:
-            if self._samples is None:
+            if self._fixed.samples is None:
                 self._warn_once(
                     "no_images",
                     "GradCAMCallback has no samples to explain (the validation loop produced "
@@ -381,15 +384,11 @@ class GradCAMCallback(*CALLBACK_BASES):
     # ------------------------------------------------------------------ the CAM pass
 
     def _trial_pass(self, pl_module: Any, samples: Any = None) -> None:
-        """The unlogged pass before the first optimizer step (``passes.trial_pass``), on the
+        """The unlogged pass before the first optimizer step (``passes.TrialPass``), on the
         samples to explain or, while those are not known yet, on ``samples``."""
-        if not self._trial_done:
-            samples = self._samples if samples is None else samples
-            trial_pass(self._task, self._network(pl_module), samples)
-            self._trial_done = True
-            prefix = self._prefix()
-            self._tags = tuple(f"{prefix}/{t}" for t in self._task.monitored_scalars(samples))
-            announce(pl_module.trainer, self._task.name, self._layer(), prefix, self._tags)
+        samples = self._fixed.samples if samples is None else samples
+        network = self._network(pl_module)
+        self._trial.run(pl_module.trainer, self.task, network, samples, self.tag_prefix)
 
     def _explain_and_log(self, trainer: Any, pl_module: Any) -> dict[str, float]:
         """One logged pass (``logged_pass.LoggedPass``); the scalars it logged."""
@@ -397,9 +396,9 @@ class GradCAMCallback(*CALLBACK_BASES):
         self._last_step = step
         logged_before = self._passes.passes_logged
         scalars = self._passes.run(
-            self._task,
+            self.task,
             lambda: self._network(pl_module),
-            self._samples,
+            self._fixed.samples,
             self._sink,
             self._prefix(),
             step,
@@ -415,12 +414,12 @@ class GradCAMCallback(*CALLBACK_BASES):
     def filmstrip(self, method: str | None = None) -> np.ndarray:
         """Rows = samples (or objects), columns = the input, then one overlay per pass
         (oldest first), as ``uint8 (H, W, 3)`` RGB. ``method`` defaults to the first one."""
-        if not self.history or self._task is None:
+        if not self.history or self.task is None:
             raise RuntimeError("no CAM epoch has run yet: train with the callback first")
         method = method or self.methods[0]
         if method not in self.methods:
             raise ValueError(f"method {method!r} was not computed; choose from {self.methods}")
-        return self._task.filmstrip(method)
+        return self.task.filmstrip(method)
 
     # ------------------------------------------------------------------ checkpoint state
 

@@ -1,5 +1,6 @@
 """The callback's trial pass: the one unlogged, unguarded pass before the first optimizer
-step, so that a model, batch, output or target that cannot be explained fails at step 0."""
+step, so that a model, batch, output or target that cannot be explained fails at step 0; and
+what it fixes, the tags a monitor can name (announced in one line)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from torch import nn
 from ..core.layers import unwrap_model
 from ..core.resilience import run_in_chunks
 from ..tasks import CAMTask
+from .announce import announce
 from .explained import ForwardWatch, not_callable_on_images
 
-__all__ = ["trial_pass"]
+__all__ = ["TrialPass", "trial_pass"]
 
 
 def trial_pass(task: CAMTask, network: nn.Module, samples: Any) -> None:
@@ -37,3 +39,36 @@ def trial_pass(task: CAMTask, network: nn.Module, samples: Any) -> None:
                 "callback's layer/target/model/task (or the model's output) before training."
             )
         raise
+
+
+class TrialPass:
+    """The trial pass, once per callback (:func:`trial_pass`), and the tags it fixes: the
+    scalars the task logs at every pass from the first (``CAMTask.monitored_scalars``),
+    under ``<tag_prefix>/<layer>/``, announced in one line through Lightning's logger (``announce``)."""
+
+    def __init__(self) -> None:
+        self.done = False
+        self._tags: tuple[str, ...] | None = None
+
+    def run(
+        self, trainer: Any, task: CAMTask, network: nn.Module, samples: Any, tag_prefix: str
+    ) -> None:
+        """The trial on ``samples`` (a no-op once done), then the tags under
+        ``<tag_prefix>/<layer>`` (the layer's full name is known once the trial ran) and the
+        line."""
+        if self.done:
+            return
+        trial_pass(task, network, samples)
+        self.done = True
+        prefix = f"{tag_prefix}/{task.layer_name}"
+        self._tags = tuple(f"{prefix}/{tag}" for tag in task.monitored_scalars(samples))
+        announce(trainer, task.name, task.layer_name, prefix, self._tags)
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        if self._tags is None:
+            raise RuntimeError(
+                "GradCAMCallback.tags is known from fit start, once the task and layer are "
+                "chosen (the line 'GradCAMCallback: ... task, layer ...' is logged then)"
+            )
+        return self._tags

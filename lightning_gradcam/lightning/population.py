@@ -22,8 +22,7 @@ from ..core.population import MetricSums
 from ..tasks import CAMTask
 from ..tasks.population import (
     MAX_CLASSES,
-    ClassificationMeasure,
-    DetectionMeasure,
+    MEASURED_FIELDS,
     PopulationMeasure,
     measure_for,
 )
@@ -33,9 +32,7 @@ __all__ = ["METRICS_ON", "ValidationMetrics", "check_metrics_on"]
 METRICS_ON = ("samples", "validation")
 
 #: The scalars a whole-epoch measure gives (the last part of their tags).
-_FIELDS = tuple(
-    dict.fromkeys((*ClassificationMeasure.fields, *DetectionMeasure.fields, "failed", "images"))
-)
+_FIELDS = (*MEASURED_FIELDS, "failed", "images")
 _OWNED = {"energy_in_box", "energy_in_mask", "pointing_game", "no_evidence_rate", "found_rate"}
 
 

@@ -1,4 +1,4 @@
-"""Segmentation pictures: a class's map over the image with that class's mask outlined."""
+"""Segmentation pictures: a class's mask outlined (the tile itself is ``core.tiles.map_tile``)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,9 @@ import cv2
 import numpy as np
 import torch
 
-from ..core.render import caption, overlay, resize_max
-from ..pictures import WHITE, evidence_text
+from ..pictures import WHITE
 
-__all__ = ["outline_mask", "outlined_tile"]
+__all__ = ["outline_mask"]
 
 
 def outline_mask(
@@ -24,27 +23,3 @@ def outline_mask(
     out = np.ascontiguousarray(picture.copy())
     cv2.drawContours(out, contours, -1, color, 1)
     return out
-
-
-def outlined_tile(
-    image: np.ndarray,
-    cam: torch.Tensor | None,
-    mask: torch.Tensor,
-    text: str,
-    *,
-    evidence: bool = True,
-    colormap: str | int = "jet",
-    alpha: float = 0.5,
-    max_size: int | None = None,
-    missing: str | None = None,
-) -> np.ndarray:
-    """The map ``cam`` ``(H, W)`` over ``image`` with ``mask`` outlined, shrunk to
-    ``max_size``, captioned ``text``. Without evidence (or no map) the image alone, outlined,
-    captioned ``text: no positive evidence`` (or ``text: <missing>``): said, never a blank
-    overlay."""
-    if cam is None or not evidence:
-        picture = image
-        text = evidence_text(text, False) if missing is None else f"{text}: {missing}"
-    else:
-        picture = overlay(image, cam, colormap, alpha)
-    return caption(resize_max(outline_mask(picture, mask), max_size), text)

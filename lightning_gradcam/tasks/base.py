@@ -13,6 +13,14 @@ One pass, as the callback runs it::
     part = task.explain_range(network, samples, start, stop)   # explain() on samples[start:stop]
     result = task.combine([part, ...])
     report = task.report(result, samples, step=..., epoch=...)   # pictures + scalars, drift
+
+``report`` is one skeleton for every task (:meth:`CAMTask.report`): per method, a tile per
+*item* (a sample, a ground-truth object, an (image, class) pair), the grid of them, a
+film-strip thumbnail of each (``core.tiles.StripPasses`` keeps the passes), and the task's
+scalars. A task supplies only its per-item pieces: which items there are and which map,
+picture, marks and caption each has (:meth:`CAMTask.report_items`), and what is measured
+over them (:meth:`CAMTask.measure`). Every tile is drawn by ``core.tiles.map_tile``, so a map
+without positive evidence is said, never drawn blank, in every task.
 """
 
 from __future__ import annotations
@@ -26,12 +34,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..core.faithfulness import check_metrics
+from ..core.render import caption, resize_max
 from ..core.resilience import concat_batches
 from ..core.state import cam_mode, preserve_model_state
+from ..core.tiles import NO_EVIDENCE, Marks, StripPasses, map_tile
+from ..pictures import film_strip, sheet
+from .options import check_target
 
 __all__ = [
     "CAMTask",
     "PassReport",
+    "ReportItem",
     "TaskOptions",
     "TaskSamples",
     "probe_output",
@@ -106,6 +120,43 @@ class PassReport:
     per_image: dict[str, list[float | None]] = field(default_factory=dict)
 
 
+@dataclass
+class ReportItem:
+    """One tile of a pass, for every method: what :meth:`CAMTask.report` draws.
+
+    ``tag``: relative to the method (``"sample_00"``, ``"object_03"``); ``picture``: the
+    ``uint8 (H, W, 3)`` RGB image under the map; ``text``: what the tile is (``"cat 0.93"``);
+    ``maps``: ``{method: (H, W) in [0, 1]}`` (empty: no map, e.g. a missed object, said with
+    ``reason``); ``evidence``: ``{method: bool}``; ``marks``: the ground truth drawn over the
+    picture (its box, its mask's outline), on the film strip's first column too, captioned
+    ``first_text``; ``map_marks``: what the map explains, drawn wherever there is a map (a
+    detection's own box); ``data``:
+    the task's own, for :meth:`CAMTask.measure` (its detection, its image index).
+    """
+
+    tag: str
+    picture: np.ndarray
+    text: str
+    maps: dict[str, torch.Tensor] = field(default_factory=dict)
+    evidence: dict[str, bool] = field(default_factory=dict)
+    reason: str | None = None
+    marks: Marks | None = None
+    map_marks: Marks | None = None
+    first_text: str = "input"
+    data: Any = None
+
+    def shown(self, method: str) -> bool:
+        """Whether ``method``'s map is drawn: there is one, with positive evidence."""
+        return method in self.maps and self.evidence.get(method, False)
+
+    def caption_for(self, method: str) -> str:
+        """The tile's caption for ``method``: ``text``, or ``"<text>: <why no map>"``."""
+        if self.shown(method):
+            return self.text
+        reason = self.reason if method not in self.maps else None
+        return f"{self.text}: {reason or NO_EVIDENCE}"
+
+
 class CAMTask(ABC):
     """One kind of model: what its batches hold, what one map explains, what is logged.
 
@@ -118,10 +169,48 @@ class CAMTask(ABC):
     samples_class: ClassVar[type]  # the TaskSamples class parse_batch returns
     # What ``GradCAMCallback(methods=None)`` computes for this task (docs/callback.md#methods).
     default_methods: ClassVar[tuple[str, ...]] = ("gradcam", "gradcam++")
+    #: Whether the task reads the callback's ``images=`` (``samples_from_arrays``).
+    takes_given_images: ClassVar[bool] = False
+    #: Whether the task measures the callback's ``faithfulness`` metrics.
+    measures_faithfulness: ClassVar[bool] = False
 
     def __init__(self, options: TaskOptions):
         self.options = options
         self.layer_name: str | None = options.layer  # the full name, once resolved
+        self._strip_passes = StripPasses()
+        # {method: {column: [thumbnail per item]}}, for the columns StripPasses keeps
+        self._strip_cells: dict[str, dict[int, list[np.ndarray]]] = {}
+        self._strip_firsts: list[np.ndarray] = []
+
+    # ---------------------------------------------------------------- options
+
+    @classmethod
+    def check_target(cls, target: object) -> object:
+        """The callback's ``target``, checked (``tasks.options.check_target``: a policy, a
+        class id, one id per image, a callable); a task whose maps are not chosen by class
+        accepts only ``"auto"``."""
+        return check_target(target)
+
+    @classmethod
+    def check_faithfulness(cls, metrics: object) -> tuple[str, ...]:
+        """The callback's ``faithfulness`` metrics, checked; a task that does not measure
+        them (``measures_faithfulness``) refuses any, so none is dropped in silence."""
+        names = check_metrics(metrics)
+        if names and not cls.measures_faithfulness and cls is not CAMTask:
+            raise ValueError(
+                f"faithfulness={names!r}: the {cls.name} task does not measure faithfulness "
+                "metrics (they perturb the image and re-score one class); leave "
+                "faithfulness=() for this model"
+            )
+        return names
+
+    @classmethod
+    def samples_from_arrays(
+        cls, images: Any, labels: Any = None, boxes: Any = None, masks: Any = None
+    ) -> TaskSamples | None:
+        """The samples of the callback's ``images=`` (with ``labels``/``boxes``/``masks``),
+        or None when this task does not take given images (``takes_given_images``)."""
+        return None
 
     # ---------------------------------------------------------------- recognition
 
@@ -163,9 +252,86 @@ class CAMTask(ABC):
         """The result of all chunks, from the results of each (in order)."""
         return concat_batches(parts)
 
-    @abstractmethod
     def report(self, result: Any, samples: TaskSamples, step: int, epoch: int) -> PassReport:
-        """Pictures and scalars of one pass; updates the task's drift state."""
+        """Pictures and scalars of one pass; updates the task's drift state.
+
+        Per method: a tile per item (:meth:`report_items`) logged as ``<method>/<item tag>``
+        and captioned ``"<caption>, step <step>"``, their ``<method>/grid``, a thumbnail per
+        item for the film strip (captioned ``"ep <epoch>"``), and :meth:`measure`'s scalars
+        as ``<method>/<name>``. Pictures logged once come first (:meth:`once_images`)."""
+        options = self.options
+        items = self.report_items(result, samples)
+        report = PassReport(images=self.once_images(samples))
+        keep_strip = options.filmstrip_size is not None and bool(items)
+        if keep_strip:
+            column, dropped = self._strip_passes.add()
+            if not self._strip_firsts:
+                self._strip_firsts = [self._first_cell(item) for item in items]
+        for method in options.methods:
+            tiles = [self.tile(item, method, options.max_image_size) for item in items]
+            for item, tile in zip(items, tiles):
+                text = f"{item.caption_for(method)}, step {step}"
+                report.images.append((f"{method}/{item.tag}", tile, text))
+            if tiles:
+                report.images.append((f"{method}/grid", sheet(tiles), None))
+            summary = self.measure(method, items, samples, report)
+            report.summary[method] = summary
+            report.scalars.update({f"{method}/{k}": v for k, v in summary.items()})
+            if keep_strip:
+                cells = self._strip_cells.setdefault(method, {})
+                for old in dropped:
+                    cells.pop(old, None)
+                cells[column] = [
+                    self.tile(item, method, options.filmstrip_size, f"ep {epoch}") for item in items
+                ]
+        return report
+
+    def tile(
+        self, item: ReportItem, method: str, size: int | None, text: str | None = None
+    ) -> np.ndarray:
+        """``item``'s tile for ``method`` (``core.tiles.map_tile``), shrunk to ``size``,
+        captioned ``text`` (default: the item's own caption), with the reason when there is
+        no map to draw."""
+        return map_tile(
+            item.picture,
+            item.maps.get(method),
+            item.text if text is None else text,
+            evidence=item.shown(method),
+            reason=item.reason,
+            marks=item.marks,
+            map_marks=item.map_marks,
+            colormap=self.options.colormap,
+            alpha=self.options.alpha,
+            max_size=size,
+        )
+
+    def _first_cell(self, item: ReportItem) -> np.ndarray:
+        picture = item.picture if item.marks is None else item.marks(item.picture)
+        return caption(resize_max(picture, self.options.filmstrip_size), item.first_text)
+
+    def report_items(self, result: Any, samples: TaskSamples) -> list[ReportItem]:
+        """The pass's items in order, each with its maps for every method: ``report``'s
+        per-item pieces. May fix the task's targets at the first pass. (A task that
+        overrides ``report`` and ``filmstrip`` whole need not implement it.)"""
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement report_items and measure (the per-item "
+            "pieces of CAMTask.report), or override report and filmstrip"
+        )
+
+    def measure(
+        self, method: str, items: list[ReportItem], samples: TaskSamples, report: PassReport
+    ) -> dict[str, float]:
+        """The scalars of ``method`` over ``items`` (``{name: value}``, the pass's summary),
+        updating the drift state; may add more scalars (``report.scalars``, with the method
+        in the tag) and ``report.per_image`` entries."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement measure with report_items, or override "
+            "report and filmstrip"
+        )
+
+    def once_images(self, samples: TaskSamples) -> list[tuple[str, np.ndarray, str | None]]:
+        """Pictures logged at the first pass only, before its tiles (e.g. the inputs)."""
+        return []
 
     def faithfulness(  # noqa: B027 - optional hook
         self, network: nn.Module, samples: TaskSamples, result: Any
@@ -181,9 +347,19 @@ class CAMTask(ABC):
         starts at the second pass, is not among them."""
         return ()
 
-    @abstractmethod
     def filmstrip(self, method: str) -> np.ndarray:
-        """Rows = samples (or objects), columns = passes, as ``uint8 (H, W, 3)`` RGB."""
+        """Rows = items (samples, objects, (image, class) pairs), columns = the input with
+        the item's ground truth, then the passes ``core.tiles.StripPasses`` shows (at most
+        ``FILMSTRIP_COLUMNS``, the first and the latest always), oldest first, as ``uint8
+        (H, W, 3)`` RGB."""
+        cells = self._strip_cells.get(method)
+        if not cells:
+            raise RuntimeError(
+                f"no CAM pass has run for method {method!r} yet (or filmstrip_size=None): "
+                "train with the callback first"
+            )
+        columns = [cells[c] for c in self._strip_passes.shown() if c in cells]
+        return film_strip(self._strip_firsts, columns)
 
     # ---------------------------------------------------------------- checkpoints
 

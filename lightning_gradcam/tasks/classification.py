@@ -11,6 +11,8 @@ lies inside) and ``no_evidence_rate`` (``core.tracking``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -19,12 +21,12 @@ from torch import nn
 
 from ..core.faithfulness import mean_scalars
 from ..core.layers import full_layer_name
-from ..core.render import to_uint8_image
+from ..core.render import draw_boxes, to_uint8_image
 from ..core.tracking import DriftTracker, has_evidence
 from ..engine import CAMEngine, CAMResult
-from ..pictures import SamplePictures, evidence_text, sheet
-from .base import CAMTask, PassReport, TaskOptions
-from .classification_samples import Samples, default_batch_parser, to_samples
+from ..pictures import class_text, inputs_sheet
+from .base import CAMTask, PassReport, ReportItem, TaskOptions
+from .classification_samples import Samples, default_batch_parser, make_samples, to_samples
 
 __all__ = ["ClassificationTask", "check_samples"]
 
@@ -60,6 +62,17 @@ def check_samples(
             )
 
 
+def score_texts(
+    class_ids: torch.Tensor, scores: torch.Tensor, class_names: Sequence[str] | None = None
+) -> list[str]:
+    """``<class> <score>`` per sample (``score <s>`` for a callable's target, id < 0)."""
+    texts = []
+    for class_id, score in zip(class_ids.tolist(), scores.tolist()):
+        name = "score" if class_id < 0 else class_text(class_id, class_names)
+        texts.append(f"{name} {score + 0.0:.2f}")  # + 0.0: a score of -0.0 reads 0.00
+    return texts
+
+
 def _is_callable_target(target: object) -> bool:
     return callable(target) and not isinstance(target, torch.Tensor)
 
@@ -72,6 +85,8 @@ class ClassificationTask(CAMTask):
 
     name = "classification"
     samples_class = Samples
+    takes_given_images = True
+    measures_faithfulness = True
 
     def __init__(self, options: TaskOptions):
         super().__init__(options)
@@ -80,12 +95,16 @@ class ClassificationTask(CAMTask):
         # are left out of drift and energy, not counted as 0.
         self._tracker = DriftTracker(leave_out_empty=True, always_defined=True)
         self._inputs_logged = False
-        self._thumbs: list[dict[str, list[np.ndarray]]] = []
-        self._samples: Samples | None = None
 
     @classmethod
     def recognises(cls, network: nn.Module, batch: Any) -> bool:
         return True
+
+    @classmethod
+    def samples_from_arrays(
+        cls, images: Any, labels: Any = None, boxes: Any = None, masks: Any = None
+    ) -> Samples:
+        return make_samples(images, labels=labels, boxes=boxes, masks=masks)
 
     def parse_batch(self, batch: Any) -> Samples:
         parser = self.options.batch_parser or default_batch_parser
@@ -136,9 +155,9 @@ class ClassificationTask(CAMTask):
             )
         return result
 
-    def report(self, result: CAMResult, samples: Samples, step: int, epoch: int) -> PassReport:
+    def report_items(self, result: CAMResult, samples: Samples) -> list[ReportItem]:
+        """One item per sample: its map for the fixed class, its box (when known) drawn."""
         options = self.options
-        self._samples = samples
         if self._targets is None and not _is_callable_target(options.target):
             self._targets = result.class_ids[:, 0].clone()
         maps = {m: result.maps[m][:, 0].float().cpu() for m in options.methods}
@@ -147,38 +166,47 @@ class ClassificationTask(CAMTask):
             m: has_evidence(result.layer_maps[m][:, 0] if m in result.layer_maps else maps[m])
             for m in options.methods
         }
-        pictures = self._pictures(samples)
-        texts = pictures.score_texts(result.class_ids[:, 0], result.scores[:, 0])
-        report = PassReport()
-        if not self._inputs_logged:
-            report.images.append(("inputs", pictures.inputs(options.max_image_size), None))
-            self._inputs_logged = True
-        thumbs: dict[str, list[np.ndarray]] = {}
-        for method, method_maps in maps.items():
-            flags = evidence[method].tolist()
-            tiles = pictures.tiles(method_maps, texts, options.max_image_size, flags)
-            for index, tile in enumerate(tiles):
-                text = evidence_text(texts[index], flags[index])
-                report.images.append((f"{method}/sample_{index:02d}", tile, f"{text}, step {step}"))
-            report.images.append((f"{method}/grid", sheet(tiles), None))
-            report.summary[method] = self._tracker.update(
-                method,
-                method_maps,
-                boxes=samples.boxes,
-                masks=samples.masks,
-                evidence=evidence[method],
-            )
-            for name, values in self._tracker.last_per_image.items():
-                report.per_image[f"{method}/{name}"] = values
-            if options.filmstrip_size is not None:
-                captions = [f"ep {epoch}"] * len(samples)
-                thumbs[method] = pictures.tiles(
-                    method_maps, captions, options.filmstrip_size, flags
+        texts = score_texts(result.class_ids[:, 0], result.scores[:, 0], options.class_names)
+        items = []
+        for index, picture in enumerate(self._pictures(samples)):
+            box = None if samples.boxes is None else samples.boxes[index : index + 1]
+            items.append(
+                ReportItem(
+                    tag=f"sample_{index:02d}",
+                    picture=picture,
+                    text=texts[index],
+                    maps={m: maps[m][index] for m in options.methods},
+                    evidence={m: bool(evidence[m][index]) for m in options.methods},
+                    marks=None if box is None else partial(draw_boxes, boxes=box),
                 )
-        for method, values in report.summary.items():
-            report.scalars.update({f"{method}/{k}": v for k, v in values.items()})
-        self._thumbs.append(thumbs)
-        return report
+            )
+        return items
+
+    def measure(
+        self, method: str, items: list[ReportItem], samples: Samples, report: PassReport
+    ) -> dict[str, float]:
+        summary = self._tracker.update(
+            method,
+            torch.stack([item.maps[method] for item in items]),
+            boxes=samples.boxes,
+            masks=samples.masks,
+            evidence=torch.tensor([item.evidence[method] for item in items]),
+        )
+        for name, values in self._tracker.last_per_image.items():
+            report.per_image[f"{method}/{name}"] = values
+        return summary
+
+    def once_images(self, samples: Samples) -> list[tuple[str, np.ndarray, str | None]]:
+        if self._inputs_logged:
+            return []
+        self._inputs_logged = True
+        captions = None
+        if samples.labels is not None:
+            captions = [class_text(int(c), self.options.class_names) for c in samples.labels]
+        sheet = inputs_sheet(
+            self._pictures(samples), samples.boxes, captions, self.options.max_image_size
+        )
+        return [("inputs", sheet, None)]
 
     def monitored_scalars(self, samples: Samples) -> tuple[str, ...]:
         # Faithfulness scalars are left out: a pass whose maps are all flat has none.
@@ -202,24 +230,9 @@ class ClassificationTask(CAMTask):
 
     # ---------------------------------------------------------------- pictures
 
-    def _pictures(self, samples: Samples) -> SamplePictures:
+    def _pictures(self, samples: Samples) -> list[np.ndarray]:
         options = self.options
-        return SamplePictures(
-            [to_uint8_image(img, options.mean, options.std) for img in samples.images],
-            samples.boxes,
-            samples.labels,
-            options.class_names,
-            options.colormap,
-            options.alpha,
-        )
-
-    def filmstrip(self, method: str) -> np.ndarray:
-        if not self._thumbs or self._samples is None or self.options.filmstrip_size is None:
-            raise RuntimeError(
-                "no CAM epoch has run yet (or filmstrip_size=None): train with the callback first"
-            )
-        passes = [thumbs[method] for thumbs in self._thumbs]
-        return self._pictures(self._samples).film_strip(passes, self.options.filmstrip_size)
+        return [to_uint8_image(image, options.mean, options.std) for image in samples.images]
 
     # ---------------------------------------------------------------- checkpoints
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
@@ -39,13 +40,15 @@ from torch import nn
 from torchvision.ops import box_iou
 
 from ..core.detections import Detection
+from ..core.faithfulness import check_metrics
 from ..core.layers import unwrap_model
-from ..core.render import caption, draw_boxes, overlay, resize_max, to_uint8_image
+from ..core.render import draw_boxes, to_uint8_image
 from ..core.tracking import DriftTracker
 from ..detection.explain import DetectionCAM
 from ..detection.heads import find_detector
-from ..pictures import class_text, evidence_caption, film_strip, sheet
-from .base import CAMTask, PassReport, probe_output
+from ..pictures import class_text
+from .base import CAMTask, PassReport, ReportItem, probe_output
+from .options import check_auto_target
 
 #: The detection's own box in a tile (the ground-truth box is green).
 DETECTION_COLOR = (255, 220, 0)
@@ -54,8 +57,6 @@ __all__ = ["DetectionSamples", "DetectionTask", "MATCH_IOU", "match_objects"]
 
 #: Overlap a detection needs with a ground-truth box (same class) to be that object's.
 MATCH_IOU = 0.5
-#: Passes kept per film strip (the first and the latest ones).
-_STRIP_PASSES = 12
 
 _BATCH_HELP = (
     "a detection batch is torchvision's (images, targets): images a list of (3, H, W) float "
@@ -216,6 +217,17 @@ class _ObjectScalars:
         return out
 
 
+@dataclass(frozen=True)
+class _Object:
+    """A ground-truth object of a pass: its image, its number across the images, its box and
+    the detection that found it (None: missed)."""
+
+    image: int
+    number: int
+    box: torch.Tensor
+    detection: Detection | None
+
+
 @dataclass
 class DetectionResult:
     """One pass: per image, per ground-truth object, the detection explained (None: missed)."""
@@ -239,8 +251,6 @@ class DetectionTask(CAMTask):
         self._trackers = {
             m: DriftTracker(leave_out_empty=True, always_defined=True) for m in options.methods
         }
-        self._firsts: list[np.ndarray] = []
-        self._strips: dict[str, list[list[np.ndarray]]] = {m: [] for m in options.methods}
         self._cam = None
         self._cam_for: int | None = None
 
@@ -293,18 +303,25 @@ class DetectionTask(CAMTask):
             )
         return DetectionSamples([i.detach().float().cpu().clone() for i in images], boxes, labels)
 
-    def check_samples(self, samples: DetectionSamples) -> None:
-        if not (isinstance(self.options.target, str) and self.options.target == "auto"):
-            raise ValueError(
-                f"target={self.options.target!r} chooses a class for classifiers; the detection "
-                "task explains, per ground-truth object, the detection that finds it: leave "
-                "target at its default"
-            )
-        if self.options.faithfulness:
+    @classmethod
+    def check_target(cls, target: object) -> str:
+        return check_auto_target(
+            target,
+            cls.name,
+            "a target chooses a class for classifiers; the detection task explains, per "
+            "ground-truth object, the detection that finds it",
+        )
+
+    @classmethod
+    def check_faithfulness(cls, metrics: object) -> tuple[str, ...]:
+        if check_metrics(metrics):
             raise ValueError(
                 "faithfulness metrics are not measured for detections (a detector's proposals "
                 "move when the image is perturbed); leave faithfulness=() for a detector"
             )
+        return ()
+
+    def check_samples(self, samples: DetectionSamples) -> None:
         if not samples.num_objects:
             raise ValueError(
                 "the fixed samples hold no ground-truth box; use validation images with objects"
@@ -354,90 +371,62 @@ class DetectionTask(CAMTask):
     def combine(self, parts: Sequence[DetectionResult]) -> DetectionResult:
         return DetectionResult([o for p in parts for o in p.objects], parts[0].layer)
 
-    def _picture(self, samples: DetectionSamples, index: int) -> np.ndarray:
-        return to_uint8_image(samples.images[index], self.options.mean, self.options.std)
-
-    def _tile(self, image, det, box, label, method, size) -> np.ndarray:
-        """The object's tile: its ground-truth box in green; when a detection found it, the
-        detection's own box in yellow and its map (or, without evidence, the words)."""
-        names = self.options.class_names
-        if det is None:
-            text = f"{class_text(label, names)}: missed"
-            return caption(resize_max(draw_boxes(image, box[None]), size), text)
-        found = det.evidence[method]
-        text = evidence_caption(f"{class_text(det.class_id, names)} {det.score:.2f}", found)
-        picture = image  # no evidence: said, never drawn blank
-        if found:
-            picture = overlay(image, det.maps[method], self.options.colormap, self.options.alpha)
-        picture = draw_boxes(picture, torch.as_tensor(det.box)[None], color=DETECTION_COLOR)
-        return caption(resize_max(draw_boxes(picture, box[None]), size), text)
-
-    def report(
-        self, result: DetectionResult, samples: DetectionSamples, step: int, epoch: int
-    ) -> PassReport:
-        report = PassReport()
-        pictures = [self._picture(samples, i) for i in range(len(samples))]
-        if not self._firsts:
-            names = self.options.class_names
-            for index, image in enumerate(pictures):
-                for box, label in zip(samples.boxes[index], samples.labels[index].tolist()):
-                    first = resize_max(draw_boxes(image, box[None]), self.options.filmstrip_size)
-                    self._firsts.append(caption(first, f"input: {class_text(label, names)}"))
-        for method in self.options.methods:
-            tiles, thumbs = [], []
-            measured = _ObjectScalars()
-            number = 0
-            for index, dets in enumerate(result.objects):
-                measured.start_image()
-                for box, label, det in zip(
-                    samples.boxes[index], samples.labels[index].tolist(), dets
-                ):
-                    tile = self._tile(
-                        image=pictures[index],
-                        det=det,
-                        box=box,
-                        label=label,
-                        method=method,
-                        size=self.options.max_image_size,
+    def report_items(self, result: DetectionResult, samples: DetectionSamples) -> list[ReportItem]:
+        """One item per ground-truth object, numbered across the images: its box in green;
+        the detection that found it, with its own box in yellow and its maps, or "missed"."""
+        names, options = self.options.class_names, self.options
+        items = []
+        for index, dets in enumerate(result.objects):
+            picture = to_uint8_image(samples.images[index], options.mean, options.std)
+            for box, label, det in zip(samples.boxes[index], samples.labels[index].tolist(), dets):
+                item = ReportItem(
+                    tag=f"object_{len(items):02d}",
+                    picture=picture,
+                    text=class_text(label, names),
+                    reason="missed",
+                    marks=partial(draw_boxes, boxes=box[None]),
+                    first_text=f"input: {class_text(label, names)}",
+                    data=_Object(index, len(items), box, det),
+                )
+                if det is not None:
+                    item.text = f"{class_text(det.class_id, names)} {det.score:.2f}"
+                    item.maps, item.evidence = dict(det.maps), dict(det.evidence)
+                    item.map_marks = partial(
+                        draw_boxes, boxes=torch.as_tensor(det.box)[None], color=DETECTION_COLOR
                     )
-                    tiles.append(tile)
-                    report.images.append((f"{method}/object_{number:02d}", tile, None))
-                    thumbs.append(
-                        self._tile(
-                            pictures[index], det, box, label, method, self.options.filmstrip_size
-                        )
-                    )
-                    if det is None:
-                        measured.missed()
-                    else:
-                        measured.found(
-                            self._trackers[method].update(
-                                number,
-                                det.maps[method][None],
-                                boxes=box[None],
-                                evidence=torch.tensor([det.evidence[method]]),
-                            ),
-                            evidence=det.evidence[method],
-                        )
-                    number += 1
-            report.images.append((f"{method}/grid", sheet(tiles), None))
-            summary = measured.means()
-            for name, value in summary.items():
-                report.scalars[f"{method}/{name}"] = value
-            report.summary[method] = summary
-            for name, per in measured.per_image.items():
-                report.per_image[f"{method}/{name}"] = per
-            self._strips[method].append(thumbs)
-            if len(self._strips[method]) > _STRIP_PASSES:
-                del self._strips[method][1]  # keep the first pass and the latest ones
-        return report
+                items.append(item)
+        return items
+
+    def measure(
+        self,
+        method: str,
+        items: list[ReportItem],
+        samples: DetectionSamples,
+        report: PassReport,
+    ) -> dict[str, float]:
+        measured = _ObjectScalars()
+        objects = [item.data for item in items]
+        for index in range(len(samples)):
+            measured.start_image()
+            for obj in (o for o in objects if o.image == index):
+                if obj.detection is None:
+                    measured.missed()
+                    continue
+                found = obj.detection.evidence[method]
+                tracked = self._trackers[method].update(
+                    obj.number,
+                    obj.detection.maps[method][None],
+                    boxes=obj.box[None],
+                    evidence=torch.tensor([found]),
+                )
+                measured.found(tracked, evidence=found)
+        for name, per in measured.per_image.items():
+            report.per_image[f"{method}/{name}"] = per
+        return measured.means()
 
     def monitored_scalars(self, samples: Any) -> tuple[str, ...]:
         names = ("energy_in_box", "pointing_game", "no_evidence_rate", "found_rate")
         return tuple(f"{method}/{name}" for method in self.options.methods for name in names)
-
-    def filmstrip(self, method: str) -> np.ndarray:
-        return film_strip(self._firsts, self._strips[method])
 
     # ---------------------------------------------------------------- checkpoints
 

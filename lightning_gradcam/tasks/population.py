@@ -46,6 +46,7 @@ __all__ = [
     "ClassificationMeasure",
     "DetectionMeasure",
     "MAX_CLASSES",
+    "MEASURED_FIELDS",
     "PopulationMeasure",
     "SegmentationMeasure",
     "measure_for",
@@ -270,6 +271,11 @@ _MEASURES: dict[type[CAMTask], type[PopulationMeasure]] = {
     SegmentationTask: SegmentationMeasure,
     DetectionTask: DetectionMeasure,
 }
+
+
+#: Every field a built-in measure adds up: one table shape for every task, so that the one
+#: ``all_reduce`` at the epoch's end is the same collective on every rank.
+MEASURED_FIELDS = tuple(dict.fromkeys((*ClassificationMeasure.fields, *DetectionMeasure.fields)))
 
 
 def measure_for(task: CAMTask) -> PopulationMeasure:

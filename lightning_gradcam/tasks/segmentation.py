@@ -25,20 +25,21 @@ import hashlib
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from torch import nn
 
-from ..core.render import caption, resize_max, to_uint8_image
+from ..core.render import to_uint8_image
 from ..core.tracking import DriftTracker
-from ..pictures import class_text, film_strip, sheet
+from ..pictures import class_text
 from ..segmentation.explain import Region, SegmentationCAM
 from ..segmentation.outputs import looks_like_segmentation
-from ..segmentation.pictures import outline_mask, outlined_tile
-from .base import CAMTask, PassReport, TaskOptions, probe_output
+from ..segmentation.pictures import outline_mask
+from .base import CAMTask, PassReport, ReportItem, TaskOptions, probe_output
 from .classification_samples import IMAGE_KEYS, MASK_KEYS
+from .options import check_auto_target
 
 __all__ = ["SegmentationSamples", "SegmentationTask"]
 
@@ -134,8 +135,6 @@ class SegmentationTask(CAMTask):
         self._network: nn.Module | None = None
         self._tracker = DriftTracker(leave_out_empty=True, always_defined=True)
         self._class_tracker = DriftTracker(leave_out_empty=True, always_defined=True)
-        self._thumbs: dict[str, list[list[np.ndarray]]] = {m: [] for m in options.methods}
-        self._samples: SegmentationSamples | None = None
         if "gradcam++" in options.methods:
             # Asked for by name; for a class's sum of logits over many pixels its weights
             # lose the class (docs/segmentation.md): say so.
@@ -207,12 +206,16 @@ class SegmentationTask(CAMTask):
             )
         return SegmentationSamples(_cpu(images).float(), _cpu(masks).long())
 
+    @classmethod
+    def check_target(cls, target: object) -> str:
+        return check_auto_target(
+            target,
+            cls.name,
+            "a segmentation pass explains every class of each image's ground truth, with "
+            "Seg-Grad-CAM's target",
+        )
+
     def check_samples(self, samples: SegmentationSamples) -> None:
-        if self.options.target != "auto":
-            raise ValueError(
-                f"target={self.options.target!r}: a segmentation pass explains every class of "
-                "each image's ground truth, with Seg-Grad-CAM's target; leave target='auto'"
-            )
         if samples.masks.min() < 0:
             raise ValueError("masks hold negative class ids; an ignore label must be mapped first")
         if not any(samples.classes(self.background)):
@@ -253,78 +256,62 @@ class SegmentationTask(CAMTask):
     def _text(self, class_id: int) -> str:
         return class_text(class_id, self.options.class_names)
 
-    def report(
-        self, result: list[list[Region]], samples: SegmentationSamples, step: int, epoch: int
-    ) -> PassReport:
-        self._samples = samples
+    def report_items(
+        self, result: list[list[Region]], samples: SegmentationSamples
+    ) -> list[ReportItem]:
+        """One item per (image, ground-truth class): the class's map with its mask outlined;
+        a class the model does not predict anywhere has no map ("not predicted")."""
         pairs = self._pairs(samples)
         regions = [region for row in result for region in row]
         if len(regions) != len(pairs) or any(r.class_id != c for r, (_, c) in zip(regions, pairs)):
             raise ValueError("the result does not match the samples' ground-truth classes")
-        pictures = [self._picture(i) for i in range(len(samples))]
-        masks = torch.stack([samples.masks[i] == c for i, c in pairs])
-        report = PassReport()
-        size = self.options.max_image_size
-        for method in self.options.methods:
-            maps = torch.stack([r.maps[method].detach().float().cpu() for r in regions])
-            evidence = torch.tensor([r.evidence[method] for r in regions], dtype=torch.bool)
-            tiles, thumbs = [], []
-            for j, ((index, class_id), region) in enumerate(zip(pairs, regions)):
-                cam, found = maps[j], evidence[j]
-                text = self._caption(region, bool(found))
-                tile = outlined_tile(
-                    pictures[index],
-                    cam,
-                    masks[j],
-                    text,
-                    evidence=bool(found),
-                    colormap=self.options.colormap,
-                    alpha=self.options.alpha,
-                    max_size=size,
+        options = self.options
+        pictures = [to_uint8_image(image, options.mean, options.std) for image in samples.images]
+        items = []
+        for (index, class_id), region in zip(pairs, regions):
+            predicted = region.pixels > 0
+            text = self._text(class_id)
+            items.append(
+                ReportItem(
+                    tag=f"image_{index:02d}_class_{class_id:02d}",
+                    picture=pictures[index],
+                    text=f"{text} {region.target_score + 0.0:.2f}" if predicted else text,
+                    maps=dict(region.maps) if predicted else {},
+                    evidence=dict(region.evidence),
+                    reason="not predicted",
+                    marks=partial(outline_mask, mask=samples.masks[index] == class_id),
+                    first_text=text,
+                    data=(index, class_id, region),
                 )
-                tiles.append(tile)
-                report.images.append(
-                    (
-                        f"{method}/image_{index:02d}_class_{class_id:02d}",
-                        tile,
-                        f"{text}, step {step}",
-                    )
-                )
-                if self.options.filmstrip_size is not None:
-                    thumbs.append(
-                        outlined_tile(
-                            pictures[index],
-                            cam,
-                            masks[j],
-                            f"ep {epoch}",
-                            evidence=bool(found),
-                            colormap=self.options.colormap,
-                            alpha=self.options.alpha,
-                            max_size=self.options.filmstrip_size,
-                            missing="none",  # short: a thumbnail's caption is small
-                        )
-                    )
-            report.images.append((f"{method}/grid", sheet(tiles), None))
-            if self.options.filmstrip_size is not None:
-                self._thumbs.setdefault(method, []).append(thumbs)
-            values = self._renamed(
-                self._tracker.update(method, maps, masks=masks, evidence=evidence)
             )
-            report.scalars.update({f"{method}/{k}": v for k, v in values.items()})
-            report.summary[method] = values
-            report.per_image.update(self._per_image(method, pairs, len(samples)))
-            for class_id in sorted({c for _, c in pairs}):
-                rows = [j for j, (_, c) in enumerate(pairs) if c == class_id]
-                per_class = self._class_tracker.update(
-                    (method, class_id), maps[rows], masks=masks[rows], evidence=evidence[rows]
-                )
-                report.scalars.update(
-                    {
-                        f"{method}/class_{class_id:02d}/{k}": v
-                        for k, v in self._renamed(per_class).items()
-                    }
-                )
-        return report
+        return items
+
+    def measure(
+        self,
+        method: str,
+        items: list[ReportItem],
+        samples: SegmentationSamples,
+        report: PassReport,
+    ) -> dict[str, float]:
+        pairs = [(index, class_id) for index, class_id, _ in (item.data for item in items)]
+        regions = [region for _, _, region in (item.data for item in items)]
+        maps = torch.stack([r.maps[method].detach().float().cpu() for r in regions])
+        evidence = torch.tensor([r.evidence[method] for r in regions], dtype=torch.bool)
+        masks = torch.stack([samples.masks[i] == c for i, c in pairs])
+        values = self._renamed(self._tracker.update(method, maps, masks=masks, evidence=evidence))
+        report.per_image.update(self._per_image(method, pairs, len(samples)))
+        for class_id in sorted({c for _, c in pairs}):
+            rows = [j for j, (_, c) in enumerate(pairs) if c == class_id]
+            per_class = self._class_tracker.update(
+                (method, class_id), maps[rows], masks=masks[rows], evidence=evidence[rows]
+            )
+            report.scalars.update(
+                {
+                    f"{method}/class_{class_id:02d}/{k}": v
+                    for k, v in self._renamed(per_class).items()
+                }
+            )
+        return values
 
     @staticmethod
     def _renamed(values: dict[str, float]) -> dict[str, float]:
@@ -343,16 +330,6 @@ class SegmentationTask(CAMTask):
             out[f"{method}/{_RENAMED.get(name, name)}"] = per_image
         return out
 
-    def _caption(self, region: Region, found: bool) -> str:
-        text = self._text(region.class_id)
-        if region.pixels == 0:
-            return f"{text}: not predicted"
-        return f"{text} {region.target_score + 0.0:.2f}" if found else text
-
-    def _picture(self, index: int) -> np.ndarray:
-        assert self._samples is not None
-        return to_uint8_image(self._samples.images[index], self.options.mean, self.options.std)
-
     def monitored_scalars(self, samples: SegmentationSamples) -> tuple[str, ...]:
         names = ("energy_in_mask", "pointing_game", "no_evidence_rate")
         classes = sorted({c for _, c in self._pairs(samples)})
@@ -361,27 +338,6 @@ class SegmentationTask(CAMTask):
             tags += [f"{method}/{name}" for name in names]
             tags += [f"{method}/class_{c:02d}/{name}" for c in classes for name in names]
         return tuple(tags)
-
-    def filmstrip(self, method: str) -> np.ndarray:
-        """Rows = (image, ground-truth class), columns = the input with the class's mask
-        outlined, then each pass, oldest first."""
-        passes = self._thumbs.get(method) or []
-        if not passes or self._samples is None:
-            raise ValueError(
-                f"no CAM pass has run for method {method!r} yet (or filmstrip_size=None)"
-            )
-        samples = self._samples
-        firsts = [
-            caption(
-                resize_max(
-                    outline_mask(self._picture(index), samples.masks[index] == class_id),
-                    self.options.filmstrip_size,
-                ),
-                self._text(class_id),
-            )
-            for index, class_id in self._pairs(samples)
-        ]
-        return film_strip(firsts, passes)
 
     # ---------------------------------------------------------------- checkpoints
 

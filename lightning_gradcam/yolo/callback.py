@@ -123,7 +123,6 @@ class GradCAMYOLOCallback:
             faithfulness=(),
             task=YOLODetectionTask,
             model=None,
-            alarm=None,
             alarm_after_epoch=0,
         )
         self.layer, self.methods = self.args.layer, self.args.options.methods

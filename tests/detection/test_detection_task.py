@@ -210,10 +210,14 @@ def test_bad_batches_say_what_is_wrong(batch, message):
 
 def test_classifier_only_arguments_are_refused_for_detections():
     samples = DetectionSamples([torch.rand(3, 8, 8)], [torch.ones(1, 4)], [torch.ones(1).long()])
+    # The task's own reading of the callback's options (the callback asks it when built
+    # with task="detection", or at the first batch when it recognises a detector).
     with pytest.raises(ValueError, match="not measured for detections"):
-        _task(faithfulness=("deletion",)).check_samples(samples)
-    with pytest.raises(ValueError, match="leave target at its default"):
-        _task(target=2).check_samples(samples)
+        DetectionTask.check_faithfulness(("deletion",))
+    with pytest.raises(ValueError, match="leave target='auto' for the detection task"):
+        DetectionTask.check_target(2)
+    assert DetectionTask.check_target("auto") == "auto"
+    assert DetectionTask.check_faithfulness(()) == ()
     _task().check_samples(samples)  # the defaults pass
 
 

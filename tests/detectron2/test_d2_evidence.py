@@ -12,7 +12,8 @@ from d2_helpers import build, make_inputs
 from hook_helpers import fake_trainer
 
 from detectron2_hooks import Detectron2CAM, GradCAMHook
-from lightning_gradcam.pictures import pass_pictures
+from lightning_gradcam.core.render import draw_boxes
+from lightning_gradcam.pictures import detection_label, pass_pictures
 
 
 @pytest.fixture(scope="module")
@@ -47,22 +48,24 @@ def test_saturated_probability_is_marked_no_evidence_and_the_logit_explains(satu
             assert float(det.maps["gradcam"].max()) > 0.5
 
 
-def test_pictures_caption_maps_without_positive_evidence(saturated):
+def test_pictures_never_draw_maps_without_positive_evidence(saturated):
     dets = _explain(saturated, "probability")[:2]
     image = np.full((128, 160, 3), 90, np.uint8)
     kwargs = dict(layers=[dets[0].layer], methods=["gradcam"], step=5)
     marked = pass_pictures(image, dets, **kwargs)["gradcam"]
+    # Without evidence, a cell is the image with the detection's box and label, no colour
+    # map over it (a blank overlay would read "attention nowhere"); the caption says why.
+    box_only = draw_boxes(image, dets[0].box[None], [detection_label(dets[0])])
+    np.testing.assert_array_equal(marked[:128, :160], box_only)
     unmarked = [
         dataclasses.replace(d, evidence_by_layer={d.layer: {"gradcam": True, "gradcam++": True}})
         for d in dets
     ]
     plain = pass_pictures(image, unmarked, **kwargs)["gradcam"]
     assert marked.shape[1] == plain.shape[1]
-    # only the caption bands differ (below each 128-px overlay, the longer caption may wrap
-    # onto another line): the caption says so
-    assert np.array_equal(marked[:128], plain[:128])
+    assert not np.array_equal(plain[:128, :160], box_only)  # marked as evidence: drawn
     rows = min(marked.shape[0], plain.shape[0])
-    assert marked.shape != plain.shape or (marked[:rows] != plain[:rows]).any()
+    assert marked.shape != plain.shape or (marked[128:rows] != plain[128:rows]).any()
 
 
 def test_hook_counts_maps_without_evidence_as_zero_energy_and_leaves_them_out_of_drift(saturated):

@@ -94,9 +94,20 @@ def test_bad_task_arguments_fail_in_init(task, error, message):
         GradCAMCallback(task=task)
 
 
-def test_user_images_are_classification_samples():
-    with pytest.raises(ValueError, match="images=... .* are classification samples"):
+def test_user_images_are_read_by_a_task_that_takes_them():
+    with pytest.raises(ValueError, match=r"task 'segmentation' does not take images=\.\.\. "):
         GradCAMCallback(images=torch.rand(2, 3, 8, 8), task="segmentation")
+    # task=None: the registered task that takes given images reads them
+    assert GradCAMCallback(images=torch.rand(2, 3, 8, 8)).task.name == "classification"
+
+
+@pytest.mark.parametrize("task", ["detection", "segmentation"])
+def test_a_named_task_refuses_options_it_would_ignore_when_the_callback_is_built(task):
+    with pytest.raises(ValueError, match=f"target=3: .* leave target='auto' for the {task} task"):
+        GradCAMCallback(task=task, target=3)
+    # faithfulness is measured by the classification task only: refused, never dropped
+    with pytest.raises(ValueError, match="faithfulness"):
+        GradCAMCallback(task=task, faithfulness="deletion")
 
 
 def test_methods_none_is_each_tasks_own_default():

@@ -80,7 +80,7 @@ def test_merge_puts_the_whole_set_means_in_place_and_drops_the_samples_without_t
 def test_a_task_without_a_whole_set_measure_is_refused_by_name():
     class Odd(ClassificationTask.__mro__[1]):  # CAMTask, not a built-in task
         name = "odd"
-        recognises = parse_batch = explain = report = filmstrip = None
+        recognises = parse_batch = explain = None
 
     with pytest.raises(ValueError, match="task 'odd' has no whole-epoch measure"):
         measure_for(Odd(TaskOptions(methods=("gradcam",))))

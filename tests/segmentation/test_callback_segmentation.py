@@ -143,3 +143,25 @@ def test_training_with_the_callback_gives_the_same_weights(tmp_path):
     assert callback.history and isinstance(callback.task, SegmentationTask)
     without = _fit(tmp_path / "without", [])
     assert all(torch.equal(with_cam[k], without[k]) for k in without)
+
+
+def test_a_recognised_segmenter_refuses_faithfulness_before_the_first_step(tmp_path):
+    """faithfulness= is measured by the classification task only; on a segmenter recognised
+    at the first batch it is refused then, never dropped in silence, and no step is taken."""
+    torch.manual_seed(0)
+    module = SegmentationModule()
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        callbacks=[GradCAMCallback(num_samples=2, faithfulness="deletion")],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    with pytest.raises(ValueError, match="the segmentation task does not measure faithfulness"):
+        trainer.fit(module, _loader(8, 0, True), _loader(4, 1, False))
+    assert trainer.global_step == 0
+    for name, value in module.state_dict().items():
+        assert torch.equal(value, before[name]), name
