@@ -52,10 +52,10 @@ def map_tile(
     detection's own box) and ``marks`` (the ground truth: a box, a mask's outline), shrunk to
     ``max_size``, captioned ``text``.
 
-    Without ``evidence``: ``image`` with the marks, no colour map, captioned ``"<text>:
-    no positive evidence"``. Without a map (``cam`` None, e.g. a missed object): ``image``
-    with ``marks`` only, captioned ``"<text>: <reason>"``. ``text`` None: no caption band
-    (only for a tile that shows a map)."""
+    Without ``evidence``: ``image`` with the marks, no colour map. Without a map (``cam``
+    None, e.g. a missed object): ``image`` with ``marks`` only. Either is captioned
+    ``"<text>: <reason>"`` (``reason`` defaults to :data:`NO_EVIDENCE`). ``text`` None: no
+    caption band (only for a tile that shows a map)."""
     shown = cam is not None and evidence
     picture = overlay(image, cam, colormap, alpha) if shown else image
     if cam is not None and map_marks is not None:
@@ -64,7 +64,7 @@ def map_tile(
         picture = marks(picture)
     picture = resize_max(picture, max_size)
     if not shown:
-        said = (reason if cam is None else None) or NO_EVIDENCE
+        said = reason or NO_EVIDENCE
         return caption(picture, f"{text}: {said}" if text else said)
     return picture if text is None else caption(picture, text)
 

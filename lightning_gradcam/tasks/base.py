@@ -127,7 +127,8 @@ class ReportItem:
     ``tag``: relative to the method (``"sample_00"``, ``"object_03"``); ``picture``: the
     ``uint8 (H, W, 3)`` RGB image under the map; ``text``: what the tile is (``"cat 0.93"``);
     ``maps``: ``{method: (H, W) in [0, 1]}`` (empty: no map, e.g. a missed object, said with
-    ``reason``); ``evidence``: ``{method: bool}``; ``marks``: the ground truth drawn over the
+    ``reason``; a film-strip thumbnail says ``short_reason`` for any tile without a drawn
+    map); ``evidence``: ``{method: bool}``; ``marks``: the ground truth drawn over the
     picture (its box, its mask's outline), on the film strip's first column too, captioned
     ``first_text``; ``map_marks``: what the map explains, drawn wherever there is a map (a
     detection's own box); ``data``:
@@ -140,6 +141,7 @@ class ReportItem:
     maps: dict[str, torch.Tensor] = field(default_factory=dict)
     evidence: dict[str, bool] = field(default_factory=dict)
     reason: str | None = None
+    short_reason: str = "none"
     marks: Marks | None = None
     map_marks: Marks | None = None
     first_text: str = "input"
@@ -149,12 +151,17 @@ class ReportItem:
         """Whether ``method``'s map is drawn: there is one, with positive evidence."""
         return method in self.maps and self.evidence.get(method, False)
 
+    def why_not(self, method: str) -> str | None:
+        """Why ``method``'s map is not drawn (``reason`` without a map, else
+        :data:`~lightning_gradcam.core.tiles.NO_EVIDENCE`); None when it is."""
+        if self.shown(method):
+            return None
+        return (self.reason if method not in self.maps else None) or NO_EVIDENCE
+
     def caption_for(self, method: str) -> str:
         """The tile's caption for ``method``: ``text``, or ``"<text>: <why no map>"``."""
-        if self.shown(method):
-            return self.text
-        reason = self.reason if method not in self.maps else None
-        return f"{self.text}: {reason or NO_EVIDENCE}"
+        why = self.why_not(method)
+        return self.text if why is None else f"{self.text}: {why}"
 
 
 class CAMTask(ABC):
@@ -257,7 +264,8 @@ class CAMTask(ABC):
 
         Per method: a tile per item (:meth:`report_items`) logged as ``<method>/<item tag>``
         and captioned ``"<caption>, step <step>"``, their ``<method>/grid``, a thumbnail per
-        item for the film strip (captioned ``"ep <epoch>"``), and :meth:`measure`'s scalars
+        item for the film strip (captioned ``"ep <epoch>"``, ``": <short_reason>"`` where no
+        map is drawn), and :meth:`measure`'s scalars
         as ``<method>/<name>``. Pictures logged once come first (:meth:`once_images`)."""
         options = self.options
         items = self.report_items(result, samples)
@@ -282,22 +290,28 @@ class CAMTask(ABC):
                 for old in dropped:
                     cells.pop(old, None)
                 cells[column] = [
-                    self.tile(item, method, options.filmstrip_size, f"ep {epoch}") for item in items
+                    self.tile(item, method, options.filmstrip_size, f"ep {epoch}", thumb=True)
+                    for item in items
                 ]
         return report
 
     def tile(
-        self, item: ReportItem, method: str, size: int | None, text: str | None = None
+        self,
+        item: ReportItem,
+        method: str,
+        size: int | None,
+        text: str | None = None,
+        thumb: bool = False,
     ) -> np.ndarray:
         """``item``'s tile for ``method`` (``core.tiles.map_tile``), shrunk to ``size``,
-        captioned ``text`` (default: the item's own caption), with the reason when there is
-        no map to draw."""
+        captioned ``text`` (default: the item's own caption), with why there is no map
+        when none is drawn (``short_reason`` on a film-strip ``thumb``)."""
         return map_tile(
             item.picture,
             item.maps.get(method),
             item.text if text is None else text,
             evidence=item.shown(method),
-            reason=item.reason,
+            reason=item.short_reason if thumb else item.why_not(method),
             marks=item.marks,
             map_marks=item.map_marks,
             colormap=self.options.colormap,

@@ -384,6 +384,7 @@ class DetectionTask(CAMTask):
                     picture=picture,
                     text=class_text(label, names),
                     reason="missed",
+                    short_reason="missed",
                     marks=partial(draw_boxes, boxes=box[None]),
                     first_text=f"input: {class_text(label, names)}",
                     data=_Object(index, len(items), box, det),
