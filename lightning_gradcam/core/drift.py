@@ -72,14 +72,17 @@ def box_masks(
     ``[x0, x1] x [y0, y1]``.
     """
     height, width = int(size[0]), int(size[1])
+    xs = torch.arange(width, dtype=torch.float32) + 0.5
+    ys = torch.arange(height, dtype=torch.float32) + 0.5
     if isinstance(boxes, torch.Tensor):
         if boxes.dim() != 2 or boxes.shape[-1] != 4:
             raise ValueError(f"boxes must be (N, 4) as (x0, y0, x1, y1), got {tuple(boxes.shape)}")
-        per_image = [boxes[i : i + 1] for i in range(boxes.shape[0])]
-    else:
-        per_image = [torch.as_tensor(b, dtype=torch.float32).reshape(-1, 4) for b in boxes]
-    xs = torch.arange(width, dtype=torch.float32) + 0.5
-    ys = torch.arange(height, dtype=torch.float32) + 0.5
+        # One box per map: all maps at once (a whole validation batch per call).
+        x0, y0, x1, y1 = boxes.detach().float().cpu().unbind(dim=1)
+        inside_x = (xs >= x0[:, None]) & (xs <= x1[:, None])
+        inside_y = (ys >= y0[:, None]) & (ys <= y1[:, None])
+        return inside_y[:, :, None] & inside_x[:, None, :]
+    per_image = [torch.as_tensor(b, dtype=torch.float32).reshape(-1, 4) for b in boxes]
     masks = torch.zeros(len(per_image), height, width, dtype=torch.bool)
     for index, image_boxes in enumerate(per_image):
         for x0, y0, x1, y1 in image_boxes.detach().float().cpu().tolist():

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..core.drift import box_masks, energy_share, pointing_hits
+from ..core.drift import _EPS, box_masks, energy_share, pointing_hits
 from ..core.layers import full_layer_name
 from ..core.population import MetricSums
 from ..core.tracking import has_evidence
@@ -57,14 +57,31 @@ MAX_CLASSES = 256
 
 
 def _region_sums(maps: torch.Tensor, regions: torch.Tensor, evidence: torch.Tensor) -> dict:
-    """Sums over ``maps (N, H, W)`` in ``regions (N, H, W)``; no evidence: 0 and no hit."""
-    share = torch.where(evidence, energy_share(maps, regions).double(), 0.0)
-    hits = pointing_hits(maps, regions) & evidence
+    """Sums over ``maps (N, H, W)`` in ``regions (N, H, W)``; no evidence: 0 and no hit.
+
+    The same values as ``core.drift.energy_share`` and ``pointing_hits`` (bit for bit), from
+    one float64 copy of the maps on their own device, and one transfer of the four sums: a
+    validation batch's full-resolution maps are the largest tensors the measure touches.
+    """
+    m = torch.nan_to_num(maps.detach().double(), nan=0.0, posinf=0.0, neginf=0.0).clamp_min_(0.0)
+    regions = regions.to(device=m.device, dtype=torch.bool)
+    evidence = evidence.to(m.device)
+    total = m.flatten(1).sum(dim=1)
+    inside = (m * regions).flatten(1).sum(dim=1)
+    share = torch.where(total > _EPS, inside / total.clamp_min(_EPS), torch.zeros_like(total))
+    share = torch.where(evidence, share.float().double(), 0.0)
+    # Pointing game: the peak lies in the region iff the region's own maximum reaches it
+    # (clamping at 0 changes neither: a hit needs a positive peak).
+    peak = m.flatten(1).amax(dim=1)
+    peak_inside = torch.where(regions, m, -torch.inf).flatten(1).amax(dim=1)
+    hits = (peak_inside >= peak) & (peak > 0) & evidence
+    values = torch.stack([share.sum(), hits.sum().double(), (~evidence).sum().double()])
+    energy_sum, hit_count, no_evidence = values.tolist()
     return {
-        "energy_sum": float(share.sum()),
-        "hits": float(hits.sum()),
+        "energy_sum": energy_sum,
+        "hits": hit_count,
         "maps": float(len(maps)),
-        "no_evidence": float((~evidence).sum()),
+        "no_evidence": no_evidence,
     }
 
 
@@ -123,6 +140,7 @@ class ClassificationMeasure(PopulationMeasure):
             )
         self._engine: CAMEngine | None = None
         self._engine_for: int | None = None
+        self._full_names: dict[tuple[int, str], str] = {}  # (network, engine's name): full name
 
     def check(self, samples: Any) -> None:
         if samples.boxes is None and samples.masks is None:
@@ -164,14 +182,17 @@ class ClassificationMeasure(PopulationMeasure):
         samples = self.task.parse_batch(batch)
         self.check(samples)
         result = self._cam(network).explain(samples.images, targets=self._targets(samples))
-        self.task.layer_name = full_layer_name(network, result.layer)
+        key = (id(network), result.layer)
+        if key not in self._full_names:
+            self._full_names[key] = full_layer_name(network, result.layer)
+        self.task.layer_name = self._full_names[key]
         size = tuple(samples.images.shape[-2:])
         regions = samples.masks if samples.masks is not None else box_masks(samples.boxes, size)
         for method in self.methods:
-            maps = result.maps[method][:, 0].float().cpu()
+            maps = result.maps[method][:, 0].float()
             layer_maps = result.layer_maps.get(method)
             evidence = has_evidence(layer_maps[:, 0] if layer_maps is not None else maps)
-            sums.add(method, _region_sums(maps, regions, evidence.cpu()))
+            sums.add(method, _region_sums(maps, regions, evidence))
         return len(samples)
 
     def means(self, sums: MetricSums) -> dict[str, float]:

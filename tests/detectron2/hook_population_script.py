@@ -1,5 +1,6 @@
-"""Run by test_hook_population.py: GradCAMHook(metrics_loader=...) on 2 CPU processes (gloo,
-as detectron2's ``launch`` sets up on the CPU), each rank with its half of the batches.
+"""Run by test_hook_population.py: GradCAMHook(metrics_loader=...) on 2 CPU processes started
+by detectron2's own ``launch`` (without CUDA it picks the gloo backend), each rank with its
+half of the batches.
 
 Usage: python hook_population_script.py OUT_DIR PORT. Rank r writes ``rank_<r>.json``."""
 
@@ -11,16 +12,16 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import torch.distributed as dist  # noqa: E402
-import torch.multiprocessing as mp  # noqa: E402
 from d2_helpers import build, make_inputs  # noqa: E402
+from detectron2.engine import launch  # noqa: E402
+from detectron2.utils import comm  # noqa: E402
 from hook_helpers import fake_trainer  # noqa: E402
 
 from detectron2_hooks import GradCAMHook  # noqa: E402
 
 
-def worker(rank: int, out: str, port: int) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+def worker(out: str) -> None:
+    rank = comm.get_rank()
     batches = [make_inputs(2, seed=s) for s in (1, 2, 3, 4)]
     model = build("c4")
     hook = GradCAMHook(
@@ -39,8 +40,7 @@ def worker(rank: int, out: str, port: int) -> None:
     report = {"images": hook._metrics.images, "scalars": latest}
     with open(os.path.join(out, f"rank_{rank}.json"), "w") as handle:
         json.dump(report, handle)
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    mp.spawn(worker, args=(sys.argv[1], int(sys.argv[2])), nprocs=2)
+    launch(worker, 2, dist_url=f"tcp://127.0.0.1:{sys.argv[2]}", args=(sys.argv[1],))

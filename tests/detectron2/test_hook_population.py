@@ -79,7 +79,7 @@ def test_metrics_batches_without_a_loader_is_refused():
 
 
 @pytest.mark.timeout(300)
-def test_two_processes_measure_their_shards_and_rank_zero_logs_the_whole(tmp_path):
+def test_two_processes_under_launch_log_what_one_process_logs(tmp_path):
     with socket.socket() as sock:  # a free port
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -104,3 +104,21 @@ def test_two_processes_measure_their_shards_and_rank_zero_logs_the_whole(tmp_pat
             continue
         got = ranks[0]["scalars"][f"gradcam/validation/{name}"]
         assert math.isclose(got, value, rel_tol=1e-5, abs_tol=1e-7), (name, got, value)
+    # One process over the whole loader, same weights: the same values as the two shards.
+    single = GradCAMHook(
+        inputs=batches[0],
+        layer="roi_heads.res5",
+        methods=("gradcam",),
+        period=10,
+        max_detections=3,
+        metrics_loader=batches,
+    )
+    single.trainer = fake_trainer(cam_model, 9, 100)
+    with single.trainer.storage as storage:
+        single.before_train()
+        single.after_step()
+        one = {k: v for k, (v, _) in storage.latest().items() if "/validation/" in k}
+    assert single._metrics.images == 8
+    assert set(one) == set(ranks[0]["scalars"])
+    for tag, value in one.items():
+        assert math.isclose(ranks[0]["scalars"][tag], value, rel_tol=1e-9, abs_tol=1e-12), tag

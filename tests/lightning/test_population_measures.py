@@ -84,3 +84,32 @@ def test_a_task_without_a_whole_set_measure_is_refused_by_name():
 
     with pytest.raises(ValueError, match="task 'odd' has no whole-epoch measure"):
         measure_for(Odd(TaskOptions(methods=("gradcam",))))
+
+
+def test_region_sums_equal_energy_share_and_pointing_hits_bit_for_bit():
+    from lightning_gradcam.core.drift import box_masks, energy_share, pointing_hits
+    from lightning_gradcam.tasks.population import _region_sums
+
+    g = torch.Generator().manual_seed(3)
+    maps = torch.rand(12, 20, 24, generator=g)
+    maps[0] = 0.0  # no maximum to point with
+    maps[1] = 0.5  # a tie everywhere
+    maps[2, 3, 4] = float("nan")
+    maps[3] -= 0.7  # negative values count as 0
+    boxes = torch.rand(12, 4, generator=g) * 20
+    boxes[:, 2:] += boxes[:, :2]
+    boxes[4] = torch.tensor([5.0, 5.0, 4.0, 4.0])  # an empty region
+    regions = box_masks(boxes, (20, 24))
+    loop = torch.stack([box_masks([b[None]], (20, 24))[0] for b in boxes])
+    assert torch.equal(regions, loop)  # one box per map, vectorised: the per-box masks
+    evidence = torch.ones(12, dtype=torch.bool)
+    evidence[5] = False
+    got = _region_sums(maps, regions, evidence)
+    share = torch.where(evidence, energy_share(maps, regions).double(), 0.0)
+    hits = pointing_hits(maps, regions) & evidence
+    assert got == {
+        "energy_sum": float(share.sum()),
+        "hits": float(hits.sum()),
+        "maps": 12.0,
+        "no_evidence": 1.0,
+    }
