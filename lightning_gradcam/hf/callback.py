@@ -49,8 +49,10 @@ class GradCAMTrainerCallback(TrainerCallback):
     pass), and ``eval_<tag_prefix>/<layer>/skipped_passes`` (``hf.metrics``).
 
     The arguments are ``GradCAMCallback``'s (same meaning, same checks) where they apply:
-    ``layer`` (``None``: the model's default from its config), ``methods``,
-    ``num_samples``, ``target``, ``images``/``labels``/``boxes``/``masks`` (instead of the
+    ``layer`` (``None``: the model's default from its config), ``methods`` (``None``: the
+    task's defaults, ``CAMTask.default_methods``: classification ``gradcam``, ``gradcam++``;
+    segmentation ``gradcam``, ``hirescam``; resolved at train begin, when the task is
+    known; ``callback.methods`` says which), ``num_samples``, ``target``, ``images``/``labels``/``boxes``/``masks`` (instead of the
     first items of ``eval_dataset``, which may hold ``pixel_values``, ``labels`` and
     optionally ``boxes``/``masks``; segmentation ``labels`` are ``(H, W)`` class ids),
     ``batch_parser``, ``mean``/``std``, ``colormap``, ``alpha``, ``tag_prefix``,
@@ -65,7 +67,7 @@ class GradCAMTrainerCallback(TrainerCallback):
         self,
         layer: str | None = None,
         num_samples: int = 8,
-        methods: str | Sequence[str] = ("gradcam", "gradcam++"),
+        methods: str | Sequence[str] | None = None,
         target: Any = "auto",
         images: torch.Tensor | None = None,
         labels: torch.Tensor | Sequence[int] | None = None,
@@ -89,7 +91,8 @@ class GradCAMTrainerCallback(TrainerCallback):
         self.args = CallbackArguments.check(
             **kwargs, every_n_epochs=1, model=None, alarm_after_epoch=0
         )
-        self.layer, self.methods = self.args.layer, self.args.options.methods
+        self.layer = self.args.layer
+        self._methods_given = self.args.options.methods  # () for methods=None: the task's
         self.tag_prefix, self.on_error = self.args.prefix, self.args.on_error
         self._fixed = FixedSamples(self.args)
         self._guard = PassGuard("GradCAMTrainerCallback", self.on_error)
@@ -104,6 +107,14 @@ class GradCAMTrainerCallback(TrainerCallback):
     def task(self) -> CAMTask | None:
         """The task explained (chosen at train begin unless ``task=`` named it)."""
         return self._fixed.task
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The methods computed: those given, or (``methods=None``) the task's defaults
+        (``CAMTask.default_methods``) once the task is known at train begin (``()`` until
+        then)."""
+        task = self.task
+        return task.options.methods if task is not None else self._methods_given
 
     def _layer(self) -> str | None:
         return self.task.layer_name if self.task is not None else self.layer
@@ -204,11 +215,11 @@ class GradCAMTrainerCallback(TrainerCallback):
     def filmstrip(self, method: str | None = None) -> np.ndarray:
         """Rows = samples, columns = the input then one overlay per evaluation, ``uint8
         (H, W, 3)`` RGB; ``method`` defaults to the first one."""
+        if not self.history or self.task is None:  # before: methods=None has no methods yet
+            raise RuntimeError("no evaluation has run yet: train with the callback first")
         method = method or self.methods[0]
         if method not in self.methods:
             raise ValueError(f"method {method!r} was not computed; choose from {self.methods}")
-        if not self.history or self.task is None:
-            raise RuntimeError("no evaluation has run yet: train with the callback first")
         return self.task.filmstrip(method)
 
 

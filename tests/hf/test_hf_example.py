@@ -1,5 +1,6 @@
-"""examples/hf_trainer.py (the shortcut demo in the Trainer), shortened: the Trainer keeps the
-checkpoint the callback's energy_in_box picks, and both selections and the curves come out."""
+"""examples/hf_trainer.py (the shortcut demo in the Trainer), run as shipped (about 15 s on
+one core): the mark is learnt in the second phase, accuracy picks a checkpoint of that phase
+and energy_in_box one of the first, which looks at the shape; the Trainer keeps that one."""
 
 from __future__ import annotations
 
@@ -16,20 +17,21 @@ pytestmark = pytest.mark.timeout(240)
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "examples")
 
 
-def test_the_trainer_keeps_the_checkpoint_energy_in_box_picks(tmp_path, capsys):
+def test_energy_in_box_keeps_the_checkpoint_that_looks_at_the_shape(tmp_path, capsys):
     sys.path.insert(0, EXAMPLES)
     try:
         import hf_trainer
     finally:
         sys.path.remove(EXAMPLES)
-    out = hf_trainer.main(["--epochs", "4", "--train", "192", "--out", str(tmp_path)])
-    assert out["kept"] == f"checkpoint-{out['step_by_energy']}"
+    out = hf_trainer.main(["--out", str(tmp_path)])  # 10 epochs, the source switches after 5
+    by_energy, by_accuracy = out["by_energy"], out["by_accuracy"]
+    assert out["kept"] == f"checkpoint-{by_energy['step']}"
+    assert by_energy["epoch"] <= 5 < by_accuracy["epoch"]  # before / after the mark pays
+    assert by_accuracy["accuracy"] > by_energy["accuracy"] + 0.15
+    # The energy-best checkpoint's maps are on the shape, the accuracy-best's are not (the
+    # boxes cover 0.16 of the 32 fixed images: an even map scores that).
+    assert by_energy["energy_in_box"] > by_accuracy["energy_in_box"] + 0.1
+    assert by_energy["pointing_game"] >= 0.6 and by_accuracy["pointing_game"] <= 0.2
     printed = capsys.readouterr().out
-    assert (
-        f"best by energy_in_box: epoch {out['by_energy']}, step {out['step_by_energy']}" in printed
-    )
-    assert (
-        f"best by accuracy:      epoch {out['by_accuracy']}, step {out['step_by_accuracy']}"
-        in printed
-    )
+    assert f"the Trainer kept checkpoint-{by_energy['step']}" in printed
     assert (tmp_path / "curves.png").stat().st_size > 10_000
