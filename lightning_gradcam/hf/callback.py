@@ -87,9 +87,29 @@ class GradCAMTrainerCallback(TrainerCallback):
         on_error: str = "warn",
         task: str | type[CAMTask] | None = None,
     ):
-        kwargs = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        # One explanation per evaluation; the module is the Trainer's model.
         self.args = CallbackArguments.check(
-            **kwargs, every_n_epochs=1, model=None, alarm_after_epoch=0
+            layer=layer,
+            num_samples=num_samples,
+            methods=methods,
+            target=target,
+            images=images,
+            labels=labels,
+            boxes=boxes,
+            masks=masks,
+            batch_parser=batch_parser,
+            mean=mean,
+            std=std,
+            colormap=colormap,
+            alpha=alpha,
+            tag_prefix=tag_prefix,
+            max_image_size=max_image_size,
+            class_names=class_names,
+            filmstrip_size=filmstrip_size,
+            reshape=reshape,
+            faithfulness=faithfulness,
+            on_error=on_error,
+            task=task,
         )
         self.layer = self.args.layer
         self._methods_given = self.args.options.methods  # () for methods=None: the task's
