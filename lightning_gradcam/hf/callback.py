@@ -37,7 +37,7 @@ class GradCAMTrainerCallback(TrainerCallback):
         from lightning_gradcam import GradCAMTrainerCallback
         trainer = Trainer(model, args, train_dataset=train, eval_dataset=val,
                           callbacks=[GradCAMTrainerCallback(methods=("gradcam",))])
-        # TrainingArguments(metric_for_best_model="gradcam/vit.encoder.layer.1/gradcam/energy_in_box",
+        # TrainingArguments(metric_for_best_model="gradcam/vit.layers.0/gradcam/energy_in_box",
         #                   load_best_model_at_end=True, greater_is_better=True, ...)
 
     Tags (in the Trainer's TensorBoard run): ``<tag_prefix>/<layer>/<method>/{sample_NN,
