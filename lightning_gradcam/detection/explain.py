@@ -21,7 +21,10 @@ instance-specific map there.
 
 Rows of a batch are independent in eval mode (proposal rows in the ROI head, images in the
 backbone), so the targets whose rows differ share one backward of their sum: 16 detections
-on 16 different proposals cost one backward through the ROI head.
+on 16 different proposals cost one backward through the ROI head. A one-stage detection at an
+image-level layer takes its gradient at its level's head input on a crop of the head's
+receptive field (``dense_head.py``, ``core.detect.window``; RetinaNet's head, exact), then one
+batched backward per level carries them to the layer.
 """
 
 from __future__ import annotations
