@@ -21,7 +21,10 @@ instance-specific map there.
 
 Rows of a batch are independent in eval mode (proposal rows in the ROI head, images in the
 backbone), so the targets whose rows differ share one backward of their sum: 16 detections
-on 16 different proposals cost one backward through the ROI head.
+on 16 different proposals cost one backward through the ROI head. A one-stage detection at an
+image-level layer takes its gradient at its level's head input on a crop of the head's
+receptive field (``dense_head.py``, ``core.detect.window``; RetinaNet's head, exact), then one
+batched backward per level carries them to the layer.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from ..core.detector_sides import detector_side
 from ..core.layers import full_layer_name, resolve_layer, unwrap_model
 from ..core.layouts import Reshape
 from ..core.state import cam_mode, preserve_model_state
+from .dense_head import HeadWindow, head_input_gradients, head_window
 from .heads import Family, Origin, detector_family, recording_postprocess, recover_origins
 
 # ``own_gradients`` is the kernel's; imported from here by the YOLO side.
@@ -160,6 +164,9 @@ class DetectionCAM:
         self.modules = {
             n: resolve_layer(self.network, n, hint=DETECTION_LAYER_HINT) for n in self.layers
         }
+        self.window: HeadWindow | None = (
+            None if self.family.two_stage else head_window(self.network)
+        )
 
     def explain(
         self, images, max_detections: int | None = 10, *, choose: Choose | None = None
@@ -190,6 +197,9 @@ class DetectionCAM:
                 recording_postprocess(network, self.family) as record,
                 InputRecorder(network.backbone, grad_output=False) as padded,
                 InputRecorder(pooler, grad_output=False) as pool_inputs,
+                InputRecorder(
+                    None if self.window is None else self.window.entry, calls=64, grad_output=False
+                ) as head_inputs,
                 ActivationCapture(modules, grad_from_layer=single) as capture,
             ):
                 if single:  # autograd records only what runs after the layer
@@ -218,9 +228,17 @@ class DetectionCAM:
                 "image_sizes": image_sizes,
                 "padded_size": padded.input_size(),
             }
+            level_inputs = [inputs[0] for inputs, _ in head_inputs.calls]
             for name in self.layers:
                 self._explain_layer(
-                    name, capture.activations[name], flat, len(images), record, pooled, sizes
+                    name,
+                    capture.activations[name],
+                    flat,
+                    len(images),
+                    record,
+                    pooled,
+                    sizes,
+                    level_inputs,
                 )
         return results
 
@@ -311,7 +329,39 @@ class DetectionCAM:
             name, activation, levels, at_levels, image_of, None, DETECTION_LAYER_HINT
         )
 
-    def _explain_layer(self, name, calls, flat, num_images, record, pooled, sizes) -> None:
+    def _windowed(self, name, activation, origins: list[Origin], level_inputs, record):
+        """One-stage detections' gradients at an image-level layer: each one's gradient at
+        its level's head input on a crop (the kernel's windowed head), then one batched
+        backward per level to the layer; None where the head cannot be windowed (the caller
+        then goes back through the whole head)."""
+        window = self.window
+        shapes = [tuple(t.shape[-2:]) for t in level_inputs]
+        if (
+            window is None
+            or self.score != "logit"  # a probability goes through the sigmoid: dense path
+            or shapes != [tuple(t.shape[-2:]) for t in record.level_logits]
+        ):
+            return None
+        at_inputs = head_input_gradients(
+            window,
+            level_inputs,
+            [o.level for o in origins],
+            [o.image_index for o in origins],
+            [o.anchor_index for o in origins],
+            [o.label for o in origins],
+            torch.stack([o.logit.detach() for o in origins]),
+        )
+        if at_inputs is None:
+            return None
+        image_of = torch.tensor([o.image_index for o in origins], device=activation.device)
+        targets = torch.stack([o.logit for o in origins])
+        return pull_back_to_layer(
+            name, activation, level_inputs, at_inputs, image_of, targets, DETECTION_LAYER_HINT
+        )
+
+    def _explain_layer(
+        self, name, calls, flat, num_images, record, pooled, sizes, level_inputs=()
+    ) -> None:
         kind = self._kind(name, calls, num_images, record)
         origins = [origin for origin, _ in flat]
         # A list, not a stacked tensor: each level's backward then reads its own graph only.
@@ -325,8 +375,13 @@ class DetectionCAM:
         else:
             activation = calls[0]
             acts = [activation[owner] for owner in owners]
+            windowed = None
+            if kind == "image" and not self.family.two_stage:
+                windowed = self._windowed(name, activation, origins, level_inputs, record)
             if kind == "image" and self.family.two_stage:
                 grads = self._pooled_pullback(name, activation, origins, pooled)
+            elif windowed is not None:
+                grads = windowed
             else:
                 # One-stage: a level's detections go back through their level's head only.
                 groups = None if self.family.two_stage else [o.level or 0 for o in origins]

@@ -14,6 +14,9 @@ and its own post-processing (NMS). Everything else is here, framework-free (torc
 - :mod:`.pullback` -- :func:`pooler_pullback` (per-ROI gradients pulled back through the
   framework's own pooler, given as a callable) and :func:`pull_back_to_layer` (from a
   reader's inputs to any image-level layer upstream);
+- :mod:`.window` -- :func:`local_radius`, :func:`windowed_head_gradients` and
+  :func:`level_input_gradients`: a dense head's per-detection gradients at its input, on one
+  crop per detection (exact for heads of 'same' convolutions and pointwise modules);
 - :mod:`.attach` -- :func:`attach_maps`, the CAM methods applied to each detection's
   (activation, gradient) and the maps placed in its image;
 - :mod:`.options` -- ``methods=``, ``score=``, ``reshape=`` and ``choose=``, the options
@@ -22,7 +25,9 @@ and its own post-processing (NMS). Everything else is here, framework-free (torc
 A one-stage detector whose head outputs per-anchor class logits at several levels is
 explained by: an :class:`InputRecorder` on the head (its per-level inputs), the targets
 ``logits[level][image, anchor row, class channel]``, :func:`level_gradients` at the head
-inputs, :func:`pull_back_to_layer` to an image-level layer, :func:`attach_maps`.
+inputs, :func:`pull_back_to_layer` to an image-level layer, :func:`attach_maps`. At an
+image-level layer, a head :func:`local_radius` accepts takes its gradients at the head inputs
+from :func:`level_input_gradients` (one small backward per level) before the pull-back.
 """
 
 from .attach import attach_maps
@@ -38,6 +43,7 @@ from .options import (
 from .pullback import pooler_pullback, pull_back_to_layer
 from .recorders import InputRecorder
 from .rows import level_gradients, own_gradients
+from .window import level_input_gradients, local_radius, windowed_head_gradients
 
 __all__ = [
     "InputRecorder",
@@ -51,8 +57,11 @@ __all__ = [
     "depends_on",
     "is_clone_of",
     "level_gradients",
+    "level_input_gradients",
+    "local_radius",
     "own_gradients",
     "pooler_pullback",
     "pull_back_to_layer",
     "require_dependence",
+    "windowed_head_gradients",
 ]
