@@ -148,11 +148,19 @@ class GradCAMYOLOCallback:
         if not callable(getattr(yolo, "add_callback", None)):
             raise TypeError(
                 f"attach takes an Ultralytics YOLO model (ultralytics.YOLO), got "
-                f"{type(yolo).__name__}"
+                f"{type(yolo).__name__}; pass the YOLO wrapper whose .train() you call, "
+                "e.g. YOLO('yolo11n.yaml')"
             )
         if self._attached_to is not None:
             raise RuntimeError("this GradCAMYOLOCallback is attached already; make a new one")
-        YOLODetectionCAM(yolo, layer=self.layer, methods=self.methods, conf=self.conf, iou=self.iou)
+        try:
+            YOLODetectionCAM(
+                yolo, layer=self.layer, methods=self.methods, conf=self.conf, iou=self.iou
+            )
+        except TypeError as error:
+            raise TypeError(
+                f"GradCAMYOLOCallback explains YOLO detection models (task 'detect'): {error}"
+            ) from None
         for event in _EVENTS:
             yolo.add_callback(event, getattr(self, event))
         self._attached_to = id(yolo)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.capture import ActivationCapture
+from ..core.detect.graph import require_dependence
 from ..core.detections import Detection, place_maps
 from ..core.layers import full_layer_name, resolve_layer
 from ..core.methods import check_methods, compute_cam
@@ -254,6 +255,16 @@ class YOLODetectionCAM:
                 per.append(det)
                 flat.append((det, logit))
             results.append(per)
+        if self.module is not None:
+            # Checked with or without detections, so the callback's trial pass refuses a
+            # layer before training even when a random-init model detects nothing yet.
+            calls = capture.activations[self.layer]
+            if len(calls) != 1 or calls[0].dim() != 4:
+                raise ValueError(
+                    f"layer {self.layer!r} must run once per forward and give (B, C, h, w); "
+                    + _HINT
+                )
+            require_dependence(self.layer, preds["scores"], calls[0], _HINT)
         if not flat:
             return results
         if self.module is None:
@@ -262,12 +273,6 @@ class YOLODetectionCAM:
                 groups.setdefault(det.level, []).append(i)
             work = [(levels[level], members) for level, members in groups.items()]
         else:
-            calls = capture.activations[self.layer]
-            if len(calls) != 1 or calls[0].dim() != 4:
-                raise ValueError(
-                    f"layer {self.layer!r} must run once per forward and give (B, C, h, w); "
-                    + _HINT
-                )
             work = [(calls[0], list(range(len(flat))))]
         padded = tuple(int(s) for s in batch.shape[-2:])
         for activation, members in work:

@@ -15,16 +15,12 @@ def shapes_data(root: Path) -> Path:
     return write_shapes_dataset(root / "data", num_train=8, num_val=4, size=64, seed=0)
 
 
-def train(data: Path, root: Path, name: str, callback=None, epochs: int = 2, model="yolov8n.yaml"):
-    """``YOLO(model).train(...)`` at random init (seed 0), with ``callback`` attached."""
-    torch.manual_seed(0)
-    yolo = ultralytics.YOLO(model)
-    if callback is not None:
-        callback.attach(yolo)
-    yolo.train(
+def train_options(data: Path, root: Path, name: str, epochs: int = 2, imgsz: int = 64) -> dict:
+    """The ``YOLO.train`` options of every test run: CPU, deterministic, no plots."""
+    return dict(
         data=str(data),
         epochs=epochs,
-        imgsz=64,
+        imgsz=imgsz,
         batch=4,
         workers=0,
         device="cpu",
@@ -37,4 +33,25 @@ def train(data: Path, root: Path, name: str, callback=None, epochs: int = 2, mod
         seed=0,
         deterministic=True,
     )
+
+
+def train(
+    data: Path,
+    root: Path,
+    name: str,
+    callback=None,
+    epochs: int = 2,
+    model="yolov8n.yaml",
+    others=(),
+    imgsz: int = 64,
+):
+    """``YOLO(model).train(...)`` at random init (seed 0), with ``callback`` attached, then
+    ``others`` (objects with an ``attach(yolo)``, registered after it)."""
+    torch.manual_seed(0)
+    yolo = ultralytics.YOLO(model)
+    if callback is not None:
+        callback.attach(yolo)
+    for other in others:
+        other.attach(yolo)
+    yolo.train(**train_options(data, root, name, epochs, imgsz))
     return yolo
