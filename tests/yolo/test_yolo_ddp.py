@@ -12,34 +12,16 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
 ultralytics = pytest.importorskip("ultralytics")
 
 from cam_events import read_events  # noqa: E402
-from yolo_runs import shapes_data, train_options  # noqa: E402
+from yolo_runs import run_python, shapes_data, train_options  # noqa: E402
 
 from lightning_gradcam import GradCAMYOLOCallback  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _python(args, env=None, timeout=300):
-    """Run ``python args`` with this checkout first on the path (``env`` added: what
-    ``torch.distributed.run`` sets for a worker); stdout, or its output on failure."""
-    env = {**os.environ, **(env or {})}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    done = subprocess.run(
-        [sys.executable, *args], env=env, capture_output=True, text=True, timeout=timeout
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done.stdout
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +39,7 @@ def test_a_ddp_worker_rebuilt_from_ultralytics_state_file_runs_the_callback(data
     trainer = DetectionTrainer(overrides=options, _callbacks=yolo.callbacks)
     script = generate_ddp_file(trainer)  # what Ultralytics' DDP launcher hands each worker
     try:
-        _python([script])
+        run_python([script])
     finally:
         ddp_cleanup(trainer, script)
     save_dir = tmp_path / "worker"
@@ -100,7 +82,7 @@ _RANK_ONE = textwrap.dedent(
 
 def test_a_worker_of_rank_other_than_zero_takes_no_samples_and_writes_nothing(data, tmp_path):
     options = {**train_options(data, tmp_path, "rank1", epochs=1), "model": "yolov8n.yaml"}
-    out = _python(
+    out = run_python(
         ["-c", _RANK_ONE, json.dumps(options)],
         env={"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2"},
         timeout=120,

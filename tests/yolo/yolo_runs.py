@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -55,3 +58,18 @@ def train(
         other.attach(yolo)
     yolo.train(**train_options(data, root, name, epochs, imgsz))
     return yolo
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_python(args, env=None, drop=(), timeout=300) -> str:
+    """Run ``python args`` in a fresh process with this checkout first on the path, ``env``
+    added and the variables ``drop`` removed; its stdout, or its output's tail on failure."""
+    env = {k: v for k, v in {**os.environ, **(env or {})}.items() if k not in drop}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
