@@ -30,6 +30,7 @@ from ..core.layers import full_layer_name, resolve_layer
 from ..core.methods import check_methods, compute_cam
 from ..core.state import cam_mode, preserve_model_state
 from ..detection.explain import own_gradients
+from .windows import receptive_radius, windowed_gradients
 
 __all__ = ["YOLODetectionCAM", "is_ultralytics_model", "HEAD_INPUT"]
 
@@ -162,6 +163,9 @@ class YOLODetectionCAM:
             self.layer = full_layer_name(self.network, layer, hint=_HINT)
             self.module = resolve_layer(self.network, self.layer, hint=_HINT)
         self.layers = [self.layer]
+        # Detections with disjoint windows share a backward (windows.py); False: one round per
+        # detection of an image, as the other detector sides do (the tests compare the two).
+        self.windowed = True
 
     def _batch(self, images: list[torch.Tensor], device) -> torch.Tensor:
         stride = int(max(32, int(self.network.stride.max())))
@@ -271,13 +275,21 @@ class YOLODetectionCAM:
             groups: dict[int, list[int]] = {}
             for i, (det, _) in enumerate(flat):
                 groups.setdefault(det.level, []).append(i)
-            work = [(levels[level], members) for level, members in groups.items()]
+            work = [(levels[level], members, level) for level, members in groups.items()]
         else:
-            work = [(calls[0], list(range(len(flat))))]
+            work = [(calls[0], list(range(len(flat))), None)]
         padded = tuple(int(s) for s in batch.shape[-2:])
-        for activation, members in work:
+        for activation, members, level in work:
             owners = [flat[i][0].image_index for i in members]
-            grads = own_gradients([flat[i][1] for i in members], owners, activation, self.layer)
+            targets = [flat[i][1] for i in members]
+            radius = None if level is None else receptive_radius(self.head.cv3[level])
+            if radius is None or not self.windowed:
+                grads = own_gradients(targets, owners, activation, self.layer)
+            else:
+                width = int(activation.shape[-1])
+                local = [flat[i][0].anchor_index - starts[level] for i in members]
+                cells = [(a // width, a % width) for a in local]
+                grads = windowed_gradients(targets, owners, cells, activation, radius)
             for j, i in enumerate(members):
                 det = flat[i][0]
                 a, g = activation[owners[j]][None].detach(), grads[j][None]
