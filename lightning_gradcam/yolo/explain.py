@@ -138,6 +138,10 @@ class YOLODetectionCAM:
             layer name (``"model.15"``) run once per image batch.
         methods: CAM methods from the registry (not the guided ones).
         conf, iou: ``non_max_suppression`` thresholds (Ultralytics' predict defaults).
+
+    At the head's input, detections of one image whose windows there do not overlap share
+    one backward (``yolo/windows.py``); ``cam.windowed = False`` gives each its own round
+    (the same maps, slower).
     """
 
     def __init__(
