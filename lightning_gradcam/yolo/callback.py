@@ -72,8 +72,14 @@ class GradCAMYOLOCallback:
 
     Wrong arguments fail in the constructor or ``attach`` (the layer, against the model);
     samples, model and layer that cannot be explained fail at the trial pass before the
-    first epoch. Under Ultralytics DDP the callback travels to every worker and only rank 0
-    computes and writes (no collective call).
+    first epoch.
+
+    Under Ultralytics DDP (``device="0,1"``), Ultralytics pickles the trainer's callbacks
+    into every worker it launches: rank 0 takes the samples, explains the EMA model it
+    validated and writes, the other ranks do nothing (no collective call; they wait for
+    rank 0 at Ultralytics' own end-of-epoch broadcast, as they do for its validation). The
+    callback object in the launching process is not the one that ran: its ``history`` stays
+    empty, and the results are in the run's ``save_dir`` (``results.csv``, event files).
     """
 
     def __init__(
@@ -147,11 +153,19 @@ class GradCAMYOLOCallback:
         if not callable(getattr(yolo, "add_callback", None)):
             raise TypeError(
                 f"attach takes an Ultralytics YOLO model (ultralytics.YOLO), got "
-                f"{type(yolo).__name__}"
+                f"{type(yolo).__name__}; pass the YOLO wrapper whose .train() you call, "
+                "e.g. YOLO('yolo11n.yaml')"
             )
         if self._attached_to is not None:
             raise RuntimeError("this GradCAMYOLOCallback is attached already; make a new one")
-        YOLODetectionCAM(yolo, layer=self.layer, methods=self.methods, conf=self.conf, iou=self.iou)
+        try:
+            YOLODetectionCAM(
+                yolo, layer=self.layer, methods=self.methods, conf=self.conf, iou=self.iou
+            )
+        except TypeError as error:
+            raise TypeError(
+                f"GradCAMYOLOCallback explains YOLO detection models (task 'detect'): {error}"
+            ) from None
         for event in _EVENTS:
             yolo.add_callback(event, getattr(self, event))
         self._attached_to = id(yolo)

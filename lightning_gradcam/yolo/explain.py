@@ -24,11 +24,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.capture import ActivationCapture
+from ..core.detect.graph import require_dependence
 from ..core.detections import Detection, place_maps
 from ..core.layers import full_layer_name, resolve_layer
 from ..core.methods import check_methods, compute_cam
 from ..core.state import cam_mode, preserve_model_state
 from ..detection.explain import own_gradients
+from .windows import receptive_radius, windowed_gradients
 
 __all__ = ["YOLODetectionCAM", "is_ultralytics_model", "HEAD_INPUT"]
 
@@ -136,6 +138,10 @@ class YOLODetectionCAM:
             layer name (``"model.15"``) run once per image batch.
         methods: CAM methods from the registry (not the guided ones).
         conf, iou: ``non_max_suppression`` thresholds (Ultralytics' predict defaults).
+
+    At the head's input, detections of one image whose windows there do not overlap share
+    one backward (``yolo/windows.py``); ``cam.windowed = False`` gives each its own round
+    (the same maps, slower).
     """
 
     def __init__(
@@ -161,6 +167,9 @@ class YOLODetectionCAM:
             self.layer = full_layer_name(self.network, layer, hint=_HINT)
             self.module = resolve_layer(self.network, self.layer, hint=_HINT)
         self.layers = [self.layer]
+        # Detections with disjoint windows share a backward (windows.py); False: one round per
+        # detection of an image, as the other detector sides do (the tests compare the two).
+        self.windowed = True
 
     def _batch(self, images: list[torch.Tensor], device) -> torch.Tensor:
         stride = int(max(32, int(self.network.stride.max())))
@@ -254,25 +263,37 @@ class YOLODetectionCAM:
                 per.append(det)
                 flat.append((det, logit))
             results.append(per)
-        if not flat:
-            return results
-        if self.module is None:
-            groups: dict[int, list[int]] = {}
-            for i, (det, _) in enumerate(flat):
-                groups.setdefault(det.level, []).append(i)
-            work = [(levels[level], members) for level, members in groups.items()]
-        else:
+        if self.module is not None:
+            # Checked with or without detections, so the callback's trial pass refuses a
+            # layer before training even when a random-init model detects nothing yet.
             calls = capture.activations[self.layer]
             if len(calls) != 1 or calls[0].dim() != 4:
                 raise ValueError(
                     f"layer {self.layer!r} must run once per forward and give (B, C, h, w); "
                     + _HINT
                 )
-            work = [(calls[0], list(range(len(flat))))]
+            require_dependence(self.layer, preds["scores"], calls[0], _HINT)
+        if not flat:
+            return results
+        if self.module is None:
+            groups: dict[int, list[int]] = {}
+            for i, (det, _) in enumerate(flat):
+                groups.setdefault(det.level, []).append(i)
+            work = [(levels[level], members, level) for level, members in groups.items()]
+        else:
+            work = [(calls[0], list(range(len(flat))), None)]
         padded = tuple(int(s) for s in batch.shape[-2:])
-        for activation, members in work:
+        for activation, members, level in work:
             owners = [flat[i][0].image_index for i in members]
-            grads = own_gradients([flat[i][1] for i in members], owners, activation, self.layer)
+            targets = [flat[i][1] for i in members]
+            radius = None if level is None else receptive_radius(self.head.cv3[level])
+            if radius is None or not self.windowed:
+                grads = own_gradients(targets, owners, activation, self.layer)
+            else:
+                width = int(activation.shape[-1])
+                local = [flat[i][0].anchor_index - starts[level] for i in members]
+                cells = [(a // width, a % width) for a in local]
+                grads = windowed_gradients(targets, owners, cells, activation, radius)
             for j, i in enumerate(members):
                 det = flat[i][0]
                 a, g = activation[owners[j]][None].detach(), grads[j][None]

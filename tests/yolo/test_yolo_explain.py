@@ -90,3 +90,31 @@ def test_other_tasks_and_bad_input():
         cam.explain([torch.zeros(3, 64, 64, dtype=torch.uint8)])
     with pytest.raises(Exception, match="model.99"):
         DetectionCAM(yolo, layer="model.99")
+
+
+def test_detections_sharing_a_backward_get_the_maps_of_one_at_a_time(yolo):
+    """Detections whose head-input windows are disjoint share one backward (yolo/windows.py);
+    their maps equal those of one backward per detection."""
+    from lightning_gradcam.yolo.windows import receptive_radius
+
+    assert [receptive_radius(branch) for branch in yolo.model.model[-1].cv3] == [2, 2, 2]
+    torch.manual_seed(2)
+    images = [torch.rand(3, 160, 192), torch.rand(3, 128, 128)]
+    methods = ("gradcam", "gradcam++", "hirescam")
+    shared = DetectionCAM(yolo, conf=0.0, methods=methods)
+    alone = DetectionCAM(yolo, conf=0.0, methods=methods)
+    alone.windowed = False
+    fast = shared.explain(images, max_detections=16)
+    slow = alone.explain(images, max_detections=16)
+    assert len({d.level for dets in fast for d in dets}) >= 2
+    for fast_dets, slow_dets in zip(fast, slow):
+        assert len(fast_dets) == len(slow_dets) == 16
+        for a, b in zip(fast_dets, slow_dets):
+            assert (a.rank, a.anchor_index, a.evidence) == (b.rank, b.anchor_index, b.evidence)
+            for method in methods:
+                # random-init layer maps are ~1e-11: compared relative to their peak
+                peak = b.layer_maps[method].abs().max().clamp_min(1e-30)
+                torch.testing.assert_close(
+                    a.layer_maps[method] / peak, b.layer_maps[method] / peak, atol=1e-5, rtol=0
+                )
+                torch.testing.assert_close(a.maps[method], b.maps[method], atol=1e-5, rtol=0)
