@@ -110,8 +110,9 @@ def _table_tags(page: str, heading: str) -> dict[str, str]:
             "## What is logged",
         ),
         ("detectron2_hooks.hook", "GradCAMHook", "detectron2.md", "### Tags"),
+        ("lightning_gradcam.yolo.callback", "GradCAMYOLOCallback", "yolo.md", "### Tags"),
     ],
-    ids=["GradCAMCallback", "GradCAMHook"],
+    ids=["GradCAMCallback", "GradCAMHook", "GradCAMYOLOCallback"],
 )
 def test_a_public_class_docstring_lists_the_tags_its_page_documents(where):
     module, name, page, heading = where

@@ -47,15 +47,25 @@ class GradCAMYOLOCallback:
     the Detect head's input for its level (``layer=None``) or at a named layer. The model
     explained is the one just validated: the EMA.
 
-    Tags, in TensorBoard under the run's ``save_dir`` (Ultralytics' own event files when
-    its TensorBoard callback is on), at step ``epoch + 1`` as Ultralytics logs:
-    ``<tag_prefix>/<layer>/<method>/{object_NN, grid, filmstrip}`` (pictures: the
-    ground-truth box green, the detection's box yellow, or "missed") and
-    ``<tag_prefix>/<layer>/<method>/{energy_in_box, pointing_game, found_rate,
-    no_evidence_rate, drift_vs_prev, drift_vs_first}`` (``<layer>`` is ``head_input`` by
-    default). The scalars are also columns of ``results.csv`` and keys of
+    The pictures and scalars go to TensorBoard under the run's ``save_dir`` (Ultralytics'
+    own event files when its TensorBoard callback is on), at step ``epoch + 1`` as
+    Ultralytics logs. The scalars are also columns of ``results.csv`` and keys of
     ``trainer.metrics``: a missed object, or a map without positive evidence, counts 0 in
     ``energy_in_box`` and ``pointing_game``; drift is ``nan`` at the first pass.
+
+    Logged tags (under ``<tag_prefix>/<layer>/``; ``<layer>`` is ``head_input`` by
+    default; ``docs/yolo.md#tags``):
+
+    - ``<method>/object_NN``: image: object NN's tile (ground truth green, detection yellow)
+    - ``<method>/grid``: image: every object's tile
+    - ``<method>/filmstrip``: image: rows = objects, columns = passes
+    - ``<method>/energy_in_box``: scalar: share of the map in the object's box
+    - ``<method>/pointing_game``: scalar: share of maps peaking in the box
+    - ``<method>/found_rate``: scalar: share of the objects a detection found
+    - ``<method>/no_evidence_rate``: scalar: share of found objects without evidence
+    - ``<method>/drift_vs_prev``: scalar: ``1 - Pearson`` against the previous pass
+    - ``<method>/drift_vs_first``: scalar: the same against the first pass
+    - ``skipped_passes``: scalar: failed passes so far
 
     Args:
         layer: None (the Detect head's input at each detection's level) or a dotted layer
