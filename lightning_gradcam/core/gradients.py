@@ -6,7 +6,7 @@ import warnings
 
 import torch
 
-__all__ = ["GRADIENT_BUDGET", "row_gradients", "batched_gradients"]
+__all__ = ["GRADIENT_BUDGET", "row_gradients", "batched_gradients", "batched_vjp"]
 
 #: Elements of gradient one batched backward may produce (256 MB float32): the one memory
 #: budget of every batched gradient (classification columns, detection rounds, pull-backs).
@@ -65,6 +65,42 @@ def batched_gradients(
         )
         grads.append(grad)
     return torch.stack(grads)
+
+
+def batched_vjp(
+    outputs: torch.Tensor, inputs: torch.Tensor, grad_outputs: torch.Tensor
+) -> torch.Tensor:
+    """``(K, *inputs.shape)``: for each of the ``K`` vectors ``grad_outputs[k]`` (shaped like
+    ``outputs``), the vector-Jacobian product ``grad_outputs[k]^T d outputs / d inputs``.
+
+    One vectorised backward (``is_grads_batched=True``), keeping the graph; if an op on the
+    path has no batching rule, a loop of ``K`` backwards with one warning.
+    """
+    try:
+        (grads,) = torch.autograd.grad(
+            outputs,
+            inputs,
+            grad_outputs=grad_outputs,
+            is_grads_batched=True,
+            retain_graph=True,
+            allow_unused=True,
+            materialize_grads=True,
+        )
+        return grads
+    except RuntimeError as error:  # an op on the path cannot be vmapped
+        warnings.warn(
+            f"batched gradients failed ({str(error).splitlines()[0]}); "
+            f"falling back to {len(grad_outputs)} separate backward passes",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    grads = [
+        torch.autograd.grad(
+            outputs, inputs, grad_outputs=g, retain_graph=True, materialize_grads=True
+        )[0]
+        for g in grad_outputs
+    ]
+    return torch.stack(grads) if grads else inputs.new_zeros((0, *inputs.shape))
 
 
 def row_gradients(scores: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,12 @@ stride 1) and ``cls_logits`` (3x3) on each level's feature ``(N, 256, H, W)``; i
 computed on an 11x11 crop (``core.detect.window``). FCOS's and RetinaNet v2's heads have
 GroupNorm: :func:`head_window` returns None for them, and their detections go back through
 the whole level (``own_gradients``).
+
+When the layer explained is upstream of the FPN, a level's window also takes in the FPN's
+output convolution of that level (``fpn.layer_blocks[l]``, a 3x3 stride-1 convolution: a
+13x13 crop of its input): the pull-back then starts from the FPN's inner feature, and the
+dense backward through that 256-channel convolution at the level's full size, once per
+detection, is cut to a crop as well.
 """
 
 from __future__ import annotations
@@ -17,9 +23,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..core.detect import level_input_gradients, local_radius
+from ..core.detect import depends_on, local_radius, windowed_head_gradients
 
-__all__ = ["HeadWindow", "head_window", "head_input_gradients"]
+__all__ = ["HeadWindow", "fpn_stems", "head_window", "head_input_gradients"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,18 @@ def head_window(network: nn.Module) -> HeadWindow | None:
     return HeadWindow(modules, radius, anchors, conv)
 
 
+def fpn_stems(network: nn.Module) -> tuple[nn.Module, ...]:
+    """The FPN's per-level output convolutions (``backbone.fpn.layer_blocks``, P3 first)
+    that can join a level's window; empty when there is no such FPN or one of them is not a
+    stride-1 'same' convolution."""
+    blocks = getattr(getattr(getattr(network, "backbone", None), "fpn", None), "layer_blocks", None)
+    if not isinstance(blocks, nn.ModuleList) or not len(blocks):
+        return ()
+    if any(local_radius([block]) is None for block in blocks):
+        return ()
+    return tuple(blocks)
+
+
 def head_input_gradients(
     window: HeadWindow,
     level_inputs: Sequence[torch.Tensor],
@@ -56,27 +74,56 @@ def head_input_gradients(
     anchor_rows: Sequence[int],
     labels: Sequence[int],
     logits: torch.Tensor,
-) -> list[torch.Tensor | None] | None:
-    """Per level, each detection's gradient at that level's head input (see
-    ``core.detect.level_input_gradients``), from its level, image, anchor row and class;
-    ``logits`` ``(D,)`` are the recorded logits, checked against the recomputed ones."""
+    stems: Sequence[nn.Module] = (),
+    stem_inputs: Sequence[torch.Tensor | None] = (),
+    activation: torch.Tensor | None = None,
+) -> tuple[list[torch.Tensor], list[torch.Tensor | None]] | None:
+    """Per level, the reader input and each detection's gradient at it (zero for the
+    detections of other levels, None for a level none reads): the ``reader_inputs`` and
+    ``reader_grads`` of ``core.detect.pull_back_to_layer``. The reader of level ``l`` is
+    the head's input, or, where ``stems[l]`` ran on ``stem_inputs[l]`` and that input
+    depends on ``activation`` (the layer is upstream of the FPN), the FPN's inner feature
+    before that stem. ``logits`` ``(D,)`` are the recorded logits, checked against the
+    recomputed ones (None on a mismatch: the caller's dense path)."""
     classes = window.modules[-1].out_channels // window.anchors
-    rows, cols, channels = [], [], []
-    for level, row, label in zip(levels, anchor_rows, labels):
+    readers: list[torch.Tensor] = list(level_inputs)
+    grads: list[torch.Tensor | None] = [None] * len(level_inputs)
+    count = len(levels)
+    for level in sorted(set(levels)):
+        idx = [d for d in range(count) if levels[d] == level]
         width = level_inputs[level].shape[-1]
-        position, anchor = divmod(int(row), window.anchors)
-        y, x = divmod(position, width)
-        rows.append(y)
-        cols.append(x)
-        channels.append(anchor * classes + int(label))
-    return level_input_gradients(
-        window.modules,
-        window.radius,
-        level_inputs,
-        list(levels),
-        list(owners),
-        rows,
-        cols,
-        channels,
-        expected=logits,
-    )
+        rows, cols, channels = [], [], []
+        for d in idx:
+            position, anchor = divmod(int(anchor_rows[d]), window.anchors)
+            y, x = divmod(position, width)
+            rows.append(y)
+            cols.append(x)
+            channels.append(anchor * classes + int(labels[d]))
+        modules, radius = window.modules, window.radius
+        stem_input = stem_inputs[level] if level < len(stem_inputs) else None
+        if (
+            stem_input is not None
+            and level < len(stems)
+            and activation is not None
+            and stem_input.shape[-2:] == level_inputs[level].shape[-2:]
+            and depends_on(stem_input, activation)
+        ):
+            modules = (stems[level], *modules)
+            radius += local_radius([stems[level]])
+            readers[level] = stem_input
+        level_grads = windowed_head_gradients(
+            modules,
+            radius,
+            readers[level],
+            [owners[d] for d in idx],
+            rows,
+            cols,
+            channels,
+            logits[idx],
+        )
+        if level_grads is None:
+            return None
+        full = level_grads.new_zeros((count, *level_grads.shape[1:]))
+        full[idx] = level_grads
+        grads[level] = full
+    return readers, grads

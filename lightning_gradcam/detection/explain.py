@@ -29,6 +29,7 @@ batched backward per level carries them to the layer.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -53,7 +54,7 @@ from ..core.detector_sides import detector_side
 from ..core.layers import full_layer_name, resolve_layer, unwrap_model
 from ..core.layouts import Reshape
 from ..core.state import cam_mode, preserve_model_state
-from .dense_head import HeadWindow, head_input_gradients, head_window
+from .dense_head import HeadWindow, fpn_stems, head_input_gradients, head_window
 from .heads import Family, Origin, detector_family, recording_postprocess, recover_origins
 
 # ``own_gradients`` is the kernel's; imported from here by the YOLO side.
@@ -167,6 +168,7 @@ class DetectionCAM:
         self.window: HeadWindow | None = (
             None if self.family.two_stage else head_window(self.network)
         )
+        self.stems = () if self.window is None else fpn_stems(self.network)
 
     def explain(
         self, images, max_detections: int | None = 10, *, choose: Choose | None = None
@@ -201,7 +203,12 @@ class DetectionCAM:
                     None if self.window is None else self.window.entry, calls=64, grad_output=False
                 ) as head_inputs,
                 ActivationCapture(modules, grad_from_layer=single) as capture,
+                contextlib.ExitStack() as stems,
             ):
+                stem_inputs = [
+                    stems.enter_context(InputRecorder(stem, grad_output=False))
+                    for stem in self.stems
+                ]
                 if single:  # autograd records only what runs after the layer
                     with torch.no_grad():
                         outputs = network(inputs)
@@ -229,6 +236,8 @@ class DetectionCAM:
                 "padded_size": padded.input_size(),
             }
             level_inputs = [inputs[0] for inputs, _ in head_inputs.calls]
+            # the FPN's inner features, before each level's output convolution
+            inner = [r.inputs[0] if r.inputs else None for r in stem_inputs]
             for name in self.layers:
                 self._explain_layer(
                     name,
@@ -239,6 +248,7 @@ class DetectionCAM:
                     pooled,
                     sizes,
                     level_inputs,
+                    inner,
                 )
         return results
 
@@ -329,7 +339,7 @@ class DetectionCAM:
             name, activation, levels, at_levels, image_of, None, DETECTION_LAYER_HINT
         )
 
-    def _windowed(self, name, activation, origins: list[Origin], level_inputs, record):
+    def _windowed(self, name, activation, origins: list[Origin], level_inputs, inner, record):
         """One-stage detections' gradients at an image-level layer: each one's gradient at
         its level's head input on a crop (the kernel's windowed head), then one batched
         backward per level to the layer; None where the head cannot be windowed (the caller
@@ -342,7 +352,7 @@ class DetectionCAM:
             or shapes != [tuple(t.shape[-2:]) for t in record.level_logits]
         ):
             return None
-        at_inputs = head_input_gradients(
+        read = head_input_gradients(
             window,
             level_inputs,
             [o.level for o in origins],
@@ -350,17 +360,21 @@ class DetectionCAM:
             [o.anchor_index for o in origins],
             [o.label for o in origins],
             torch.stack([o.logit.detach() for o in origins]),
+            stems=self.stems,
+            stem_inputs=inner,
+            activation=activation,
         )
-        if at_inputs is None:
+        if read is None:
             return None
+        readers, at_readers = read
         image_of = torch.tensor([o.image_index for o in origins], device=activation.device)
         targets = torch.stack([o.logit for o in origins])
         return pull_back_to_layer(
-            name, activation, level_inputs, at_inputs, image_of, targets, DETECTION_LAYER_HINT
+            name, activation, readers, at_readers, image_of, targets, DETECTION_LAYER_HINT
         )
 
     def _explain_layer(
-        self, name, calls, flat, num_images, record, pooled, sizes, level_inputs=()
+        self, name, calls, flat, num_images, record, pooled, sizes, level_inputs=(), inner=()
     ) -> None:
         kind = self._kind(name, calls, num_images, record)
         origins = [origin for origin, _ in flat]
@@ -377,7 +391,7 @@ class DetectionCAM:
             acts = [activation[owner] for owner in owners]
             windowed = None
             if kind == "image" and not self.family.two_stage:
-                windowed = self._windowed(name, activation, origins, level_inputs, record)
+                windowed = self._windowed(name, activation, origins, level_inputs, inner, record)
             if kind == "image" and self.family.two_stage:
                 grads = self._pooled_pullback(name, activation, origins, pooled)
             elif windowed is not None:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ..gradients import GRADIENT_BUDGET, batched_gradients
+from ..gradients import GRADIENT_BUDGET, batched_vjp
 from .graph import depends_on, is_clone_of, require_dependence
 
 __all__ = ["Pool", "pooler_pullback", "pull_back_to_layer"]
@@ -122,9 +122,10 @@ def pull_back_to_layer(
             pooler output): the reader's inputs are checked instead.
 
     A layer whose output is itself a reader input takes the gradient as it is; a layer
-    upstream goes through one batched backward per level, of the detections whose gradient
-    at that level is not zero (chunked under the gradient budget), so that a detection goes
-    back through the part of the graph it reads only.
+    upstream goes through one batched backward per level (a vectorised vector-Jacobian
+    product of the reader input, each detection's gradient in its own image's slot), of the
+    detections whose gradient at that level is not zero (chunked under the gradient budget),
+    so that a detection goes back through the part of the graph it reads only.
     """
     if targets is not None:
         require_dependence(name, targets, activation, hint)
@@ -133,7 +134,6 @@ def pull_back_to_layer(
     count = len(image_of)
     grad = activation.new_zeros((count, *activation.shape[1:]))
     image_of = image_of.to(activation.device)
-    chunk = max(1, GRADIENT_BUDGET // max(1, activation.numel()))
     for reader_input, level_grads in zip(reader_inputs, reader_grads):
         if level_grads is None:
             continue
@@ -144,10 +144,15 @@ def pull_back_to_layer(
             continue  # this level does not see the layer: zero gradient
         # Only the detections that read this level go back through its part of the graph.
         rows = torch.nonzero(level_grads.flatten(1).any(dim=1)).flatten().to(grad.device)
+        chunk = max(1, GRADIENT_BUDGET // max(1, activation.numel(), reader_input.numel()))
         for start in range(0, len(rows), chunk):
             part = rows[start : start + chunk]
             images = image_of[part]
-            inner = (reader_input[images] * level_grads[part].to(reader_input)).flatten(1).sum(1)
-            batched = batched_gradients(inner, activation, retain_graph=True)
-            grad[part] += batched[torch.arange(len(part), device=grad.device), images].to(grad)
+            picked = torch.arange(len(part), device=grad.device)
+            # Row k's gradient at the reader input: its own image's slot only. One vectorised
+            # vector-Jacobian product over the rows (the reader input is not multiplied out).
+            outputs = reader_input.new_zeros((len(part), *reader_input.shape))
+            outputs[picked, images.to(outputs.device)] = level_grads[part].to(reader_input)
+            batched = batched_vjp(reader_input, activation, outputs)
+            grad[part] += batched[picked, images].to(grad)
     return grad
