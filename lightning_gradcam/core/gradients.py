@@ -25,22 +25,37 @@ def _check_connected(scores: torch.Tensor) -> None:
 def batched_gradients(
     scores: torch.Tensor, inputs: torch.Tensor, retain_graph: bool = False
 ) -> torch.Tensor:
-    """Gradient of each of the ``N`` scalars in ``scores`` at ``inputs``: ``(N, *inputs.shape)``.
-
-    One vectorised backward (``is_grads_batched=True``, a vmap over the backward graph);
-    if an op on the path has no batching rule, a loop of ``N`` backwards with one warning.
-    """
+    """Gradient of each of the ``N`` scalars in ``scores`` at ``inputs``: ``(N, *inputs.shape)``
+    (:func:`batched_vjp` with the rows of the identity)."""
     scores = scores.reshape(-1)
     _check_connected(scores)
     count = scores.numel()
     if count == 0:
         return inputs.new_zeros((0, *inputs.shape))
     one_hot = torch.eye(count, dtype=scores.dtype, device=scores.device)
+    return batched_vjp(scores, inputs, one_hot, retain_graph=retain_graph)
+
+
+def batched_vjp(
+    outputs: torch.Tensor,
+    inputs: torch.Tensor,
+    grad_outputs: torch.Tensor,
+    retain_graph: bool = True,
+) -> torch.Tensor:
+    """``(K, *inputs.shape)``: for each of the ``K`` vectors ``grad_outputs[k]`` (shaped like
+    ``outputs``), the vector-Jacobian product ``grad_outputs[k]^T d outputs / d inputs``.
+
+    One vectorised backward (``is_grads_batched=True``, a vmap over the backward graph); if
+    an op on the path has no batching rule, a loop of ``K`` backwards with one warning.
+    """
+    count = len(grad_outputs)
+    if count == 0:
+        return inputs.new_zeros((0, *inputs.shape))
     try:
         (grads,) = torch.autograd.grad(
-            scores,
+            outputs,
             inputs,
-            grad_outputs=one_hot,
+            grad_outputs=grad_outputs,
             is_grads_batched=True,
             retain_graph=retain_graph,
             allow_unused=True,
@@ -52,55 +67,20 @@ def batched_gradients(
             f"batched gradients failed ({str(error).splitlines()[0]}); "
             f"falling back to {count} separate backward passes",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     grads = []
     for index in range(count):
         (grad,) = torch.autograd.grad(
-            scores[index],
+            outputs,
             inputs,
+            grad_outputs=grad_outputs[index],
             retain_graph=retain_graph or index < count - 1,
             allow_unused=True,
             materialize_grads=True,
         )
         grads.append(grad)
     return torch.stack(grads)
-
-
-def batched_vjp(
-    outputs: torch.Tensor, inputs: torch.Tensor, grad_outputs: torch.Tensor
-) -> torch.Tensor:
-    """``(K, *inputs.shape)``: for each of the ``K`` vectors ``grad_outputs[k]`` (shaped like
-    ``outputs``), the vector-Jacobian product ``grad_outputs[k]^T d outputs / d inputs``.
-
-    One vectorised backward (``is_grads_batched=True``), keeping the graph; if an op on the
-    path has no batching rule, a loop of ``K`` backwards with one warning.
-    """
-    try:
-        (grads,) = torch.autograd.grad(
-            outputs,
-            inputs,
-            grad_outputs=grad_outputs,
-            is_grads_batched=True,
-            retain_graph=True,
-            allow_unused=True,
-            materialize_grads=True,
-        )
-        return grads
-    except RuntimeError as error:  # an op on the path cannot be vmapped
-        warnings.warn(
-            f"batched gradients failed ({str(error).splitlines()[0]}); "
-            f"falling back to {len(grad_outputs)} separate backward passes",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-    grads = [
-        torch.autograd.grad(
-            outputs, inputs, grad_outputs=g, retain_graph=True, materialize_grads=True
-        )[0]
-        for g in grad_outputs
-    ]
-    return torch.stack(grads) if grads else inputs.new_zeros((0, *inputs.shape))
 
 
 def row_gradients(scores: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:
