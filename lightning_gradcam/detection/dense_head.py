@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..core.detect import depends_on, local_radius, windowed_head_gradients
+from ..core.detect import depends_on, level_input_gradients, local_radius
 
 __all__ = ["HeadWindow", "fpn_stems", "head_window", "head_input_gradients"]
 
@@ -86,20 +86,16 @@ def head_input_gradients(
     before that stem. ``logits`` ``(D,)`` are the recorded logits, checked against the
     recomputed ones (None on a mismatch: the caller's dense path)."""
     classes = window.modules[-1].out_channels // window.anchors
+    rows, cols, channels = [], [], []
+    for level, row, label in zip(levels, anchor_rows, labels):
+        position, anchor = divmod(int(row), window.anchors)
+        y, x = divmod(position, level_inputs[level].shape[-1])
+        rows.append(y)
+        cols.append(x)
+        channels.append(anchor * classes + int(label))
     readers: list[torch.Tensor] = list(level_inputs)
-    grads: list[torch.Tensor | None] = [None] * len(level_inputs)
-    count = len(levels)
-    for level in sorted(set(levels)):
-        idx = [d for d in range(count) if levels[d] == level]
-        width = level_inputs[level].shape[-1]
-        rows, cols, channels = [], [], []
-        for d in idx:
-            position, anchor = divmod(int(anchor_rows[d]), window.anchors)
-            y, x = divmod(position, width)
-            rows.append(y)
-            cols.append(x)
-            channels.append(anchor * classes + int(labels[d]))
-        modules, radius = window.modules, window.radius
+    chains = [(window.modules, window.radius)] * len(level_inputs)
+    for level in set(levels):
         stem_input = stem_inputs[level] if level < len(stem_inputs) else None
         if (
             stem_input is not None
@@ -108,22 +104,10 @@ def head_input_gradients(
             and stem_input.shape[-2:] == level_inputs[level].shape[-2:]
             and depends_on(stem_input, activation)
         ):
-            modules = (stems[level], *modules)
-            radius += local_radius([stems[level]])
+            stem = stems[level]
+            chains[level] = ((stem, *window.modules), window.radius + local_radius([stem]))
             readers[level] = stem_input
-        level_grads = windowed_head_gradients(
-            modules,
-            radius,
-            readers[level],
-            [owners[d] for d in idx],
-            rows,
-            cols,
-            channels,
-            logits[idx],
-        )
-        if level_grads is None:
-            return None
-        full = level_grads.new_zeros((count, *level_grads.shape[1:]))
-        full[idx] = level_grads
-        grads[level] = full
-    return readers, grads
+    grads = level_input_gradients(
+        chains, readers, list(levels), list(owners), rows, cols, channels, expected=logits
+    )
+    return None if grads is None else (readers, grads)

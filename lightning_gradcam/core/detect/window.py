@@ -161,8 +161,7 @@ def windowed_head_gradients(
 
 
 def level_input_gradients(
-    modules: Sequence[nn.Module],
-    radius: int,
+    chains: Sequence[tuple[Sequence[nn.Module], int]],
     level_inputs: Sequence[torch.Tensor],
     levels: Sequence[int],
     owners: Sequence[int],
@@ -171,16 +170,18 @@ def level_input_gradients(
     channels: Sequence[int],
     expected: torch.Tensor | None = None,
 ) -> list[torch.Tensor | None] | None:
-    """Per level, every detection's gradient at that level's head input ``(D, C, h_l, w_l)``
+    """Per level, every detection's gradient at that level's input ``(D, C, h_l, w_l)``
     (zero for the detections of other levels; None for a level none reads): the
     ``reader_grads`` of :func:`~lightning_gradcam.core.detect.pullback.pull_back_to_layer`.
-    Detection ``d`` is at ``levels[d]``, image ``owners[d]``, position ``(rows[d], cols[d])``,
-    output channel ``channels[d]``. None when a level's recomputed scalars differ from
-    ``expected`` (see :func:`windowed_head_gradients`)."""
+    ``chains[l]`` is level ``l``'s ``(modules, radius)`` (:func:`local_radius`), run on
+    ``level_inputs[l]``; detection ``d`` is at ``levels[d]``, image ``owners[d]``, position
+    ``(rows[d], cols[d])``, output channel ``channels[d]``. None when a level's recomputed
+    scalars differ from ``expected`` (see :func:`windowed_head_gradients`)."""
     count = len(levels)
     out: list[torch.Tensor | None] = [None] * len(level_inputs)
     for level in sorted(set(levels)):
         idx = [d for d in range(count) if levels[d] == level]
+        modules, radius = chains[level]
         grads = windowed_head_gradients(
             modules,
             radius,
