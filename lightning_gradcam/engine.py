@@ -23,6 +23,7 @@ from .core.methods import (
     upsample_maps,
 )
 from .core.state import cam_mode, preserve_model_state
+from .core.tap import ForwardTap, Tapped
 from .core.targets import TargetSpec, select_scores
 from .models.defaults import choose_default_layer, layout_fits, library_layout
 
@@ -199,40 +200,105 @@ class CAMEngine:
                 scores, class_ids = select_scores(output, targets)
             activation = self._single_call(cap.activations[layer_name], layer_name)
             self._check_layer_batch(activation, layer_name, x.shape[0])
-            size = tuple(images.shape[-2:])
-            layout = self._layout(network, layer_name, activation, x)
-            if self._announce:
-                log.info("CAMEngine: layer=None explains %r, read as %s", layer_name, layout)
-                self._announce = False
             self._check_batch(scores, images.shape[0])
             gradient = row_gradients(scores, activation)  # (B, K, *activation.shape[1:])
-            batch, k = scores.shape
-            # Activations and gradients through the same layout: (B*K, C, h, w) each.
-            acts = layout.to_bchw(activation.detach().float())
-            acts = acts[:, None].expand(-1, k, -1, -1, -1).reshape(batch * k, *acts.shape[1:])
-            grads = layout.to_bchw(gradient.float().reshape(batch * k, *activation.shape[1:]))
-            if grads.shape[1:] != acts.shape[1:]:
-                raise ValueError(
-                    f"reshape= gave activations {tuple(acts.shape[1:])} but gradients "
-                    f"{tuple(grads.shape[1:])} per image; it must only depend on the shape"
-                )
-            layer_maps = {
-                m: compute_cam(m, acts, grads).reshape(batch, k, *acts.shape[-2:])
-                for m in gradient_methods
-            }
-            maps = {
-                m: normalize_maps(upsample_maps(cam, size), flat_at=cam)
-                for m, cam in layer_maps.items()
-            }
+            layer_maps, maps, layout = self._maps(
+                network, layer_name, activation, gradient, x, gradient_methods
+            )
             guided = {}
             if guided_methods:
                 guided = self._guided(network, x, targets, class_ids, maps, guided_methods)
                 for name, image in guided.items():
                     maps[name] = normalize_maps(image.amax(dim=2))
+        return self._result(images, maps, layer_maps, class_ids, scores, layer_name, layout, guided)
 
-        maps = {m: maps[m].to(images.device) for m in self.methods}
+    def tap(
+        self, images: torch.Tensor, targets: TargetSpec = None, observe_only: bool = False
+    ) -> ForwardTap | None:
+        """A :class:`~lightning_gradcam.core.tap.ForwardTap` that takes this engine's layer
+        and gradients from the caller's own next ``no_grad`` forward of the model on
+        ``images``, for :meth:`explain_tapped` (``observe_only``: that only records the
+        scores that forward gave); ``None`` when the layer is not known yet (a default
+        layer is found by the first :meth:`explain`), a method is guided (those need a
+        forward to the pixels) or a ``reshape=`` is given."""
+        if self.layer is None or self.reshape is not None:
+            return None
+        if any(get_method(m).guided for m in self.methods):
+            return None
+        network = unwrap_model(self.model)
+        return ForwardTap(
+            network,
+            resolve_layer(network, self.layer),
+            images,
+            lambda output: select_scores(output, targets),
+            observe_only=observe_only,
+        )
+
+    def explain_tapped(self, images: torch.Tensor, tapped: Tapped) -> CAMResult:
+        """What :meth:`explain` returns for ``images``, from what a :meth:`tap` took from the
+        caller's forward instead of a forward of its own (the same maps: the activation and
+        gradient are those that forward computed)."""
+        network = unwrap_model(self.model)
+        layer_name = self.layer
+        activation = tapped.activation
+        self._check_layer_batch(activation, layer_name, images.shape[0])
+        self._check_batch(tapped.scores, images.shape[0])
+        with torch.inference_mode(False), torch.no_grad():
+            layer_maps, maps, layout = self._maps(
+                network, layer_name, activation, tapped.gradient, images, list(self.methods)
+            )
+        return self._result(
+            images, maps, layer_maps, tapped.class_ids, tapped.scores, layer_name, layout, {}
+        )
+
+    def _maps(
+        self,
+        network: nn.Module,
+        layer_name: str,
+        activation: torch.Tensor,
+        gradient: torch.Tensor,
+        x: torch.Tensor,
+        methods: list[str],
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], Layout]:
+        """Per method, the maps at the layer ``(B, K, h, w)`` and at the image size, and
+        how the layer's output was read."""
+        batch, k = gradient.shape[:2]
+        layout = self._layout(network, layer_name, activation, x)
+        if self._announce:
+            log.info("CAMEngine: layer=None explains %r, read as %s", layer_name, layout)
+            self._announce = False
+        # Activations and gradients through the same layout: (B*K, C, h, w) each.
+        acts = layout.to_bchw(activation.detach().float())
+        acts = acts[:, None].expand(-1, k, -1, -1, -1).reshape(batch * k, *acts.shape[1:])
+        grads = layout.to_bchw(gradient.float().reshape(batch * k, *activation.shape[1:]))
+        if grads.shape[1:] != acts.shape[1:]:
+            raise ValueError(
+                f"reshape= gave activations {tuple(acts.shape[1:])} but gradients "
+                f"{tuple(grads.shape[1:])} per image; it must only depend on the shape"
+            )
+        layer_maps = {
+            m: compute_cam(m, acts, grads).reshape(batch, k, *acts.shape[-2:]) for m in methods
+        }
+        size = tuple(x.shape[-2:])
+        maps = {
+            m: normalize_maps(upsample_maps(cam, size), flat_at=cam)
+            for m, cam in layer_maps.items()
+        }
+        return layer_maps, maps, layout
+
+    def _result(
+        self,
+        images: torch.Tensor,
+        maps: dict[str, torch.Tensor],
+        layer_maps: dict[str, torch.Tensor],
+        class_ids: torch.Tensor,
+        scores: torch.Tensor,
+        layer_name: str,
+        layout: Layout,
+        guided: dict[str, torch.Tensor],
+    ) -> CAMResult:
         return CAMResult(
-            maps=maps,
+            maps={m: maps[m].to(images.device) for m in self.methods},
             layer_maps={m: cam.to(images.device) for m, cam in layer_maps.items()},
             class_ids=class_ids.detach().to(images.device),
             scores=scores.detach().float().to(images.device),
