@@ -8,7 +8,14 @@ import importlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["announce", "info_logger", "outside_fit"]
+__all__ = ["NO_SAMPLES", "announce", "info_logger", "outside_fit"]
+
+
+#: Said once when an evaluation point comes and the callback has no samples to explain.
+NO_SAMPLES = (
+    "GradCAMCallback has no samples to explain (the validation loop produced no batch); pass "
+    "images=... to the callback"
+)
 
 
 def info_logger(trainer: Any) -> Callable[[str], None]:

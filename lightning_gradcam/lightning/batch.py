@@ -107,6 +107,19 @@ class FixedSamples:
             self.take(network, batch)
             self.finish()
 
+    def trial_samples_from_training(
+        self, network: nn.Module, batch: object, validation: bool, trial_done: bool, count: int
+    ) -> TaskSamples | None:
+        """A training batch (rank zero): the samples a trial pass not yet run can take, or
+        None. Without a validation loop the fixed samples are the first training batch's;
+        with one whose samples are not known yet, the batch's first ``count`` stand in."""
+        if not validation:
+            self.take_training(network, batch)
+            return self.samples
+        if trial_done or self.samples is not None:
+            return None
+        return self.task_for(network, batch).parse_batch(batch).head(count)
+
     def finish(self) -> None:
         """The samples gathered so far become the fixed ones (if none are yet)."""
         samples = self._collector.collect()

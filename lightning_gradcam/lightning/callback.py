@@ -18,7 +18,7 @@ from torch import nn
 
 from ..core.layers import full_layer_name, resolve_layer
 from ..tasks import CAMTask, TaskOptions
-from .announce import outside_fit
+from .announce import NO_SAMPLES, outside_fit
 from .arguments import CallbackArguments, check_alarm
 from .batch import FixedSamples
 from .checkpoint_state import callback_state, restore_callback_state
@@ -28,7 +28,7 @@ from .logged_pass import LoggedPass
 from .metrics import AlarmWatch, publish_metrics
 from .passes import TrialPass
 from .population import WholeSet
-from .sinks import Sink, sinks_for
+from .sinks import Sink, trainer_sinks
 
 __all__ = ["GradCAMCallback"]
 
@@ -214,7 +214,9 @@ class GradCAMCallback(*CALLBACK_BASES):
         self._warned: set[str] = set()
         self.history: list[dict[str, Any]] = []
         self._passes = LoggedPass(self.on_error, self._alarm, self.history)
-        self.whole_set = WholeSet(args.metrics_on, args.metrics_batches, self.on_error)
+        self.whole_set = WholeSet(
+            args.metrics_on, args.metrics_batches, self.on_error, self.every_n_epochs
+        )
 
     @property
     def options(self) -> TaskOptions:
@@ -277,14 +279,8 @@ class GradCAMCallback(*CALLBACK_BASES):
             self._fixed.set(self._fixed.samples)
             if trainer.is_global_zero:
                 self._trial_pass(pl_module)
-        # trainer.log_dir broadcasts under DDP: compute it here, where every rank runs.
-        zero = trainer.is_global_zero
-        self._sink = sinks_for(
-            trainer.loggers,
-            trainer.log_dir or trainer.default_root_dir,
-            subdir=self.tag_prefix,
-            dry_run=bool(trainer.fast_dev_run),
-            warn=lambda message: self._warn_once("no_logger", message) if zero else None,
+        self._sink = trainer_sinks(
+            trainer, self.tag_prefix, lambda message: self._warn_once("no_logger", message)
         )
 
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
@@ -293,6 +289,14 @@ class GradCAMCallback(*CALLBACK_BASES):
             self._warn_once("not_fit", message)
 
     on_test_start = on_predict_start = on_validation_start
+
+    def on_validation_batch_start(
+        self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if trainer.state.fn == "fit" and dataloader_idx == 0 and self.whole_set.enabled:
+            network = self._network(pl_module)  # the measure may reuse the step's forward
+            task = self._fixed.task_for(network, batch)
+            self.whole_set.before_step(trainer, task, network, batch, batch_idx, self._eval_count)
 
     def on_validation_batch_end(
         self,
@@ -309,9 +313,11 @@ class GradCAMCallback(*CALLBACK_BASES):
         if trainer.is_global_zero:
             self._fixed.take(network, batch)
         if self.whole_set.enabled:  # every rank measures its own batches
-            measured = (self._eval_count + 1) % self.every_n_epochs == 0
             task = self._fixed.task_for(network, batch)
-            self.whole_set.on_batch(trainer, task, network, batch, batch_idx, measured)
+            self.whole_set.on_batch(trainer, task, network, batch, batch_idx, self._eval_count)
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        self.whole_set.abandon()  # an open tap's hooks come off the model
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         # No sanity check ran: take the validation samples now, for the trial pass before
@@ -327,16 +333,16 @@ class GradCAMCallback(*CALLBACK_BASES):
     def on_train_batch_start(
         self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
     ) -> None:
-        if not trainer.is_global_zero:
-            return
-        if not trainer.enable_validation:
-            self._fixed.take_training(self._network(pl_module), batch)
-            if self._fixed.samples is not None:
-                self._trial_pass(pl_module)
-        elif not self._trial.done and self._fixed.samples is None:
-            # Validation samples not known yet: try the first training batch's.
-            task = self._fixed.task_for(self._network(pl_module), batch)
-            self._trial_pass(pl_module, task.parse_batch(batch).head(self.num_samples))
+        if trainer.is_global_zero:  # the trial pass, before the first optimizer step
+            samples = self._fixed.trial_samples_from_training(
+                self._network(pl_module),
+                batch,
+                trainer.enable_validation,
+                self._trial.done,
+                self.num_samples,
+            )
+            if samples is not None:
+                self._trial_pass(pl_module, samples)
 
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if trainer.state.fn != "fit":
@@ -367,17 +373,12 @@ class GradCAMCallback(*CALLBACK_BASES):
         scalars: dict[str, float] = {}
         self.whole_set.finish()  # metrics_on="validation": one all_reduce, on every rank
         if trainer.is_global_zero:
-            if self._fixed.samples is None:
-                self._warn_once(
-                    "no_images",
-                    "GradCAMCallback has no samples to explain (the validation loop produced "
-                    "no batch); pass images=... to the callback",
-                )
-            else:
-                scalars = self._explain_and_log(trainer, pl_module)
-            if self.whole_set.means and not scalars:  # the fixed samples' pass failed
-                step, means = int(trainer.global_step), self.whole_set.means
+            if self._fixed.samples is None:  # the whole-set means, if any, alone
+                self._warn_once("no_images", NO_SAMPLES)
+                step, means = int(trainer.global_step), self.whole_set.means or {}
                 scalars = LoggedPass.log_scalars(self._sink, self._prefix(), means, step)
+            else:  # whole-set means are logged even when the samples' pass fails
+                scalars = self._explain_and_log(trainer, pl_module)
         self.whole_set.means = None
         publish_metrics(trainer, scalars)  # every rank: the same values, for monitors
 

@@ -48,7 +48,8 @@ class LoggedPass:
     ) -> dict[str, float]:
         """One guarded pass at ``step``; the scalars logged (``{}`` when it failed).
         ``whole_set``: means over the validation epoch, logged in place of the samples'
-        (``population.ValidationMetrics.merge``)."""
+        (``population.ValidationMetrics.merge``), and alone when the pass failed: a
+        monitored whole-set scalar never vanishes because the pictures' pass did."""
         logged: dict[str, float] = {}
 
         def log(result: Any) -> None:
@@ -65,7 +66,9 @@ class LoggedPass:
         )
         if outcome.ran and not outcome.ok:
             self._mark_skipped(sink, prefix, step)
-        return logged if outcome.ok else {}
+        if not outcome.ok:
+            return self.log_scalars(sink, prefix, whole_set, step) if whole_set else {}
+        return logged
 
     @staticmethod
     def log_scalars(

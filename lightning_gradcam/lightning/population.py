@@ -9,6 +9,13 @@ and the means are logged under the tags the fixed samples' scalars have (those s
 then not logged from the fixed samples; pictures, drift and film strips still are).
 Lightning's ``limit_val_batches`` and ``check_val_every_n_epoch`` decide which batches and
 epochs there are; the callback's ``every_n_epochs`` which of those epochs are measured.
+
+The measure needs no forward of its own: from the second batch measured on, a
+``core.tap.ForwardTap`` opened before the user's ``validation_step`` takes the layer's
+activation and the scores' gradient from that step's own forward (Lightning's ``fit``
+validates under ``no_grad``), so a batch costs one backward from the scores to the layer,
+the maps and the sums. When the step does not call the explained module on the batch's
+images (it normalises them first, say), the measure runs its own forward, and says so once.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from typing import Any
 from torch import nn
 
 from ..core.population import MetricSums
+from ..core.tap import ForwardTap
 from ..tasks import CAMTask
 from ..tasks.population import (
     MAX_CLASSES,
@@ -26,6 +34,7 @@ from ..tasks.population import (
     PopulationMeasure,
     measure_for,
 )
+from .announce import info_logger
 
 __all__ = ["METRICS_ON", "ValidationMetrics", "check_metrics_on"]
 
@@ -78,6 +87,8 @@ class ValidationMetrics:
         self._sums = MetricSums(methods, _FIELDS, MAX_CLASSES + 1)
         self._failed = False
         self._worked = False
+        self._tap: ForwardTap | None = None
+        self._told_own_forward = False
 
     def _for(self, task: CAMTask) -> PopulationMeasure:
         if self._measure is None or self._measure.task is not task:
@@ -104,7 +115,15 @@ class ValidationMetrics:
             if batch_idx == 0:
                 self.trial(task, network, batch)
         elif measured:
-            self.batch(task, network, batch, batch_idx)
+            skipped = self.batch(task, network, batch, batch_idx)
+            if skipped is not None and not self._told_own_forward:
+                self._told_own_forward = True
+                info_logger(trainer)(
+                    f"GradCAMCallback: metrics_on='validation' runs a forward of its own for "
+                    f"validation batches: it could not reuse validation_step's ({skipped}). "
+                    "It reuses it when validation_step calls the explained module on the "
+                    "batch's images under fit's no_grad"
+                )
 
     def trial(self, task: CAMTask, network: nn.Module, batch: Any) -> None:
         """Measure one batch and forget it (Lightning's sanity check): mistakes fail before
@@ -112,13 +131,54 @@ class ValidationMetrics:
         scratch = MetricSums(self._sums.methods, _FIELDS, MAX_CLASSES + 1)
         self._for(task).measure(network, batch, scratch)
 
-    def batch(self, task: CAMTask, network: nn.Module, batch: Any, batch_idx: int) -> None:
-        """Add one validation batch's sums (past ``metrics_batches``: nothing)."""
+    def start_batch(
+        self,
+        trainer: Any,
+        task: CAMTask,
+        network: nn.Module,
+        batch: Any,
+        batch_idx: int,
+        measured: bool,
+    ) -> None:
+        """Before the user's ``validation_step`` of a batch that will be measured: open the
+        measure's tap on it (``core.tap``), so the measure can reuse that step's forward
+        instead of running its own (``fit`` validates under ``no_grad``; under
+        ``inference_mode`` the tap stands aside)."""
+        self.close_tap()
+        if trainer.sanity_checking or not measured:
+            return
         if self.max_batches is not None and batch_idx >= self.max_batches:
             return
+        try:
+            tap = self._for(task).tap(network, batch)
+        except Exception:  # a batch it cannot parse: the measure says so at the batch's end
+            return
+        if tap is not None:
+            self._tap = tap.__enter__()
+
+    def close_tap(self) -> ForwardTap | None:
+        """Close the open tap, if one is open, and return it."""
+        tap, self._tap = self._tap, None
+        if tap is not None:
+            tap.__exit__(None, None, None)
+        return tap
+
+    def abandon(self) -> None:
+        """After an exception in the loop: the open tap's hooks come off the model (grad
+        mode is left to the loop's own contexts, which have unwound)."""
+        tap, self._tap = self._tap, None
+        if tap is not None:
+            tap.remove_hooks()
+
+    def batch(self, task: CAMTask, network: nn.Module, batch: Any, batch_idx: int) -> str | None:
+        """Add one validation batch's sums (past ``metrics_batches``: nothing); why the
+        batch's tap could not reuse the validation forward, when it could not."""
+        tap = self.close_tap()
+        if self.max_batches is not None and batch_idx >= self.max_batches:
+            return None
         measure = self._for(task)
         try:
-            images = measure.measure(network, batch, self._sums)
+            images = measure.measure(network, batch, self._sums, tap)
         except Exception as error:
             if self.on_error == "raise" or not self._worked:
                 raise  # the first batch measured: a mistake to fix, not a pass to skip
@@ -133,10 +193,12 @@ class ValidationMetrics:
         else:
             self._worked = True
             self._sums.add(self._sums.methods[0], {"images": images})
+        return None if tap is None else tap.skipped
 
     def finish(self) -> dict[str, float] | None:
         """Every rank, at the end of a measured epoch: one ``all_reduce``, then the means
         (``{"<method>/<name>": value}``), or None when a rank failed or none measured."""
+        self.close_tap()
         self._sums.add(self._sums.methods[0], {"failed": float(self._failed)})
         self._sums.reduce()
         first = self._sums.totals(self._sums.methods[0])
@@ -166,9 +228,12 @@ class WholeSet:
     over; ``means``: those means until the pass has logged them.
     """
 
-    def __init__(self, metrics_on: str, max_batches: int | None, on_error: str):
+    def __init__(
+        self, metrics_on: str, max_batches: int | None, on_error: str, every_n_epochs: int = 1
+    ):
         self.enabled = metrics_on == "validation"
         self._max_batches, self._on_error = max_batches, on_error
+        self._every_n_epochs = every_n_epochs
         self._sums: ValidationMetrics | None = None
         self.means: dict[str, float] | None = None
 
@@ -181,11 +246,26 @@ class WholeSet:
             self._sums = ValidationMetrics(task.options.methods, self._max_batches, self._on_error)
         return self._sums
 
-    def on_batch(
-        self, trainer: Any, task: CAMTask, network: Any, batch: Any, index: int, measured: bool
+    def before_step(
+        self, trainer: Any, task: CAMTask, network: Any, batch: Any, index: int, evaluations: int
     ) -> None:
-        """Every rank: add one validation batch (when this epoch is measured)."""
+        """Every rank, before the user's ``validation_step`` of a batch of the epoch after
+        ``evaluations`` evaluation points: open the measure's tap on the batch."""
+        measured = (evaluations + 1) % self._every_n_epochs == 0
+        self._for(task).start_batch(trainer, task, network, batch, index, measured)
+
+    def on_batch(
+        self, trainer: Any, task: CAMTask, network: Any, batch: Any, index: int, evaluations: int
+    ) -> None:
+        """Every rank, after ``validation_step``: add the batch when its epoch is measured
+        (every ``every_n_epochs``-th evaluation point)."""
+        measured = (evaluations + 1) % self._every_n_epochs == 0
         self._for(task).on_batch(trainer, task, network, batch, index, measured)
+
+    def abandon(self) -> None:
+        """After an exception in the loop: no hook of an open tap stays on the model."""
+        if self._sums is not None:
+            self._sums.abandon()
 
     def check(self, task: CAMTask, samples: Any) -> None:
         """Before training: refuse batches that carry nothing to measure against."""

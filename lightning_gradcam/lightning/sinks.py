@@ -45,6 +45,7 @@ __all__ = [
     "FanOutSink",
     "mlflow_key",
     "sinks_for",
+    "trainer_sinks",
 ]
 
 
@@ -272,6 +273,21 @@ class FanOutSink:
 
     def flush(self) -> None:
         self._each(lambda sink: sink.flush())
+
+
+def trainer_sinks(trainer: Any, subdir: str, warn: Callable[[str], None]) -> Sink:
+    """:func:`sinks_for` a Lightning ``trainer``: its loggers, its ``log_dir`` (or
+    ``default_root_dir``) as the fallback, nothing written under ``fast_dev_run``; ``warn``
+    is called on global rank zero only. ``trainer.log_dir`` broadcasts under DDP: call this
+    where every rank runs."""
+    zero = trainer.is_global_zero
+    return sinks_for(
+        trainer.loggers,
+        trainer.log_dir or trainer.default_root_dir,
+        subdir=subdir,
+        dry_run=bool(trainer.fast_dev_run),
+        warn=warn if zero else lambda _message: None,
+    )
 
 
 def sinks_for(

@@ -35,6 +35,7 @@ from torch import nn
 from ..core.drift import _EPS, box_masks, energy_share, pointing_hits
 from ..core.layers import full_layer_name
 from ..core.population import MetricSums
+from ..core.tap import ForwardTap
 from ..core.tracking import has_evidence
 from ..engine import CAMEngine
 from .base import CAMTask
@@ -113,8 +114,18 @@ class PopulationMeasure(ABC):
         """Raise, saying what to pass, when batches like ``samples`` cannot be measured."""
 
     @abstractmethod
-    def measure(self, network: nn.Module, batch: Any, sums: MetricSums) -> int:
-        """Explain ``batch`` and add its sums; the number of images measured."""
+    def measure(
+        self, network: nn.Module, batch: Any, sums: MetricSums, tap: ForwardTap | None = None
+    ) -> int:
+        """Explain ``batch`` and add its sums; the number of images measured. ``tap``: the
+        :meth:`tap` that was open around the caller's own forward of this batch; what it
+        took is used in place of a forward of the measure's own."""
+
+    def tap(self, network: nn.Module, batch: Any) -> ForwardTap | None:
+        """A ``core.tap.ForwardTap`` to open around the caller's own ``no_grad`` forward of
+        ``batch`` (the user's ``validation_step``), so that :meth:`measure` needs no
+        forward of its own; ``None`` (the default) when the measure cannot use one."""
+        return None
 
     @abstractmethod
     def means(self, sums: MetricSums) -> dict[str, float]:
@@ -140,6 +151,11 @@ class ClassificationMeasure(PopulationMeasure):
             )
         self._engine: CAMEngine | None = None
         self._engine_for: int | None = None
+        # The tap is used once one batch showed that the engine's own pass (the head run
+        # with autograd recording) gives the scores validation_step's forward gave, bit
+        # for bit; _refused: why it never will.
+        self._verified = False
+        self._refused: str | None = None
         self._full_names: dict[tuple[int, str], str] = {}  # (network, engine's name): full name
 
     def check(self, samples: Any) -> None:
@@ -178,10 +194,30 @@ class ClassificationMeasure(PopulationMeasure):
             self._engine_for = id(network)
         return self._engine
 
-    def measure(self, network: nn.Module, batch: Any, sums: MetricSums) -> int:
+    def tap(self, network: nn.Module, batch: Any) -> ForwardTap | None:
+        """A tap on the batch's images once the engine knows its layer: observing only,
+        until one batch has verified that the engine's pass gives validation_step's scores
+        (:meth:`measure`); taking the gradient after that."""
+        if self._refused is not None:
+            return None
+        samples = self.task.parse_batch(batch)
+        engine = self._cam(network)
+        return engine.tap(
+            samples.images, targets=self._targets(samples), observe_only=not self._verified
+        )
+
+    def measure(
+        self, network: nn.Module, batch: Any, sums: MetricSums, tap: ForwardTap | None = None
+    ) -> int:
         samples = self.task.parse_batch(batch)
         self.check(samples)
-        result = self._cam(network).explain(samples.images, targets=self._targets(samples))
+        engine = self._cam(network)
+        if tap is not None and tap.result is not None:
+            result = engine.explain_tapped(samples.images, tap.result)
+        else:
+            result = engine.explain(samples.images, targets=self._targets(samples))
+            if tap is not None and tap.observed is not None:
+                self._verify(tap, result.scores)
         key = (id(network), result.layer)
         if key not in self._full_names:
             self._full_names[key] = full_layer_name(network, result.layer)
@@ -194,6 +230,22 @@ class ClassificationMeasure(PopulationMeasure):
             evidence = has_evidence(layer_maps[:, 0] if layer_maps is not None else maps)
             sums.add(method, _region_sums(maps, regions, evidence))
         return len(samples)
+
+    def _verify(self, tap: ForwardTap, scores: torch.Tensor) -> None:
+        observed = tap.observed.to(device=scores.device, dtype=scores.dtype)
+        if torch.equal(observed, scores):
+            self._verified = True
+            return
+        difference = (
+            float((observed - scores).abs().max()) if observed.shape == scores.shape else None
+        )
+        self._refused = tap.skipped = (
+            "the layers after the explained one give other scores when autograd records "
+            f"(largest difference {difference:.3g}), so reusing the forward would change "
+            "validation_step's outputs"
+            if difference is not None
+            else "the scores of validation_step's forward have another shape"
+        )
 
     def means(self, sums: MetricSums) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -212,7 +264,9 @@ class SegmentationMeasure(PopulationMeasure):
     def check(self, samples: Any) -> None:
         pass  # parse_batch refuses batches without (B, H, W) class-id masks
 
-    def measure(self, network: nn.Module, batch: Any, sums: MetricSums) -> int:
+    def measure(
+        self, network: nn.Module, batch: Any, sums: MetricSums, tap: ForwardTap | None = None
+    ) -> int:
         task = self.task
         samples = task.parse_batch(batch)
         result = task.explain(network, samples)
@@ -248,7 +302,9 @@ class DetectionMeasure(PopulationMeasure):
     def check(self, samples: Any) -> None:
         pass  # parse_batch already refuses batches that are not (images, targets)
 
-    def measure(self, network: nn.Module, batch: Any, sums: MetricSums) -> int:
+    def measure(
+        self, network: nn.Module, batch: Any, sums: MetricSums, tap: ForwardTap | None = None
+    ) -> int:
         task = self.task
         parser = task.options.batch_parser
         images, targets = _split_batch(parser(batch) if parser is not None else batch)
