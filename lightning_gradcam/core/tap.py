@@ -187,7 +187,10 @@ class ForwardTap:
             if not armed:  # disarmed at the layer: the output is only handed back detached
                 return pytree.tree_map_only(torch.Tensor, torch.Tensor.detach, output)
             if activation is None:
-                self.skipped = "the layer did not run inside the network's call"
+                self.skipped = (
+                    "the layer's hook did not run inside the module's call (a torch.compile'd "
+                    "module runs its layers without hooks)"
+                )
                 return None
             try:
                 scores, class_ids = self.select(output)

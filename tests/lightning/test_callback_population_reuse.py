@@ -178,3 +178,23 @@ def test_a_head_that_computes_otherwise_under_autograd_is_never_reused(tmp_path,
     said = [r.getMessage() for r in caplog.records if "forward of its own" in r.getMessage()]
     assert len(said) == 1 and "other scores when autograd records" in said[0]
     assert _scalars(trainer, "val_") == _scalars(plain_trainer, "val_")
+
+
+def test_a_compiled_network_gets_the_measures_own_forward_with_the_same_values(tmp_path, caplog):
+    class Compiled(TinyPL):
+        def __init__(self):
+            super().__init__(compile_net=True)
+
+    _, plain_trainer = _fit(tmp_path / "plain", Compiled, [])
+    cb = GradCAMCallback(layer=LAYER, methods="gradcam", metrics_on="validation")
+    with caplog.at_level(logging.INFO):
+        _, trainer = _fit(tmp_path / "compiled", Compiled, [cb])
+    eager = GradCAMCallback(layer=LAYER, methods="gradcam", metrics_on="validation")
+    _, eager_trainer = _fit(tmp_path / "eager", TinyPL, [eager])
+    said = [r.getMessage() for r in caplog.records if "forward of its own" in r.getMessage()]
+    assert len(said) == 1 and "torch.compile" in said[0]
+    assert _scalars(trainer, "val_") == _scalars(plain_trainer, "val_")
+    got, want = _scalars(trainer, PREFIX), _scalars(eager_trainer, PREFIX)
+    assert set(got) == set(want) and f"{PREFIX}/energy_in_box" in got
+    for tag, value in want.items():
+        assert math.isclose(got[tag], value, rel_tol=1e-6, abs_tol=1e-7), (tag, got[tag], value)
