@@ -243,7 +243,7 @@ class CAMEngine:
         activation = tapped.activation
         self._check_layer_batch(activation, layer_name, images.shape[0])
         self._check_batch(tapped.scores, images.shape[0])
-        with torch.inference_mode(False), torch.no_grad():
+        with preserve_model_state(network), cam_mode():  # a layout lookup may run the model
             layer_maps, maps, layout = self._maps(
                 network, layer_name, activation, tapped.gradient, images, list(self.methods)
             )

@@ -371,12 +371,13 @@ class GradCAMCallback(*CALLBACK_BASES):
         if self._eval_count % self.every_n_epochs:
             return
         scalars: dict[str, float] = {}
+        step = int(trainer.global_step)
         self.whole_set.finish()  # metrics_on="validation": one all_reduce, on every rank
         if trainer.is_global_zero:
             if self._fixed.samples is None:  # the whole-set means, if any, alone
                 self._warn_once("no_images", NO_SAMPLES)
-                step, means = int(trainer.global_step), self.whole_set.means or {}
-                scalars = LoggedPass.log_scalars(self._sink, self._prefix(), means, step)
+                if means := self.whole_set.means:
+                    scalars = LoggedPass.log_scalars(self._sink, self._prefix(), means, step)
             else:  # whole-set means are logged even when the samples' pass fails
                 scalars = self._explain_and_log(trainer, pl_module)
         self.whole_set.means = None
