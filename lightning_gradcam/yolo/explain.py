@@ -24,13 +24,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.capture import ActivationCapture
+from ..core.detect import receptive_radius
 from ..core.detect.graph import require_dependence
 from ..core.detections import Detection, place_maps
 from ..core.layers import full_layer_name, resolve_layer
 from ..core.methods import check_methods, compute_cam
 from ..core.state import cam_mode, preserve_model_state
 from ..detection.explain import own_gradients
-from .windows import receptive_radius, windowed_gradients
+from .windows import windowed_gradients
 
 __all__ = ["YOLODetectionCAM", "is_ultralytics_model", "HEAD_INPUT"]
 

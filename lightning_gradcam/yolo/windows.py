@@ -4,8 +4,8 @@ one backward.
 A YOLO detection's class logit at cell ``(y, x)`` of its level is the class branch
 (``Detect.cv3[level]``: stride-1 convolutions and pointwise layers) applied to the head's
 input, so it reads only the ``(2r+1) x (2r+1)`` window of that input around ``(y, x)``, ``r``
-the branch's receptive radius (the sum of its convolutions' ``dilation * (k - 1) / 2``; 2 for
-YOLOv8's and YOLO11's branches). Its gradient is zero outside the window. So the gradient of a
+the branch's receptive radius (``core.detect.receptive_radius``: the sum of its convolutions'
+``dilation * (k - 1) / 2``; 2 for YOLOv8's and YOLO11's branches). Its gradient is zero outside the window. So the gradient of a
 sum of logits whose windows do not overlap (in one image; different images are different rows)
 is, inside each window, exactly that detection's own gradient: one backward per round of
 pairwise-disjoint detections, then each gradient cut out by its window. The detections are
@@ -17,36 +17,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import nn
 
 from ..core.detect.rows import round_gradients
 from ..core.gradients import GRADIENT_BUDGET
 
-__all__ = ["receptive_radius", "windowed_gradients"]
-
-_POINTWISE = (nn.BatchNorm2d, nn.Identity, nn.SiLU, nn.ReLU, nn.LeakyReLU, nn.Hardswish, nn.GELU)
-
-
-def receptive_radius(branch: nn.Module) -> int | None:
-    """The branch's receptive radius in cells, or None when it cannot be told (a strided or
-    non-square convolution, or a layer that is not a convolution or pointwise)."""
-    radius = 0
-    for module in branch.modules():
-        if list(module.children()):
-            continue
-        if isinstance(module, nn.Conv2d):
-            kh, kw = module.kernel_size
-            if (
-                module.stride != (1, 1)
-                or kh != kw
-                or kh % 2 == 0
-                or module.dilation[0] != module.dilation[1]
-            ):
-                return None
-            radius += module.dilation[0] * (kh - 1) // 2
-        elif not isinstance(module, _POINTWISE):
-            return None
-    return radius
+__all__ = ["windowed_gradients"]
 
 
 def _rounds(owners: Sequence[int], cells: Sequence[tuple[int, int]], radius: int) -> list[int]:

@@ -95,9 +95,15 @@ def test_other_tasks_and_bad_input():
 def test_detections_sharing_a_backward_get_the_maps_of_one_at_a_time(yolo):
     """Detections whose head-input windows are disjoint share one backward (yolo/windows.py);
     their maps equal those of one backward per detection."""
-    from lightning_gradcam.yolo.windows import receptive_radius
+    from lightning_gradcam.core.detect import receptive_radius
+    from lightning_gradcam.core.state import preserve_model_state
 
-    assert [receptive_radius(branch) for branch in yolo.model.model[-1].cv3] == [2, 2, 2]
+    branches = yolo.model.model[-1].cv3
+    with preserve_model_state(yolo.model):  # eval mode, as the CAM pass runs the model
+        assert [receptive_radius(branch) for branch in branches] == [2, 2, 2]
+    # In training mode BatchNorm normalises over the whole map: no window, no shared backward.
+    branches.train()
+    assert [receptive_radius(branch) for branch in branches] == [None, None, None]
     torch.manual_seed(2)
     images = [torch.rand(3, 160, 192), torch.rand(3, 128, 128)]
     methods = ("gradcam", "gradcam++", "hirescam")

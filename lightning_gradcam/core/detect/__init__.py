@@ -43,7 +43,12 @@ from .options import (
 from .pullback import pooler_pullback, pull_back_to_layer
 from .recorders import InputRecorder
 from .rows import level_gradients, own_gradients
-from .window import level_input_gradients, local_radius, windowed_head_gradients
+from .window import (
+    level_input_gradients,
+    local_radius,
+    receptive_radius,
+    windowed_head_gradients,
+)
 
 __all__ = [
     "InputRecorder",
@@ -59,6 +64,7 @@ __all__ = [
     "level_gradients",
     "level_input_gradients",
     "local_radius",
+    "receptive_radius",
     "own_gradients",
     "pooler_pullback",
     "pull_back_to_layer",

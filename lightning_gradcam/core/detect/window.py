@@ -29,7 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["level_input_gradients", "local_radius", "windowed_head_gradients"]
+__all__ = [
+    "level_input_gradients",
+    "local_radius",
+    "receptive_radius",
+    "windowed_head_gradients",
+]
 
 #: Modules that act on each position alone (in eval mode for the norms).
 _POINTWISE = (
@@ -105,6 +110,30 @@ def local_radius(modules: Sequence[nn.Module]) -> int | None:
     total = 0
     for module in modules:
         radius = _module_radius(module)
+        if radius is None:
+            return None
+        total += radius
+    return total
+
+
+def receptive_radius(module: nn.Module) -> int | None:
+    """The receptive radius, in cells, of ``module`` when each module in it is a 'same'
+    stride-1 zero-padded convolution or pointwise, whatever the nesting (Ultralytics' ``Conv``
+    is a plain ``Module`` holding ``conv``, ``bn``, ``act``): the sum of the convolutions'
+    radii; None otherwise.
+
+    Enough to tell which outputs read disjoint windows of the input (and so can share one
+    backward). Whether a chain can be re-run on crops, with masking, is
+    :func:`local_radius`'s question, which is stricter about the nesting.
+    """
+    if isinstance(module, nn.Conv2d):  # detectron2's carries its norm as a child
+        return _conv_radius(module)
+    children = list(module.children())
+    if not children:
+        return 0 if _pointwise(module) else None
+    total = 0
+    for child in children:
+        radius = receptive_radius(child)
         if radius is None:
             return None
         total += radius
