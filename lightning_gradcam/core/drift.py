@@ -125,7 +125,7 @@ def pointing_hits(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     tied pixels is inside (the paper's tolerance, without its 15-pixel margin); a map that is
     zero everywhere has no maximum to point with and never hits."""
     maps = _check_maps(maps, "maps")
-    masks = torch.as_tensor(masks).to(torch.bool).cpu()
+    masks = torch.as_tensor(masks).to(device=maps.device, dtype=torch.bool)
     if masks.shape != maps.shape:
         raise ValueError(
             f"masks {tuple(masks.shape)} must have the maps' shape {tuple(maps.shape)}"

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..core.drift import _EPS, box_masks, energy_share, pointing_hits
+from ..core.drift import box_masks, energy_share, pointing_hits
 from ..core.layers import full_layer_name
 from ..core.population import MetricSums
 from ..core.tap import ForwardTap
@@ -59,23 +59,10 @@ MAX_CLASSES = 256
 
 def _region_sums(maps: torch.Tensor, regions: torch.Tensor, evidence: torch.Tensor) -> dict:
     """Sums over ``maps (N, H, W)`` in ``regions (N, H, W)``; no evidence: 0 and no hit.
-
-    The same values as ``core.drift.energy_share`` and ``pointing_hits`` (bit for bit), from
-    one float64 copy of the maps on their own device, and one transfer of the four sums: a
-    validation batch's full-resolution maps are the largest tensors the measure touches.
-    """
-    m = torch.nan_to_num(maps.detach().double(), nan=0.0, posinf=0.0, neginf=0.0).clamp_min_(0.0)
-    regions = regions.to(device=m.device, dtype=torch.bool)
-    evidence = evidence.to(m.device)
-    total = m.flatten(1).sum(dim=1)
-    inside = (m * regions).flatten(1).sum(dim=1)
-    share = torch.where(total > _EPS, inside / total.clamp_min(_EPS), torch.zeros_like(total))
-    share = torch.where(evidence, share.float().double(), 0.0)
-    # Pointing game: the peak lies in the region iff the region's own maximum reaches it
-    # (clamping at 0 changes neither: a hit needs a positive peak).
-    peak = m.flatten(1).amax(dim=1)
-    peak_inside = torch.where(regions, m, -torch.inf).flatten(1).amax(dim=1)
-    hits = (peak_inside >= peak) & (peak > 0) & evidence
+    Computed on the maps' device, with one transfer of the sums."""
+    evidence = evidence.to(maps.device)
+    share = torch.where(evidence, energy_share(maps, regions).double(), 0.0)
+    hits = pointing_hits(maps, regions) & evidence
     values = torch.stack([share.sum(), hits.sum().double(), (~evidence).sum().double()])
     energy_sum, hit_count, no_evidence = values.tolist()
     return {
