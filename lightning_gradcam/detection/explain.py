@@ -389,14 +389,12 @@ class DetectionCAM:
         else:
             activation = calls[0]
             acts = [activation[owner] for owner in owners]
-            windowed = None
-            if kind == "image" and not self.family.two_stage:
-                windowed = self._windowed(name, activation, origins, level_inputs, inner, record)
+            grads = None
             if kind == "image" and self.family.two_stage:
                 grads = self._pooled_pullback(name, activation, origins, pooled)
-            elif windowed is not None:
-                grads = windowed
-            else:
+            elif kind == "image":  # None where the head cannot be windowed
+                grads = self._windowed(name, activation, origins, level_inputs, inner, record)
+            if grads is None:
                 # One-stage: a level's detections go back through their level's head only.
                 groups = None if self.family.two_stage else [o.level or 0 for o in origins]
                 grads = own_gradients(

@@ -52,8 +52,9 @@ class GradCAMTrainerCallback(TrainerCallback):
     ``layer`` (``None``: the model's default from its config), ``methods`` (``None``: the
     task's defaults, ``CAMTask.default_methods``: classification ``gradcam``, ``gradcam++``;
     segmentation ``gradcam``, ``hirescam``; resolved at train begin, when the task is
-    known; ``callback.methods`` says which), ``num_samples``, ``target``, ``images``/``labels``/``boxes``/``masks`` (instead of the
-    first items of ``eval_dataset``, which may hold ``pixel_values``, ``labels`` and
+    known; ``callback.methods`` says which), ``num_samples``, ``target``,
+    ``images``/``labels``/``boxes``/``masks`` (instead of the first items of
+    ``eval_dataset``, which may hold ``pixel_values``, ``labels`` and
     optionally ``boxes``/``masks``; segmentation ``labels`` are ``(H, W)`` class ids),
     ``batch_parser``, ``mean``/``std``, ``colormap``, ``alpha``, ``tag_prefix``,
     ``max_image_size``, ``class_names``, ``filmstrip_size``, ``reshape``,
