@@ -258,7 +258,7 @@ class YOLODetectionCAM:
                     score=float(out["scores"][rank]),
                     target_score=float(logit.detach()),
                     level=level,
-                    anchor_index=anchor,
+                    anchor_index=anchor - starts[level],
                     layer=self.layer,
                 )
                 per.append(det)
@@ -292,8 +292,7 @@ class YOLODetectionCAM:
                 grads = own_gradients(targets, owners, activation, self.layer)
             else:
                 width = int(activation.shape[-1])
-                local = [flat[i][0].anchor_index - starts[level] for i in members]
-                cells = [(a // width, a % width) for a in local]
+                cells = [divmod(flat[i][0].anchor_index, width) for i in members]
                 grads = windowed_gradients(targets, owners, cells, activation, radius)
             for j, i in enumerate(members):
                 det = flat[i][0]

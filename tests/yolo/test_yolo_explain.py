@@ -29,8 +29,16 @@ def test_detections_are_ultralytics_nms_and_target_is_the_logit(yolo):
     dets = cam.explain([image], max_detections=16)[0]
     network = yolo.model.eval()
     batch = torch.nn.functional.pad(image, (0, 0, 0, 0), value=114 / 255)[None]
+    branches = network.model[-1].cv3
+    per_level = {}
+    handles = [
+        branch.register_forward_hook(lambda m, i, o, k=k: per_level.__setitem__(k, o))
+        for k, branch in enumerate(branches)
+    ]
     with torch.no_grad():
         decoded, _ = network(batch)
+    for handle in handles:
+        handle.remove()
     network.train()
     (expected,) = non_max_suppression(decoded, 0.0, 0.7, max_det=300, nc=network.model[-1].nc)
     assert len(dets) == 16
@@ -42,6 +50,10 @@ def test_detections_are_ultralytics_nms_and_target_is_the_logit(yolo):
         assert torch.sigmoid(torch.tensor(det.target_score)).item() == pytest.approx(
             det.score, rel=1e-5
         )
+        # level and anchor_index name the cell of that level's own class-logit map
+        logits = per_level[det.level][0, det.class_id].reshape(-1)
+        assert det.anchor_index < len(logits)
+        assert float(logits[det.anchor_index]) == pytest.approx(det.target_score, rel=1e-5)
         for method in ("gradcam", "gradcam++"):
             assert det.maps[method].shape == (96, 128)
             assert float(det.maps[method].min()) >= 0 and float(det.maps[method].max()) <= 1
