@@ -19,8 +19,10 @@ from ..core.resilience import PassGuard
 from ..lightning.arguments import CallbackArguments
 from ..lightning.batch import FixedSamples
 from ..lightning.passes import trial_pass
+from ..lightning.population import ValidationMetrics
 from ..lightning.sinks import Sink
 from ..tasks import CAMTask
+from .evaluation_set import EvaluationSet, check_evaluation_metrics
 from .metrics import EvaluationMetrics, same_on_every_rank
 from .samples import calling_trainer, eval_batch, sink_for_trainer, to_task_batch
 
@@ -62,6 +64,14 @@ class GradCAMTrainerCallback(TrainerCallback):
     the first step (a trial pass on every rank); a later failed pass warns and is skipped.
     Under a distributed run rank zero computes and writes, and every rank receives the same
     scalars.
+
+    ``metrics_on="evaluation"`` measures ``energy_in_box`` / ``energy_in_mask``,
+    ``pointing_game`` and ``no_evidence_rate`` over every item of the evaluated set instead
+    of the fixed samples (``metrics_batches=N``: the first N batches of each process's
+    share), split across the processes and joined by one ``all_reduce``, under the same
+    keys (``hf.evaluation_set``); pictures and drift stay on the fixed samples. Classification
+    items then need ``boxes`` or ``masks``, and the set is measured with a forward of the
+    callback's own.
     """
 
     def __init__(
@@ -87,6 +97,8 @@ class GradCAMTrainerCallback(TrainerCallback):
         faithfulness: str | Sequence[str] = (),
         on_error: str = "warn",
         task: str | type[CAMTask] | None = None,
+        metrics_on: str = "samples",
+        metrics_batches: int | None = None,
     ):
         # One explanation per evaluation; the module is the Trainer's model.
         self.args = CallbackArguments.check(
@@ -112,6 +124,8 @@ class GradCAMTrainerCallback(TrainerCallback):
             on_error=on_error,
             task=task,
         )
+        metrics_on, metrics_batches = check_evaluation_metrics(metrics_on, metrics_batches, target)
+        self.whole_set = EvaluationSet(metrics_on, metrics_batches, self.args.on_error)
         self.layer = self.args.layer
         self._methods_given = self.args.options.methods  # () for methods=None: the task's
         self.tag_prefix, self.on_error = self.args.prefix, self.args.on_error
@@ -120,6 +134,7 @@ class GradCAMTrainerCallback(TrainerCallback):
         self._sink: Sink | None = None
         self.log_dir: str | None = None
         self._network: nn.Module | None = None
+        self._trainer: Any = None
         self._metrics: EvaluationMetrics | None = None
         self._last: tuple[int, dict[str, float]] | None = None  # (step, metrics) given
         self.history: list[dict[str, Any]] = []
@@ -165,6 +180,13 @@ class GradCAMTrainerCallback(TrainerCallback):
             self.task.layer_name = full_layer_name(network, self.layer)
         self._guard = PassGuard("GradCAMTrainerCallback", self.on_error)
         self._metrics = self._trial(network)  # every rank: all fail together
+        if self.whole_set.enabled and trainer is None:
+            raise RuntimeError(
+                "GradCAMTrainerCallback(metrics_on='evaluation') measures the Trainer's "
+                "eval_dataset, but no transformers.Trainer is calling it"
+            )
+        self.whole_set.trial(trainer, self.task, network)  # every rank: its share's first batch
+        self._trainer = trainer
         self._last = None
         self._sink, self.log_dir = sink_for_trainer(trainer, args.output_dir, self.tag_prefix)
 
@@ -190,10 +212,35 @@ class GradCAMTrainerCallback(TrainerCallback):
             if state.is_world_process_zero:
                 metrics = self._metrics.complete(self._explain_and_log(state))
             self._last = (step, same_on_every_rank(metrics))
-        added = {f"{match.group(1)}_{tag}": value for tag, value in self._last[1].items()}
+        given = self._last[1]
+        if self.whole_set.enabled:  # every rank: its share of the set, one all_reduce
+            given = self._whole_set_metrics(state, match.group(1), given, kwargs)
+        added = {f"{match.group(1)}_{tag}": value for tag, value in given.items()}
         logs.update(added)
         if state.log_history and state.log_history[-1].get("step") == state.global_step:
             state.log_history[-1].update(added)
+
+    def _whole_set_metrics(
+        self, state: Any, metric_prefix: str, given: dict[str, float], events: dict
+    ) -> dict[str, float]:
+        """``given`` with the means over the set evaluated under ``metric_prefix`` in place
+        of the fixed samples' own scalars; rank zero writes them to TensorBoard (for a set
+        ``<name>`` of several, under ``<tag_prefix>_<name>/``)."""
+        trainer, step = self._trainer, int(state.global_step)
+        dataset = EvaluationSet.evaluated_dataset(
+            trainer, events.get("eval_dataloader"), metric_prefix
+        )
+        means = self.whole_set.means(
+            trainer, self.task, self._network, dataset, step, metric_prefix
+        )
+        prefix = f"{self.tag_prefix}/{self._layer()}"
+        if state.is_world_process_zero and means:
+            name = metric_prefix[len("eval_") :]
+            board = prefix if not name else f"{self.tag_prefix}_{name}/{self._layer()}"
+            for tag, value in means.items():
+                self._sink.scalar(f"{board}/{tag}", value, step)
+            self._sink.flush()
+        return self.whole_set.in_metrics(given, means, prefix)
 
     # ------------------------------------------------------------------ the CAM pass
 
@@ -211,7 +258,10 @@ class GradCAMTrainerCallback(TrainerCallback):
                 report.scalars.update({f"{method}/{k}": v for k, v in values.items()})
             for tag, image, caption in report.images:
                 self._sink.image(f"{prefix}/{tag}", image, step, caption=caption)
-            for tag, value in report.scalars.items():
+            scalars = report.scalars
+            if self.whole_set.enabled:  # those the whole set measures are the set's
+                scalars = ValidationMetrics.merge(scalars, {})
+            for tag, value in scalars.items():
                 self._sink.scalar(f"{prefix}/{tag}", value, step)
                 logged[f"{prefix}/{tag}"] = float(value)
             self._sink.flush()

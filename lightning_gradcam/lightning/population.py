@@ -45,18 +45,21 @@ _FIELDS = (*MEASURED_FIELDS, "failed", "images")
 _OWNED = {"energy_in_box", "energy_in_mask", "pointing_game", "no_evidence_rate", "found_rate"}
 
 
-def check_metrics_on(metrics_on: object, metrics_batches: object) -> tuple[str, int | None]:
-    """``metrics_on`` and ``metrics_batches``, checked; a message saying what to pass."""
-    if metrics_on not in METRICS_ON:
+def check_metrics_on(
+    metrics_on: object, metrics_batches: object, whole: str = "validation"
+) -> tuple[str, int | None]:
+    """``metrics_on`` and ``metrics_batches``, checked; a message saying what to pass.
+    ``whole``: the word for the whole-set option (``"evaluation"`` for the HF Trainer)."""
+    if metrics_on not in ("samples", whole):
         raise ValueError(
             f"metrics_on must be 'samples' (the scalars over the fixed samples) or "
-            f"'validation' (over every validation batch), got {metrics_on!r}"
+            f"{whole!r} (over every {whole} batch), got {metrics_on!r}"
         )
     if metrics_batches is not None:
-        if metrics_on != "validation":
+        if metrics_on != whole:
             raise ValueError(
-                "metrics_batches limits the batches measured with metrics_on='validation'; "
-                "pass metrics_on='validation' too, or leave metrics_batches=None"
+                f"metrics_batches limits the batches measured with metrics_on={whole!r}; "
+                f"pass metrics_on={whole!r} too, or leave metrics_batches=None"
             )
         if (
             isinstance(metrics_batches, bool)
@@ -79,9 +82,16 @@ class ValidationMetrics:
     Attributes: ``images``: how many images the last logged means are over (all ranks).
     """
 
-    def __init__(self, methods: tuple[str, ...], max_batches: int | None, on_error: str):
+    def __init__(
+        self,
+        methods: tuple[str, ...],
+        max_batches: int | None,
+        on_error: str,
+        owner: str = "GradCAMCallback: metrics_on='validation'",
+    ):
         self.max_batches = max_batches
         self.on_error = on_error
+        self.owner = owner  # who the warnings speak for
         self.images = 0
         self._measure: PopulationMeasure | None = None
         self._sums = MetricSums(methods, _FIELDS, MAX_CLASSES + 1)
@@ -184,9 +194,8 @@ class ValidationMetrics:
                 raise  # the first batch measured: a mistake to fix, not a pass to skip
             self._failed = True
             warnings.warn(
-                f"GradCAMCallback: metrics_on='validation' could not measure validation batch "
-                f"{batch_idx} ({type(error).__name__}: {error}); this epoch's whole-set "
-                "scalars are not logged",
+                f"{self.owner} could not measure batch {batch_idx} ({type(error).__name__}: "
+                f"{error}); the whole-set scalars of this evaluation are not logged",
                 UserWarning,
                 stacklevel=2,
             )

@@ -100,3 +100,26 @@ def training_args(out, **kwargs) -> transformers.TrainingArguments:
     )
     base.update(kwargs)
     return transformers.TrainingArguments(**base)
+
+
+def whole_set_by_hand(model, dataset: Squares, layer: str, count: int | None = None) -> dict:
+    """``energy_in_box``, ``pointing_game``, ``no_evidence_rate`` of Grad-CAM over the first
+    ``count`` items of ``dataset`` (all by default) for their labels, from ``model``'s
+    weights: a map without positive evidence counts 0 energy and no hit."""
+    from lightning_gradcam import CAMEngine
+    from lightning_gradcam.core.drift import box_masks, energy_share, pointing_hits
+
+    count = len(dataset) if count is None else count
+    images, labels, boxes = dataset.images[:count], dataset.labels[:count], dataset.boxes[:count]
+    model.eval()
+    result = CAMEngine(model, layer=layer, methods=("gradcam",)).explain(images, targets=labels)
+    maps = result.maps["gradcam"][:, 0].float()
+    evidence = result.layer_maps["gradcam"][:, 0].flatten(1).amax(1) > 0
+    region = box_masks(boxes, tuple(images.shape[-2:]))
+    energy = torch.where(evidence, energy_share(maps, region), 0.0)
+    hits = pointing_hits(maps, region) & evidence
+    return {
+        "energy_in_box": float(energy.mean()),
+        "pointing_game": float(hits.float().mean()),
+        "no_evidence_rate": float((~evidence).float().mean()),
+    }

@@ -52,3 +52,28 @@ def test_two_ranks_report_the_same_values_and_one_writes(tmp_path, launcher):
     events = glob.glob(os.path.join(str(out), "**", "events.out.tfevents.*"), recursive=True)
     assert len(events) == 1  # the Trainer's one run, written by rank zero
     assert os.path.dirname(events[0]) == zero["log_dir"]
+
+
+def test_two_ranks_log_the_means_one_process_computes_over_the_whole_set(tmp_path):
+    """metrics_on="evaluation": each rank measures its share of the 13 items (7 and 6, none
+    repeated), one all_reduce; both ranks log the means over all 13 that one process computes
+    by hand from the final weights."""
+    import torch
+    from hf_tiny import Squares, tiny_vit, whole_set_by_hand
+
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", HF_HOME=str(tmp_path / "hf"))
+    run = subprocess.run(
+        [sys.executable, *LAUNCHERS["torchrun"], SCRIPT, str(out), "evaluation"],
+        env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    zero, one = (json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert _comparable(zero["evals"]) == _comparable(one["evals"])
+    assert zero["images"] == one["images"] == 13
+    model = tiny_vit()
+    model.load_state_dict(torch.load(out / "weights.pt"))
+    want = whole_set_by_hand(model, Squares(13, seed=2), zero["layer"])
+    prefix = f"eval_gradcam/{zero['layer']}/gradcam"
+    for name, value in want.items():
+        assert zero["evals"][-1][f"{prefix}/{name}"] == pytest.approx(value, rel=1e-5, abs=1e-7)
