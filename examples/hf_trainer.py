@@ -13,7 +13,9 @@ shortcut data would be: the mark gives their class away too.
 
 A tiny random ResNet (``AutoModelForImageClassification`` from a config) trains with
 ``GradCAMTrainerCallback``; every epoch is evaluated and saved, and ``metric_for_best_model``
-is the callback's ``energy_in_box`` (the share of the Grad-CAM map inside the shape's box).
+is the callback's ``energy_in_box`` (the share of the Grad-CAM map inside the shape's box),
+measured over all 128 evaluation images (``metrics_on="evaluation"``; ``--metrics-on
+samples``: over the 32 fixed samples, whose overlays are drawn either way).
 In the second phase the model learns to read the mark: accuracy rises, and the maps leave
 the shape for the corner, so ``energy_in_box`` falls. Accuracy picks a checkpoint of the
 second phase, the one that reads the mark; ``energy_in_box`` picks one of the first, which
@@ -132,12 +134,20 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--faint", type=float, default=0.3, help="share of faint shapes")
     parser.add_argument("--out", default="runs/hf_trainer")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--metrics-on",
+        choices=("evaluation", "samples"),
+        default="evaluation",
+        help="measure energy_in_box over every evaluation image, or the 32 fixed samples",
+    )
     args = parser.parse_args(argv)
 
     torch.set_num_threads(1)  # faster for this tiny model, and the same numbers on any core count
     transformers.set_seed(args.seed)
     model = tiny_resnet()
-    cam = GradCAMTrainerCallback(layer=LAYER, methods=("gradcam",), num_samples=32)
+    cam = GradCAMTrainerCallback(
+        layer=LAYER, methods=("gradcam",), num_samples=32, metrics_on=args.metrics_on
+    )
     metric = f"gradcam/{LAYER}/gradcam/energy_in_box"
     training = transformers.TrainingArguments(
         output_dir=args.out,
@@ -209,6 +219,7 @@ def report(trainer: transformers.Trainer, cam: GradCAMTrainerCallback, out: str)
         "by_energy": best["energy"],
         "by_accuracy": best["accuracy"],
         "kept": kept,
+        "images": cam.whole_set.images,  # what the scalars are over (0: the fixed samples)
     }
 
 
