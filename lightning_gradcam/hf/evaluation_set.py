@@ -51,13 +51,6 @@ def check_evaluation_metrics(
     return metrics_on, metrics_batches
 
 
-def _dataset_of(trainer: Any, dataset: Any = None) -> Any:
-    dataset = trainer.eval_dataset if dataset is None else dataset
-    if isinstance(dataset, dict):
-        dataset = next(iter(dataset.values()), None)
-    return dataset
-
-
 def process_share(trainer: Any, dataset: Any, max_batches: int | None) -> Iterator[Any]:
     """This process's batches of ``dataset``, as the tasks read them (module docstring)."""
     try:
@@ -116,26 +109,29 @@ class EvaluationSet:
         return self._sums
 
     def trial(self, trainer: Any, task: CAMTask, network: nn.Module) -> None:
-        """Every process, before training: measure the first batch of its share of the
-        (first) eval_dataset and forget it, so that a set the measure cannot take fails now,
-        with what to change."""
+        """Every process, before training: measure the first batch of its share of each
+        eval_dataset (each entry of a dict) and forget it, so that a set the measure cannot
+        take fails now, with what to change."""
         self._sums, self._means, self._keys = None, {}, {}
         if not self.enabled:
             return
-        dataset = _dataset_of(trainer)
-        if dataset is None:
+        given = trainer.eval_dataset
+        if given is None:
             raise ValueError(
                 "metrics_on='evaluation' measures the Trainer's eval_dataset, but it has none: "
                 "give the Trainer an eval_dataset or use metrics_on='samples'"
             )
+        named = given.items() if isinstance(given, dict) else [(None, given)]
         with preserve_rng():
-            batch = next(process_share(trainer, dataset, 1), None)
-            if batch is None:
-                return  # this process's share is empty: it joins the reduction with zeros
-            try:
-                self._for(task).trial(task, network, batch)
-            except ValueError as error:
-                raise ValueError(f"{_OWNER}: {error}") from error
+            for name, dataset in named:
+                try:
+                    batch = next(process_share(trainer, dataset, 1), None)
+                    if batch is None:
+                        continue  # this process's share is empty: it adds zeros to the sums
+                    self._for(task).trial(task, network, batch)
+                except ValueError as error:
+                    which = "" if name is None else f" (eval_dataset[{name!r}])"
+                    raise ValueError(f"{_OWNER}{which}: {error}") from error
 
     def means(
         self,

@@ -173,12 +173,24 @@ class _Streamed(IterableDataset):
     [
         (_NoBoxes(8, seed=2), {}, "no boxes or masks"),
         (_Streamed(), {"images": Squares(4, seed=2).images}, "has no len()"),
+        (
+            {"near": Squares(8, seed=2), "far": _NoBoxes(8, seed=2)},
+            {},
+            r"eval_dataset\['far'\].*no boxes or masks",
+        ),
     ],
 )
 def test_a_set_it_cannot_measure_fails_before_the_first_step(tmp_path, evaluated, given, message):
     cb = GradCAMTrainerCallback(methods=("gradcam",), metrics_on="evaluation", **given)
+    steps_taken = []
+
+    class Steps(transformers.TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            steps_taken.append(state.global_step)
+
     with pytest.raises(ValueError, match=message):
-        _fit(tmp_path, [cb], evaluated)
+        _fit(tmp_path, [cb, Steps()], evaluated)
+    assert steps_taken == []  # refused before the first training step
 
 
 @pytest.mark.parametrize(
