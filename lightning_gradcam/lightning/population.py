@@ -204,12 +204,14 @@ class ValidationMetrics:
             self._sums.add(self._sums.methods[0], {"images": images})
         return None if tap is None else tap.skipped
 
-    def finish(self) -> dict[str, float] | None:
+    def finish(self, across_ranks: bool = True) -> dict[str, float] | None:
         """Every rank, at the end of a measured epoch: one ``all_reduce``, then the means
-        (``{"<method>/<name>": value}``), or None when a rank failed or none measured."""
+        (``{"<method>/<name>": value}``), or None when a rank failed or none measured.
+        ``across_ranks=False``: this process measured the whole set, no collective."""
         self.close_tap()
         self._sums.add(self._sums.methods[0], {"failed": float(self._failed)})
-        self._sums.reduce()
+        if across_ranks:
+            self._sums.reduce()
         first = self._sums.totals(self._sums.methods[0])
         self.images = int(first["images"])
         means = None

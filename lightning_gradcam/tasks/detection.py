@@ -272,6 +272,18 @@ class DetectionTask(CAMTask):
     # ---------------------------------------------------------------- samples
 
     def parse_batch(self, batch: Any) -> DetectionSamples:
+        samples = self.measured_samples(batch)
+        if not any(len(b) for b in samples.boxes):
+            raise ValueError(
+                "no image of the batch has a ground-truth box (every target's boxes is empty): "
+                "the detection pictures and energy_in_box explain ground-truth objects; use "
+                "validation images that hold objects"
+            )
+        return samples
+
+    def measured_samples(self, batch: Any) -> DetectionSamples:
+        """``batch`` as samples, a batch without any object included (a whole-set measure
+        adds nothing for it; :meth:`parse_batch` refuses it as fixed samples)."""
         if self.options.batch_parser is not None:
             batch = self.options.batch_parser(batch)
         images, targets = _split_batch(batch)
@@ -295,12 +307,6 @@ class DetectionTask(CAMTask):
                 )
             boxes.append(box)
             labels.append(label)
-        if not any(len(b) for b in boxes):
-            raise ValueError(
-                "no image of the batch has a ground-truth box (every target's boxes is empty): "
-                "the detection pictures and energy_in_box explain ground-truth objects; use "
-                "validation images that hold objects"
-            )
         return DetectionSamples([i.detach().float().cpu().clone() for i in images], boxes, labels)
 
     @classmethod

@@ -40,7 +40,7 @@ from ..core.tracking import has_evidence
 from ..engine import CAMEngine
 from .base import CAMTask
 from .classification import ClassificationTask
-from .detection import DetectionTask, _split_batch
+from .detection import DetectionTask
 from .segmentation import SegmentationTask
 
 __all__ = [
@@ -293,11 +293,9 @@ class DetectionMeasure(PopulationMeasure):
         self, network: nn.Module, batch: Any, sums: MetricSums, tap: ForwardTap | None = None
     ) -> int:
         task = self.task
-        parser = task.options.batch_parser
-        images, targets = _split_batch(parser(batch) if parser is not None else batch)
-        if not any(len(torch.as_tensor(t["boxes"]).reshape(-1, 4)) for t in targets):
-            return len(images)  # no object to measure in this batch
-        samples = task.parse_batch(batch)
+        samples = task.measured_samples(batch)
+        if not any(len(boxes) for boxes in samples.boxes):
+            return len(samples)  # no object to measure in this batch
         result = task.explain(network, samples)
         for method in self.methods:
             values = dict.fromkeys(self.fields, 0.0)

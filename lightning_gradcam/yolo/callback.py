@@ -16,10 +16,12 @@ import torch
 from ..core.methods import check_methods
 from ..core.resilience import PassGuard, run_in_chunks
 from ..lightning.arguments import CallbackArguments
+from ..lightning.population import ValidationMetrics
 from .explain import YOLODetectionCAM
 from .results import ResultsColumns
 from .task import YOLODetectionTask
 from .trainer import TensorBoardWriter, is_main_process, validated_model, validation_batch
+from .validation_set import ValidationSet
 
 __all__ = ["GradCAMYOLOCallback"]
 
@@ -79,6 +81,12 @@ class GradCAMYOLOCallback:
             ``cls``/``batch_idx`` dict, for custom datasets.
         colormap, alpha, tag_prefix, max_image_size, filmstrip_size: as ``GradCAMCallback``.
         on_error: ``"warn"`` (a failed pass is a warning, training goes on) or ``"raise"``.
+        metrics_on: ``"samples"``: the scalars are the fixed samples'; ``"validation"``:
+            ``energy_in_box``, ``pointing_game``, ``found_rate`` and ``no_evidence_rate``
+            are measured over every image of the validation set, by rank 0
+            (``yolo.validation_set``); drift and pictures stay on the fixed samples.
+        metrics_batches: with ``metrics_on="validation"``, measure only the first N
+            batches of the validation set.
 
     Wrong arguments fail in the constructor or ``attach`` (the layer, against the model);
     samples, model and layer that cannot be explained fail at the trial pass before the
@@ -108,6 +116,8 @@ class GradCAMYOLOCallback:
         max_image_size: int | None = 256,
         filmstrip_size: int | None = 96,
         on_error: str = "warn",
+        metrics_on: str = "samples",
+        metrics_batches: int | None = None,
     ):
         check_methods(methods, detectors=True)
         for name, value in (("conf", conf), ("iou", iou)):
@@ -140,6 +150,8 @@ class GradCAMYOLOCallback:
             task=YOLODetectionTask,
             model=None,
             alarm_after_epoch=0,
+            metrics_on=metrics_on,
+            metrics_batches=metrics_batches,
         )
         self.layer, self.methods = self.args.layer, self.args.options.methods
         self.num_samples, self.every_n_epochs = self.args.num_samples, self.args.every_n_epochs
@@ -149,6 +161,9 @@ class GradCAMYOLOCallback:
         self.samples = None
         self.history: list[dict[str, Any]] = []
         self.columns = ResultsColumns()
+        self.whole_set = ValidationSet(
+            self.args.metrics_on, self.args.metrics_batches, self.args.on_error
+        )
         self._guard = PassGuard("GradCAMYOLOCallback", self.on_error)
         self._trainer: Any = None
         self._writer: TensorBoardWriter | None = None
@@ -216,6 +231,7 @@ class GradCAMYOLOCallback:
                 names = tuple(str(n) for n in data_names)
             self.task.options = dataclasses.replace(self.task.options, class_names=names)
         self._trial_pass(validated_model(trainer))
+        self.whole_set.trial(trainer, self.task, validated_model(trainer))
         self.columns.declare(f"{self.tag_prefix}/{self.layer_name}", self.methods)
         self._writer = TensorBoardWriter(str(trainer.save_dir))
 
@@ -267,6 +283,10 @@ class GradCAMYOLOCallback:
         network = validated_model(trainer)
         prefix = f"{self.tag_prefix}/{self.layer_name}"
         logged: dict[str, float] = {}
+        whole: dict[str, float] | None = None  # metrics_on="validation": the set's means
+        if self.whole_set.enabled:
+            means = self.whole_set.means(trainer, task, network)
+            whole = {f"{prefix}/{tag}": value for tag, value in (means or {}).items()}
 
         def log(result: Any) -> None:
             report = task.report(result, samples, step, epoch)
@@ -277,9 +297,9 @@ class GradCAMYOLOCallback:
                 strip = task.filmstrip(method)
                 writer.add_image(f"{prefix}/{method}/filmstrip", strip, step, dataformats="HWC")
             scalars = {f"{prefix}/{tag}": float(v) for tag, v in report.scalars.items()}
-            if not self._writer.shared:  # else Ultralytics logs trainer.metrics itself
-                for tag, value in scalars.items():
-                    writer.add_scalar(tag, value, global_step=step)
+            if whole is not None:  # the whole set's values in place of the samples' own
+                scalars = ValidationMetrics.merge(scalars, whole)
+            self._write_scalars(scalars, step)
             self._writer_flush()
             logged.update(scalars)
             self.history.append({"epoch": epoch, "step": step, "scalars": report.summary})
@@ -295,10 +315,17 @@ class GradCAMYOLOCallback:
             try:  # the writer itself may be what failed
                 writer = self._writer.writer()
                 writer.add_scalar(f"{prefix}/skipped_passes", self._guard.failed_passes, step)
+                self._write_scalars(whole or {}, step)  # the set's means still hold
             except Exception:
                 pass
-            return {}
+            return dict(whole or {})
         return {k: v for k, v in logged.items() if not math.isnan(v)}
+
+    def _write_scalars(self, scalars: dict[str, float], step: int) -> None:
+        if not self._writer.shared:  # else Ultralytics logs trainer.metrics itself
+            writer = self._writer.writer()
+            for tag, value in scalars.items():
+                writer.add_scalar(tag, value, global_step=step)
 
     def _writer_flush(self) -> None:
         flush = getattr(self._writer.writer(), "flush", None)

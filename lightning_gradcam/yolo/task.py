@@ -72,10 +72,13 @@ class YOLODetectionTask(DetectionTask):
     def recognises(cls, network: nn.Module, batch: Any) -> bool:
         return is_ultralytics_model(network) and isinstance(batch, dict) and "bboxes" in batch
 
-    def parse_batch(self, batch: Any) -> DetectionSamples:
+    def measured_samples(self, batch: Any) -> DetectionSamples:
         if self.options.batch_parser is not None:
             batch = self.options.batch_parser(batch)
         return samples_from_batch(batch)
+
+    def parse_batch(self, batch: Any) -> DetectionSamples:
+        return self.measured_samples(batch)  # check_samples refuses fixed samples without objects
 
     def _detection_cam(self, network: nn.Module) -> YOLODetectionCAM:
         if self._cam is not None and self._cam_for == id(network):

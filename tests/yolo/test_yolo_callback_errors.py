@@ -37,6 +37,8 @@ def data(tmp_path_factory):
         ({"conf": 1.5}, r"conf must be in \[0, 1\], got 1.5"),
         ({"iou": "high"}, "iou must be a number"),
         ({"on_error": "ignore"}, "on_error must be 'warn'.*or 'raise'"),
+        ({"metrics_on": "evaluation"}, "metrics_on must be 'samples'.*or 'validation'"),
+        ({"metrics_batches": 2}, "pass metrics_on='validation' too"),
     ],
 )
 def test_wrong_arguments_are_refused_in_the_constructor(kwargs, message):

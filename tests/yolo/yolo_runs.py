@@ -18,13 +18,16 @@ def shapes_data(root: Path) -> Path:
     return write_shapes_dataset(root / "data", num_train=8, num_val=4, size=64, seed=0)
 
 
-def train_options(data: Path, root: Path, name: str, epochs: int = 2, imgsz: int = 64) -> dict:
-    """The ``YOLO.train`` options of every test run: CPU, deterministic, no plots."""
+def train_options(
+    data: Path, root: Path, name: str, epochs: int = 2, imgsz: int = 64, batch: int = 4
+) -> dict:
+    """The ``YOLO.train`` options of every test run: CPU, deterministic, no plots (the
+    validation loader's batch is twice ``batch``)."""
     return dict(
         data=str(data),
         epochs=epochs,
         imgsz=imgsz,
-        batch=4,
+        batch=batch,
         workers=0,
         device="cpu",
         amp=False,
@@ -47,6 +50,7 @@ def train(
     model="yolov8n.yaml",
     others=(),
     imgsz: int = 64,
+    batch: int = 4,
 ):
     """``YOLO(model).train(...)`` at random init (seed 0), with ``callback`` attached, then
     ``others`` (objects with an ``attach(yolo)``, registered after it)."""
@@ -56,7 +60,7 @@ def train(
         callback.attach(yolo)
     for other in others:
         other.attach(yolo)
-    yolo.train(**train_options(data, root, name, epochs, imgsz))
+    yolo.train(**train_options(data, root, name, epochs, imgsz, batch))
     return yolo
 
 
