@@ -42,19 +42,21 @@ from .gradients import row_gradients
 
 __all__ = ["ForwardTap", "Tapped"]
 
-Select = Callable[[object], tuple[torch.Tensor, torch.Tensor]]
+Select = Callable[[object], tuple]  # (scores, class_ids) or (scores, class_ids, extra)
 
 
 @dataclass
 class Tapped:
     """What a :class:`ForwardTap` took from the forward it watched: the layer's output
     ``activation`` (detached), its ``gradient`` ``(B, K, *activation.shape[1:])``, the
-    ``scores`` ``(B, K)`` differentiated (detached) and their ``class_ids``."""
+    ``scores`` ``(B, K)`` differentiated (detached), their ``class_ids``, and ``extra``:
+    whatever else ``select`` gave (a segmentation score's pixel counts), or None."""
 
     activation: torch.Tensor
     gradient: torch.Tensor
     scores: torch.Tensor
     class_ids: torch.Tensor
+    extra: object = None
 
 
 def _autocast_on() -> bool:
@@ -64,21 +66,24 @@ def _autocast_on() -> bool:
 
 
 def _same_images(given: object, images: torch.Tensor) -> bool:
+    """Whether the network was called on ``images``: the very tensor, or an equal one. The
+    measures keep CPU copies of a batch, so ``images`` may be on another device than the
+    batch the step calls the network on: compared there."""
     if given is images:
         return True
     return (
         isinstance(given, torch.Tensor)
         and given.shape == images.shape
         and given.dtype == images.dtype
-        and given.device == images.device
-        and bool(torch.equal(given, images))
+        and bool(torch.equal(given, images.to(given.device)))
     )
 
 
 class ForwardTap:
     """Take ``layer``'s activation and the scores' gradient at it from the next call of
     ``network`` on ``images`` (module docstring); ``select(output)`` gives ``(scores,
-    class_ids)``, both ``(B, K)``.
+    class_ids)``, both ``(B, K)``, or ``(scores, class_ids, extra)`` (kept as
+    :attr:`Tapped.extra`).
 
     Example::
 
@@ -193,12 +198,14 @@ class ForwardTap:
                 )
                 return None
             try:
-                scores, class_ids = self.select(output)
+                scores, class_ids, *extra = self.select(output)
                 gradient = row_gradients(scores, activation)
             except Exception as error:  # the caller's own pass raises it with its message
                 self.skipped = f"{type(error).__name__}: {error}"
             else:
-                self.result = Tapped(activation.detach(), gradient, scores.detach(), class_ids)
+                self.result = Tapped(
+                    activation.detach(), gradient, scores.detach(), class_ids, *extra[:1]
+                )
                 self.skipped = None
             return pytree.tree_map_only(torch.Tensor, torch.Tensor.detach, output)
         finally:

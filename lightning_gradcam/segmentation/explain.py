@@ -32,6 +32,7 @@ from ..core.layers import full_layer_name, layer_context, resolve_layer, unwrap_
 from ..core.layouts import Layout, Reshape, check_reshape, detect_layout, user_layout
 from ..core.methods import check_methods, compute_cam, get_method, normalize_maps, upsample_maps
 from ..core.state import cam_mode, preserve_model_state
+from ..core.tap import ForwardTap, Tapped
 from ..core.tracking import has_evidence
 from ..engine import CAMEngine, _model_device, _model_dtype
 from .layers import find_segmentation_layer
@@ -156,6 +157,15 @@ def _class_lists(
     return [list(dict.fromkeys(row)) for row in lists]
 
 
+def _padded(lists: list[list[int]]) -> torch.Tensor:
+    """``(B, J)`` class ids, rows padded with ``-1`` to the longest list."""
+    width = max((len(row) for row in lists), default=0)
+    class_ids = torch.full((len(lists), width), -1, dtype=torch.long)
+    for b, row in enumerate(lists):
+        class_ids[b, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return class_ids
+
+
 def _refuse_dict_layer(name: str, module: nn.Module) -> None:
     """torchvision's ``IntermediateLayerGetter`` returns a dict of feature maps, which no
     hook can read as one: name its child instead."""
@@ -255,7 +265,6 @@ class SegmentationCAM:
         if not images.is_floating_point():
             raise TypeError(f"images must be floating point, got {images.dtype}")
         network = unwrap_model(self.model)
-        size = tuple(images.shape[-2:])
         with preserve_model_state(network), cam_mode():
             x = images.detach().to(
                 device=_model_device(network, images.device),
@@ -271,35 +280,86 @@ class SegmentationCAM:
             ):
                 logits = segmentation_logits(network(x))
                 lists = _class_lists(classes, logits.argmax(dim=1), background, logits.shape[1])
-                width = max((len(row) for row in lists), default=0)
-                class_ids = torch.full((len(lists), width), -1, dtype=torch.long)
-                for b, row in enumerate(lists):
-                    class_ids[b, : len(row)] = torch.tensor(row, dtype=torch.long)
-                class_ids = class_ids.to(logits.device)
+                class_ids = _padded(lists).to(logits.device)
+                width = class_ids.shape[1]
                 scores, pixels = class_scores(logits, class_ids)
             activation = CAMEngine._single_call(cap.activations[name], name)
-            self.layout = layout = self._layout(network, activation, size)
-            batch = x.shape[0]
             if width == 0:
-                empty = torch.zeros((batch, 0, *size))
-                return SegmentationMaps(
-                    {m: empty for m in self.methods},
-                    {m: empty for m in self.methods},
-                    class_ids.cpu(),
-                    scores.detach().float().cpu(),
-                    pixels.cpu(),
-                    {m: torch.zeros((batch, 0), dtype=torch.bool) for m in self.methods},
-                    name,
-                    layout,
-                )
+                return self._maps(network, activation, None, class_ids, scores, pixels, images)
             gradient = row_gradients(scores, activation)  # (B, J, *activation.shape[1:])
-            acts = layout.to_bchw(activation.detach().float())
-            acts = acts[:, None].expand(-1, width, -1, -1, -1).reshape(-1, *acts.shape[1:])
-            grads = layout.to_bchw(gradient.float().reshape(batch * width, *activation.shape[1:]))
-            layer_maps = {
-                m: compute_cam(m, acts, grads).reshape(batch, width, *acts.shape[-2:])
-                for m in self.methods
-            }
+            return self._maps(network, activation, gradient, class_ids, scores, pixels, images)
+
+    def tap(
+        self, images: torch.Tensor, classes: Sequence[Sequence[int]], observe_only: bool = False
+    ) -> ForwardTap | None:
+        """A :class:`~lightning_gradcam.core.tap.ForwardTap` that takes the layer and the
+        gradients of ``classes`` (one list of class ids per image) from the caller's own next
+        ``no_grad`` forward of the model on ``images``, for :meth:`explain_tapped`
+        (``observe_only``: it only records the scores that forward gave); ``None`` while the
+        layer is not known (a default layer is found by the first explain)."""
+        if self.layer is None:
+            return None
+        network = unwrap_model(self.model)
+
+        def select(output: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            logits = segmentation_logits(output)
+            lists = _class_lists(classes, logits.argmax(dim=1), None, logits.shape[1])
+            class_ids = _padded(lists).to(logits.device)
+            scores, pixels = class_scores(logits, class_ids)
+            return scores, class_ids, pixels
+
+        return ForwardTap(network, resolve_layer(network, self.layer), images, select, observe_only)
+
+    def explain_tapped(self, images: torch.Tensor, tapped: Tapped) -> SegmentationMaps:
+        """What :meth:`explain_maps` returns for ``images`` and the classes a :meth:`tap`
+        was given, from what that tap took from the caller's forward (the same maps: the
+        activation and gradient are those that forward computed)."""
+        network = unwrap_model(self.model)
+        with preserve_model_state(network), cam_mode():  # a layout lookup may run the model
+            return self._maps(
+                network,
+                tapped.activation,
+                tapped.gradient,
+                tapped.class_ids,
+                tapped.scores,
+                tapped.extra,
+                images,
+            )
+
+    def _maps(
+        self,
+        network: nn.Module,
+        activation: torch.Tensor,
+        gradient: torch.Tensor | None,
+        class_ids: torch.Tensor,
+        scores: torch.Tensor,
+        pixels: torch.Tensor,
+        images: torch.Tensor,
+    ) -> SegmentationMaps:
+        """The maps of ``class_ids (B, J)`` from the layer's ``activation`` and the scores'
+        ``gradient (B, J, ...)`` at it (None when ``J == 0``)."""
+        name, size = self.layer, tuple(images.shape[-2:])
+        self.layout = layout = self._layout(network, activation, size)
+        batch, width = class_ids.shape
+        if gradient is None or width == 0:
+            empty = torch.zeros((batch, 0, *size))
+            return SegmentationMaps(
+                {m: empty for m in self.methods},
+                {m: empty for m in self.methods},
+                class_ids.cpu(),
+                scores.detach().float().cpu(),
+                pixels.cpu(),
+                {m: torch.zeros((batch, 0), dtype=torch.bool) for m in self.methods},
+                name,
+                layout,
+            )
+        acts = layout.to_bchw(activation.detach().float())
+        acts = acts[:, None].expand(-1, width, -1, -1, -1).reshape(-1, *acts.shape[1:])
+        grads = layout.to_bchw(gradient.float().reshape(batch * width, *activation.shape[1:]))
+        layer_maps = {
+            m: compute_cam(m, acts, grads).reshape(batch, width, *acts.shape[-2:])
+            for m in self.methods
+        }
         maps = {
             m: normalize_maps(upsample_maps(cam, size), flat_at=cam).to(images.device)
             for m, cam in layer_maps.items()

@@ -119,7 +119,34 @@ class PopulationMeasure(ABC):
         """``{"<method>/<name>": value}``: the task's scalars from the sums."""
 
 
-class ClassificationMeasure(PopulationMeasure):
+class _ReusesForward:
+    """A measure that reuses the caller's forward through a ``core.tap.ForwardTap``, once
+    one batch has shown that its own pass (the head run with autograd recording) gives the
+    scores the caller's ``no_grad`` forward gave, bit for bit (some kernels, attention
+    backends among them, take another path when autograd records). ``_refused``: why it
+    never will."""
+
+    _verified: bool = False
+    _refused: str | None = None
+
+    def _verify(self, tap: ForwardTap, scores: torch.Tensor) -> None:
+        observed = tap.observed.to(device=scores.device, dtype=scores.dtype)
+        if torch.equal(observed, scores):
+            self._verified = True
+            return
+        difference = (
+            float((observed - scores).abs().max()) if observed.shape == scores.shape else None
+        )
+        self._refused = tap.skipped = (
+            "the layers after the explained one give other scores when autograd records "
+            f"(largest difference {difference:.3g}), so reusing the forward would change "
+            "validation_step's outputs"
+            if difference is not None
+            else "the scores of validation_step's forward have another shape"
+        )
+
+
+class ClassificationMeasure(_ReusesForward, PopulationMeasure):
     """Classification batches with the deciding object's ``boxes`` or ``masks``. The class
     explained is the label when the batch has labels (``target="auto"``/``"label"``), the
     prediction at this pass (``"prediction"``, or no labels), or the fixed class id or
@@ -138,11 +165,6 @@ class ClassificationMeasure(PopulationMeasure):
             )
         self._engine: CAMEngine | None = None
         self._engine_for: int | None = None
-        # The tap is used once one batch showed that the engine's own pass (the head run
-        # with autograd recording) gives the scores validation_step's forward gave, bit
-        # for bit; _refused: why it never will.
-        self._verified = False
-        self._refused: str | None = None
         self._full_names: dict[tuple[int, str], str] = {}  # (network, engine's name): full name
 
     def check(self, samples: Any) -> None:
@@ -218,22 +240,6 @@ class ClassificationMeasure(PopulationMeasure):
             sums.add(method, _region_sums(maps, regions, evidence))
         return len(samples)
 
-    def _verify(self, tap: ForwardTap, scores: torch.Tensor) -> None:
-        observed = tap.observed.to(device=scores.device, dtype=scores.dtype)
-        if torch.equal(observed, scores):
-            self._verified = True
-            return
-        difference = (
-            float((observed - scores).abs().max()) if observed.shape == scores.shape else None
-        )
-        self._refused = tap.skipped = (
-            "the layers after the explained one give other scores when autograd records "
-            f"(largest difference {difference:.3g}), so reusing the forward would change "
-            "validation_step's outputs"
-            if difference is not None
-            else "the scores of validation_step's forward have another shape"
-        )
-
     def means(self, sums: MetricSums) -> dict[str, float]:
         out: dict[str, float] = {}
         for method in self.methods:
@@ -242,8 +248,9 @@ class ClassificationMeasure(PopulationMeasure):
         return out
 
 
-class SegmentationMeasure(PopulationMeasure):
-    """Segmentation ``(images, masks)`` batches: one map per (image, ground-truth class)."""
+class SegmentationMeasure(_ReusesForward, PopulationMeasure):
+    """Segmentation ``(images, masks)`` batches: one map per (image, ground-truth class),
+    from the caller's own forward once verified (as :class:`ClassificationMeasure`)."""
 
     fields = ClassificationMeasure.fields
     groups = MAX_CLASSES + 1
@@ -251,12 +258,26 @@ class SegmentationMeasure(PopulationMeasure):
     def check(self, samples: Any) -> None:
         pass  # parse_batch refuses batches without (B, H, W) class-id masks
 
+    def tap(self, network: nn.Module, batch: Any) -> ForwardTap | None:
+        if self._refused is not None:
+            return None
+        samples = self.task.parse_batch(batch)
+        return self.task.tap(network, samples, observe_only=not self._verified)
+
     def measure(
         self, network: nn.Module, batch: Any, sums: MetricSums, tap: ForwardTap | None = None
     ) -> int:
         task = self.task
         samples = task.parse_batch(batch)
-        result = task.explain(network, samples)
+        if not any(samples.classes(task.background)):
+            return len(samples)  # only background: no map to measure
+        if tap is not None and tap.result is not None:
+            result = task.explain_tapped(network, samples, tap.result)
+        else:
+            explained = task.explain_maps(network, samples)
+            if tap is not None and tap.observed is not None:
+                self._verify(tap, explained.scores)
+            result = explained.regions()
         for method in self.methods:
             for index, regions in enumerate(result):
                 for region in regions:

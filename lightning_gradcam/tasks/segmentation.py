@@ -32,9 +32,10 @@ import torch
 from torch import nn
 
 from ..core.render import to_uint8_image
+from ..core.tap import ForwardTap, Tapped
 from ..core.tracking import DriftTracker
 from ..pictures import class_text
-from ..segmentation.explain import Region, SegmentationCAM
+from ..segmentation.explain import Region, SegmentationCAM, SegmentationMaps
 from ..segmentation.outputs import looks_like_segmentation
 from ..segmentation.pictures import outline_mask
 from .base import CAMTask, PassReport, ReportItem, TaskOptions, probe_output
@@ -237,12 +238,34 @@ class SegmentationTask(CAMTask):
 
     def explain(self, network: nn.Module, samples: SegmentationSamples) -> list[list[Region]]:
         """One list of regions per sample, one region per ground-truth class."""
+        return self.explain_maps(network, samples).regions()
+
+    def explain_maps(self, network: nn.Module, samples: SegmentationSamples) -> SegmentationMaps:
+        """:meth:`explain` as batched tensors (``SegmentationCAM.explain_maps``)."""
         cam = self._engine(network)
         images = samples.images
         param = next(network.parameters(), None)
         if param is not None:
             images = images.to(param.device)
-        regions = cam.explain(images, classes=samples.classes(self.background), background=None)
+        maps = cam.explain_maps(images, classes=samples.classes(self.background), background=None)
+        self.layer_name = cam.layer
+        return maps
+
+    def tap(
+        self, network: nn.Module, samples: SegmentationSamples, observe_only: bool = False
+    ) -> ForwardTap | None:
+        """A ``core.tap.ForwardTap`` for the caller's own forward of ``samples``' images,
+        taking the gradients of each image's ground-truth classes (``SegmentationCAM.tap``);
+        None while the layer is not known."""
+        classes = samples.classes(self.background)
+        return self._engine(network).tap(samples.images, classes, observe_only=observe_only)
+
+    def explain_tapped(
+        self, network: nn.Module, samples: SegmentationSamples, tapped: Tapped
+    ) -> list[list[Region]]:
+        """:meth:`explain` from what a :meth:`tap` took from the caller's forward."""
+        cam = self._engine(network)
+        regions = cam.explain_tapped(samples.images, tapped).regions()
         self.layer_name = cam.layer
         return regions
 
