@@ -10,8 +10,9 @@ the end of its last batch; the fixed samples' pictures pass at the epoch's end i
 batches:
 
 * ``plain``: no callback;
-* ``measured``: ``GradCAMCallback(metrics_on="validation")`` with Grad-CAM and Grad-CAM++
-  (the default methods). From the second measured batch on, the measure reuses the forward
+* ``measured``: ``GradCAMCallback(metrics_on="validation")`` with the task's default methods
+  (Grad-CAM and Grad-CAM++; Grad-CAM and HiResCAM for segmentation). From the second
+  measured batch on, the measure reuses the forward
   of ``validation_step`` (``core.tap``) and adds one backward from the scores to the layer,
   the maps and the sums;
 * ``own forward``: the same, with the tap switched off, so each batch also gets the measure's
@@ -21,8 +22,10 @@ batches:
 Each fit runs ``--epochs`` epochs; the first epoch is warm-up and left out, the others'
 median is taken; variants alternate ``--repeats`` times, medians of those. Models, random
 init, CPU: torchvision ResNet-50 at ``layer4`` (batch 16, 224 px, ``--batches`` validation
-batches) and the demo CNN of ``examples/lightning_shapes.py`` at ``net.features.block3``
-(batch 32, 64 px, 10 batches). Target (issue 28): ratio <= 1.25.
+batches), the demo CNN of ``examples/lightning_shapes.py`` at ``net.features.block3``
+(batch 32, 64 px, 10 batches), and a torchvision LR-ASPP MobileNetV3 segmenter at its
+default layer (batch 8, 128 px, 4 batches; masks with two classes on background). Target
+(issue 28, for the two classifiers): ratio <= 1.25.
 
     python benchmarks/validation_metrics.py [--repeats 2] [--epochs 4] [--batches 3]
 """
@@ -48,7 +51,10 @@ from torch.utils.data import DataLoader, TensorDataset
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from examples.lightning_shapes import small_cnn  # noqa: E402
 from lightning_gradcam import GradCAMCallback  # noqa: E402
-from lightning_gradcam.tasks.population import ClassificationMeasure  # noqa: E402
+from lightning_gradcam.tasks.population import (  # noqa: E402
+    ClassificationMeasure,
+    SegmentationMeasure,
+)
 
 
 class Classifier(pl.LightningModule):
@@ -68,6 +74,32 @@ class Classifier(pl.LightningModule):
         logits = self(images)
         self.log("val_loss", nn.functional.cross_entropy(logits, labels))
         self.log("val_acc", (logits.argmax(1) == labels).float().mean())
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=1e-3)
+
+
+class Segmenter(pl.LightningModule):
+    """A torchvision LR-ASPP (MobileNetV3-Large, random init) on ``(images, masks)``."""
+
+    def __init__(self, classes: int = 3):
+        super().__init__()
+        self.net = torchvision.models.segmentation.lraspp_mobilenet_v3_large(
+            weights=None, weights_backbone=None, num_classes=classes
+        )
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.net(images)
+
+    def training_step(self, batch, batch_idx):
+        images, masks = batch
+        return nn.functional.cross_entropy(self(images)["out"], masks)
+
+    def validation_step(self, batch, batch_idx):
+        images, masks = batch
+        logits = self(images)["out"]
+        self.log("val_loss", nn.functional.cross_entropy(logits, masks))
+        self.log("val_acc", (logits.argmax(1) == masks).float().mean())
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=1e-3)
@@ -100,7 +132,17 @@ def _loader(count: int, batch: int, size: int, classes: int) -> DataLoader:
     return DataLoader(TensorDataset(images, labels, box.repeat(count * batch, 1)), batch_size=batch)
 
 
-def _fit(make_net, layer, val, train, variant: str, epochs: int, root: str) -> float:
+def _mask_loader(count: int, batch: int, size: int) -> DataLoader:
+    """Random images, each with a square of class 1 and a bar of class 2 on class 0."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(count * batch, 3, size, size, generator=g)
+    masks = torch.zeros(count * batch, size, size, dtype=torch.long)
+    masks[:, size // 8 : size // 2, size // 8 : size // 2] = 1
+    masks[:, 3 * size // 4 :, size // 4 :] = 2
+    return DataLoader(TensorDataset(images, masks), batch_size=batch)
+
+
+def _fit(make_module, layer, val, train, variant: str, epochs: int, root: str) -> float:
     torch.manual_seed(0)
     timer = LoopTimer()
     callbacks: list[pl.Callback] = []
@@ -119,23 +161,25 @@ def _fit(make_net, layer, val, train, variant: str, epochs: int, root: str) -> f
         limit_train_batches=1,
         default_root_dir=root,  # the callback's PNG files, without a logger
     )
-    tap = ClassificationMeasure.tap
+    taps = {kind: kind.tap for kind in (ClassificationMeasure, SegmentationMeasure)}
     if variant == "own forward":
-        ClassificationMeasure.tap = lambda self, network, batch: None
+        for kind in taps:
+            kind.tap = lambda self, network, batch: None
     try:
-        trainer.fit(Classifier(make_net), train, val)
+        trainer.fit(make_module(), train, val)
     finally:
-        ClassificationMeasure.tap = tap
+        for kind, tap in taps.items():
+            kind.tap = tap
     return statistics.median(timer.epochs[1:])
 
 
-def bench(name: str, make_net, layer: str, val, train, repeats: int, epochs: int) -> None:
+def bench(name: str, make_module, layer, val, train, repeats: int, epochs: int) -> None:
     variants = ("plain", "measured", "own forward")
     times: dict[str, list[float]] = {v: [] for v in variants}
     for _ in range(repeats):
         for variant in variants:
             with tempfile.TemporaryDirectory() as root:
-                times[variant].append(_fit(make_net, layer, val, train, variant, epochs, root))
+                times[variant].append(_fit(make_module, layer, val, train, variant, epochs, root))
     t = {v: statistics.median(times[v]) for v in variants}
     images = len(val.dataset)
     print(f"{name}: {len(val)} validation batches ({images} images), validation loop per epoch:")
@@ -162,7 +206,7 @@ def main() -> None:
     )
     bench(
         "demo CNN at net.features.block3, batch 32, 64 px",
-        small_cnn,
+        lambda: Classifier(small_cnn),
         "net.features.block3",
         _loader(10, 32, 64, 3),
         _loader(1, 32, 64, 3),
@@ -171,10 +215,19 @@ def main() -> None:
     )
     bench(
         "ResNet-50 at net.layer4, batch 16, 224 px",
-        lambda: torchvision.models.resnet50(weights=None),
+        lambda: Classifier(lambda: torchvision.models.resnet50(weights=None)),
         "net.layer4",
         _loader(args.batches, 16, 224, 1000),
         _loader(1, 2, 224, 1000),
+        args.repeats,
+        args.epochs,
+    )
+    bench(
+        "LR-ASPP MobileNetV3 segmenter, default layer, batch 8, 128 px",
+        Segmenter,
+        None,
+        _mask_loader(4, 8, 128),
+        _mask_loader(1, 2, 128),
         args.repeats,
         args.epochs,
     )

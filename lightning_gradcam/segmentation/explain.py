@@ -106,14 +106,25 @@ class SegmentationMaps:
         return out
 
 
+def predicted_classes(logits: torch.Tensor) -> torch.Tensor:
+    """``argmax_k L[b, k, p]`` of ``logits (B, K, h, w)``: ``(B, h, w)``, detached.
+
+    ``max(dim=1).indices`` gives the same index (the first maximal value, ties included) as
+    ``argmax(dim=1)``, whose CPU kernel is slow over a non-innermost dimension: 26 ms against
+    0.9 ms for 8 x 3 x 128 x 128 logits on this machine's two threads."""
+    return logits.detach().max(dim=1).indices
+
+
 def class_scores(
-    logits: torch.Tensor, class_ids: torch.Tensor
+    logits: torch.Tensor, class_ids: torch.Tensor, predicted: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Seg-Grad-CAM targets: ``logits (B, K, h, w)`` and ``class_ids (B, J)`` (``-1`` =
     padding) -> ``scores (B, J)``, ``sum_p L[b, c, p] [argmax_k L[b, k, p] = c]``, still
-    connected to the graph, and ``pixels (B, J)``, the size of each class's predicted set."""
+    connected to the graph, and ``pixels (B, J)``, the size of each class's predicted set.
+    ``predicted``: :func:`predicted_classes` of the logits, when known already."""
     batch, k, h, w = logits.shape
-    predicted = logits.detach().argmax(dim=1)  # (B, h, w): a constant of the backward
+    if predicted is None:
+        predicted = predicted_classes(logits)  # a constant of the backward
     region = predicted[:, None] == class_ids[:, :, None, None]  # padding (-1) matches nothing
     index = class_ids.clamp_min(0)[:, :, None, None].expand(-1, -1, h, w)
     chosen = logits.gather(1, index)  # (B, J, h, w)
@@ -279,10 +290,11 @@ class SegmentationCAM:
                 ) as cap,
             ):
                 logits = segmentation_logits(network(x))
-                lists = _class_lists(classes, logits.argmax(dim=1), background, logits.shape[1])
+                predicted = predicted_classes(logits)
+                lists = _class_lists(classes, predicted, background, logits.shape[1])
                 class_ids = _padded(lists).to(logits.device)
                 width = class_ids.shape[1]
-                scores, pixels = class_scores(logits, class_ids)
+                scores, pixels = class_scores(logits, class_ids, predicted)
             activation = CAMEngine._single_call(cap.activations[name], name)
             if width == 0:
                 return self._maps(network, activation, None, class_ids, scores, pixels, images)
@@ -303,9 +315,10 @@ class SegmentationCAM:
 
         def select(output: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             logits = segmentation_logits(output)
-            lists = _class_lists(classes, logits.argmax(dim=1), None, logits.shape[1])
+            predicted = predicted_classes(logits)
+            lists = _class_lists(classes, predicted, None, logits.shape[1])
             class_ids = _padded(lists).to(logits.device)
-            scores, pixels = class_scores(logits, class_ids)
+            scores, pixels = class_scores(logits, class_ids, predicted)
             return scores, class_ids, pixels
 
         return ForwardTap(network, resolve_layer(network, self.layer), images, select, observe_only)
@@ -315,7 +328,7 @@ class SegmentationCAM:
         was given, from what that tap took from the caller's forward (the same maps: the
         activation and gradient are those that forward computed)."""
         network = unwrap_model(self.model)
-        with preserve_model_state(network), cam_mode():  # a layout lookup may run the model
+        with cam_mode():  # the model is not run: its layers' output is read off `tapped`
             return self._maps(
                 network,
                 tapped.activation,

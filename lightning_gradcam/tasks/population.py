@@ -274,20 +274,27 @@ class SegmentationMeasure(_ReusesForward, PopulationMeasure):
         if tap is not None and tap.result is not None:
             result = task.explain_tapped(network, samples, tap.result)
         else:
-            explained = task.explain_maps(network, samples)
+            result = task.explain_maps(network, samples)
             if tap is not None and tap.observed is not None:
-                self._verify(tap, explained.scores)
-            result = explained.regions()
+                self._verify(tap, result.scores)
+        # Every (image, class) map at once; per class, the rows of that class.
+        rows, columns = (result.class_ids >= 0).nonzero(as_tuple=True)
+        class_ids = result.class_ids[rows, columns]
+        masks = samples.masks.to(class_ids.device)[rows] == class_ids[:, None, None]
+        groups = [
+            (c + 1, class_ids == c)
+            for c in torch.unique(class_ids).tolist()
+            if 0 <= c < MAX_CLASSES
+        ]
         for method in self.methods:
-            for index, regions in enumerate(result):
-                for region in regions:
-                    mask = (samples.masks[index] == region.class_id)[None]
-                    maps = region.maps[method].detach().float().cpu()[None]
-                    evidence = torch.tensor([bool(region.evidence[method])])
-                    values = _region_sums(maps, mask, evidence)
-                    sums.add(method, values)
-                    if 0 <= region.class_id < MAX_CLASSES:
-                        sums.add(method, values, group=region.class_id + 1)
+            maps = result.maps[method][rows, columns].float()
+            evidence = result.evidence[method][rows, columns]
+            regions = masks.to(maps.device)
+            sums.add(method, _region_sums(maps, regions, evidence))
+            for group, chosen in groups:
+                chosen = chosen.to(maps.device)
+                values = _region_sums(maps[chosen], regions[chosen], evidence[chosen])
+                sums.add(method, values, group=group)
         return len(samples)
 
     def means(self, sums: MetricSums) -> dict[str, float]:

@@ -262,12 +262,12 @@ class SegmentationTask(CAMTask):
 
     def explain_tapped(
         self, network: nn.Module, samples: SegmentationSamples, tapped: Tapped
-    ) -> list[list[Region]]:
-        """:meth:`explain` from what a :meth:`tap` took from the caller's forward."""
+    ) -> SegmentationMaps:
+        """:meth:`explain_maps` from what a :meth:`tap` took from the caller's forward."""
         cam = self._engine(network)
-        regions = cam.explain_tapped(samples.images, tapped).regions()
+        maps = cam.explain_tapped(samples.images, tapped)
         self.layer_name = cam.layer
-        return regions
+        return maps
 
     def _pairs(self, samples: SegmentationSamples) -> list[tuple[int, int]]:
         return [
