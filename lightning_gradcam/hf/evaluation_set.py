@@ -27,7 +27,7 @@ from typing import Any
 from torch import nn
 
 from ..core.state import preserve_rng
-from ..lightning.population import ValidationMetrics, check_metrics_on
+from ..lightning.population import SetSums, ValidationMetrics, check_metrics_on
 from ..tasks import CAMTask
 from .samples import to_task_batch
 
@@ -81,7 +81,7 @@ def _columns_removed(evaluated: Any, given: Any) -> bool:
     return len(evaluated) == len(given) and set(columns) <= set(given_columns)
 
 
-class EvaluationSet:
+class EvaluationSet(SetSums):
     """The whole-set sums of one ``GradCAMTrainerCallback`` on one process: off for
     ``metrics_on="samples"``; for ``"evaluation"``, a trial before training and, at each
     evaluation, the means over the evaluated set (module docstring).
@@ -91,22 +91,9 @@ class EvaluationSet:
     """
 
     def __init__(self, metrics_on: str, max_batches: int | None, on_error: str):
-        self.enabled = metrics_on == "evaluation"
-        self._max_batches, self._on_error = max_batches, on_error
-        self._sums: ValidationMetrics | None = None
+        super().__init__(metrics_on, "evaluation", max_batches, on_error, _OWNER)
         self._means: dict[tuple[int, str], dict[str, float] | None] = {}
         self._keys: dict[str, None] = {}  # every whole-set key given so far, in order
-
-    @property
-    def images(self) -> int:
-        return 0 if self._sums is None else self._sums.images
-
-    def _for(self, task: CAMTask) -> ValidationMetrics:
-        if self._sums is None:
-            self._sums = ValidationMetrics(
-                task.options.methods, self._max_batches, self._on_error, owner=_OWNER
-            )
-        return self._sums
 
     def trial(self, trainer: Any, task: CAMTask, network: nn.Module) -> None:
         """Every process, before training: measure the first batch of its share of each

@@ -36,7 +36,7 @@ from ..tasks.population import (
 )
 from .announce import info_logger
 
-__all__ = ["METRICS_ON", "ValidationMetrics", "check_metrics_on"]
+__all__ = ["METRICS_ON", "SetSums", "ValidationMetrics", "check_metrics_on"]
 
 METRICS_ON = ("samples", "validation")
 
@@ -227,6 +227,34 @@ class ValidationMetrics:
         (``means=None``, as at the final pass after training: without them)."""
         kept = {k: v for k, v in scalars.items() if k.rsplit("/", 1)[-1] not in _OWNED}
         return kept | (means or {})
+
+
+class SetSums:
+    """The whole-set sums of a trainer adapter that measures a data set itself (the HF
+    Trainer's ``hf.evaluation_set``, YOLO's ``yolo.validation_set``): on when ``metrics_on``
+    is the adapter's whole-set word; one :class:`ValidationMetrics`, made with the task's
+    methods at first use, whose warnings speak for ``owner``.
+
+    Attributes: ``enabled``; ``images``: how many images the last means are over.
+    """
+
+    def __init__(
+        self, metrics_on: str, whole: str, max_batches: int | None, on_error: str, owner: str
+    ):
+        self.enabled = metrics_on == whole
+        self._max_batches, self._on_error, self._owner = max_batches, on_error, owner
+        self._sums: ValidationMetrics | None = None
+
+    @property
+    def images(self) -> int:
+        return 0 if self._sums is None else self._sums.images
+
+    def _for(self, task: CAMTask) -> ValidationMetrics:
+        if self._sums is None:
+            self._sums = ValidationMetrics(
+                task.options.methods, self._max_batches, self._on_error, owner=self._owner
+            )
+        return self._sums
 
 
 class WholeSet:

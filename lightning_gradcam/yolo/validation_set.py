@@ -27,7 +27,7 @@ from typing import Any
 from torch import nn
 
 from ..core.state import preserve_rng
-from ..lightning.population import ValidationMetrics
+from ..lightning.population import SetSums
 from ..tasks import CAMTask
 
 __all__ = ["ValidationSet"]
@@ -53,7 +53,7 @@ def validation_batches(trainer: Any, max_batches: int | None) -> Iterator[dict[s
         yield dataset.collate_fn(items)
 
 
-class ValidationSet:
+class ValidationSet(SetSums):
     """The whole-set sums of one ``GradCAMYOLOCallback`` on rank 0: off for
     ``metrics_on="samples"``; for ``"validation"``, a trial before the first epoch and the
     means at each explained epoch (module docstring).
@@ -62,20 +62,7 @@ class ValidationSet:
     """
 
     def __init__(self, metrics_on: str, max_batches: int | None, on_error: str):
-        self.enabled = metrics_on == "validation"
-        self._max_batches, self._on_error = max_batches, on_error
-        self._sums: ValidationMetrics | None = None
-
-    @property
-    def images(self) -> int:
-        return 0 if self._sums is None else self._sums.images
-
-    def _for(self, task: CAMTask) -> ValidationMetrics:
-        if self._sums is None:
-            self._sums = ValidationMetrics(
-                task.options.methods, self._max_batches, self._on_error, owner=_OWNER
-            )
-        return self._sums
+        super().__init__(metrics_on, "validation", max_batches, on_error, _OWNER)
 
     def trial(self, trainer: Any, task: CAMTask, network: nn.Module) -> None:
         """Before the first epoch: measure the first validation batch and forget it, so
